@@ -18,8 +18,15 @@ def generate(out_dir: Path) -> None:
     """Write coordinator_pb2.py, coordinator_pb2.pyi and coordinator_pb2_grpc.py under out_dir."""
     (out_dir / "gradfleet" / "v1").mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *PROTOS]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *PROTOS,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 

@@ -1,0 +1,423 @@
+"""The `gradfleet` command: run the coordinator, submit and follow jobs, fetch data.
+
+Client commands import neither Ray nor the server; `serve` imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import progress
+from service.client import DEFAULT_ADDRESS, CoordinatorClient, DownloadError
+from service.config import DEFAULT_DATA_ROOT, DEFAULT_HOST, DEFAULT_METRICS_PORT, DEFAULT_PORT
+from service.errors import GradfleetError
+from service.spec import load_spec_file
+
+EXIT_OK = 0  # the command worked; for watch: the job SUCCEEDED
+EXIT_JOB_FAILED = 1  # the watched job FAILED
+EXIT_ERROR = 2  # usage error, bad job file, server error, or the server could not be reached
+EXIT_JOB_CANCELLED = 3  # the watched job was CANCELLED
+EXIT_INTERRUPTED = 130  # Ctrl-C (the job itself keeps running)
+
+EXIT_CODES_HELP = """exit codes:
+  0    success; for watch and submit --watch: the job SUCCEEDED
+  1    the watched job FAILED
+  2    usage error, invalid job file, error from the server, or server unreachable
+  3    the watched job was CANCELLED
+  130  interrupted (Ctrl-C); a watched job keeps running"""
+
+# Codes a broken watch stream shows when the server restarts or the network drops.
+_RECONNECT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+)
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)  # about 24 s in all before giving up
+
+_LOG = logging.getLogger(__name__)
+
+
+class WatchLost(Exception):
+    """The watch stream broke and reconnecting did not help."""
+
+
+def exit_code_for_state(state: int) -> int:
+    """The process exit code for a watched job that ended in `state`."""
+    return {
+        pb.SUCCEEDED: EXIT_OK,
+        pb.FAILED: EXIT_JOB_FAILED,
+        pb.CANCELLED: EXIT_JOB_CANCELLED,
+    }.get(state, EXIT_ERROR)
+
+
+def format_rpc_error(exc: grpc.RpcError, address: str) -> str:
+    """One line for stderr; an unreachable server gets the address tried and what to do."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"error: cannot reach the coordinator at {address} ({details}); "
+            "start one with `gradfleet serve`, or point --server / GRADFLEET_SERVER at it"
+        )
+    return f"error: {code.name}: {details}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The argument parser; `environ` supplies the --server default (GRADFLEET_SERVER)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    server_default = environ.get("GRADFLEET_SERVER") or DEFAULT_ADDRESS
+    client.add_argument(
+        "--server",
+        default=server_default,
+        metavar="HOST:PORT",
+        help=f"coordinator address (default {server_default}; env GRADFLEET_SERVER)",
+    )
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--output", "-O", choices=("text", "json"), default="text")
+
+    parser = argparse.ArgumentParser(
+        prog="gradfleet",
+        description="Distributed neural-network training: coordinator and client.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub, common)
+    _add_client_commands(sub, client, output)
+    _add_fetch_data(sub, common)
+    return parser
+
+
+def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    # Defaults stay None so config_from_env_and_flags can tell "not given" and use GRADFLEET_*.
+    p = sub.add_parser("serve", parents=[common], help="run the coordinator until Ctrl-C")
+    p.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, help=f"gRPC port, 0 = any free (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"Prometheus port, -1 = off (default {DEFAULT_METRICS_PORT})",
+    )
+    p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)")
+    p.add_argument("--data-root", metavar="DIR", help=f"datasets (default {DEFAULT_DATA_ROOT})")
+    p.add_argument("--state-dir", metavar="DIR", help="job records and models (default state)")
+    p.add_argument("--max-running-jobs", type=int, metavar="N", help="jobs trained at once")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _add_client_commands(
+    sub: argparse._SubParsersAction,
+    client: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+) -> None:
+    _exits = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    p = sub.add_parser("submit", parents=[client, output], help="submit a job file", **_exits)
+    p.add_argument("file", metavar="FILE", help="job spec, .yaml/.yml or .json")
+    p.add_argument("--watch", "-w", action="store_true", help="follow the job until it ends")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set epochs=3 --set optimizer.learning_rate=0.01",
+    )
+    p.set_defaults(func=_cmd_submit)
+    p = sub.add_parser("get", parents=[client, output], help="show one job")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=_cmd_get)
+    p = sub.add_parser("list", parents=[client, output], help="list jobs, newest first")
+    states = [v.name for v in pb.JobState.DESCRIPTOR.values if v.number != 0]
+    p.add_argument("--state", type=str.upper, choices=states, help="only jobs in this state")
+    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("watch", parents=[client], help="follow a job until it ends", **_exits)
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=_cmd_watch)
+    p = sub.add_parser("cancel", parents=[client], help="stop a queued or running job")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=_cmd_cancel)
+    p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-o", "--output-file", dest="path", help="where to write (default JOB_ID.npz)")
+    p.set_defaults(func=_cmd_download)
+
+
+def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("fetch-data", parents=[common], help="download Fashion-MNIST, verified")
+    default_dest = DEFAULT_DATA_ROOT / "fashion-mnist"
+    p.add_argument("--dest", type=Path, default=default_dest, help=f"default {default_dest}")
+    p.add_argument("--base-url", metavar="URL", help="mirror to download from")
+    p.add_argument(
+        "--source-dir",
+        type=Path,
+        metavar="DIR",
+        help="copy files found here instead of downloading (default: the system copy if any)",
+    )
+    p.set_defaults(func=_cmd_fetch_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.config import config_from_env_and_flags
+    from service.server import serve  # imports Ray: only here
+
+    names = ("host", "port", "metrics_port", "ray_address", "data_root", "state_dir")
+    flags = {name: getattr(args, name) for name in (*names, "max_running_jobs")}  # None: not given
+    serve(config_from_env_and_flags(flags))
+    return EXIT_OK
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec_file(args.file, overrides=args.set)
+    with CoordinatorClient(args.server) as client:
+        job = client.submit(spec)
+        if not args.watch:
+            _print_job(job, args.output, submitted=True)
+            return EXIT_OK
+        if args.output == "text":
+            print(f"submitted job {job.id} ({job.spec.name})", flush=True)
+        return _follow(client, job.id, args.output)
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    with CoordinatorClient(args.server) as client:
+        _print_job(client.get(args.job_id), args.output)
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with CoordinatorClient(args.server) as client:
+        jobs = client.list(state=args.state)
+    if args.output == "json":
+        print(json_format.MessageToJson(pb.ListJobsResponse(jobs=jobs)))
+    else:
+        print(progress.format_job_table(jobs) if jobs else "no jobs")
+    return EXIT_OK
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with CoordinatorClient(args.server) as client:
+        return _follow(client, args.job_id, "text")
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with CoordinatorClient(args.server) as client:
+        job = client.cancel(args.job_id)
+    print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
+    return EXIT_OK
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    path = Path(args.path or f"{args.job_id}.npz")
+    with CoordinatorClient(args.server) as client:
+        size = client.download(args.job_id, path)
+    print(f"wrote {size:,} bytes to {path}")
+    return EXIT_OK
+
+
+def _cmd_fetch_data(args: argparse.Namespace) -> int:
+    from service import fetch
+
+    source = args.source_dir
+    if source is None and fetch.SYSTEM_COPY.is_dir():
+        source = fetch.SYSTEM_COPY
+    base_url = args.base_url or fetch.DEFAULT_BASE_URL
+    show = _FetchProgress(sys.stdout)
+    try:
+        dest = fetch.fetch_fashion_mnist(args.dest, base_url, source_dir=source, progress=show)
+    except fetch.FetchError as exc:
+        return _fail(f"error: {exc}")
+    print(f"Fashion-MNIST is in {dest}")
+    return EXIT_OK
+
+
+class _FetchProgress:
+    """Fetch progress: a redrawn line on a terminal, one line per finished file otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.tty = out, out.isatty()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        size = f"{_size(done)} of {_size(total)}" if total >= 0 else _size(done)
+        if self.tty:
+            end = "\n" if done == total else ""
+            self.out.write(f"\r{name} {size}{end}")
+            self.out.flush()
+        elif done == total:
+            print(f"{name} {size}", file=self.out, flush=True)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
+    if output == "json":
+        print(json_format.MessageToJson(job))
+    elif submitted:
+        print(f"submitted job {job.id} ({job.spec.name}), {progress.state_name(job.state)}")
+        print(f"follow it with: gradfleet watch {job.id}")
+    else:
+        print(progress.format_job(job))
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching
+
+
+def _follow(client: CoordinatorClient, job_id: str, output: str) -> int:
+    """Watch to the end, print the summary (or the final Job as JSON); exit code by state."""
+    show = output == "text"
+    renderer = Renderer(sys.stdout, tty=sys.stdout.isatty()) if show else None
+    try:
+        job = watch_job(client, job_id, renderer)
+    except KeyboardInterrupt:
+        if renderer:
+            renderer.end_line()
+        print(f"stopped watching; job {job_id} keeps running", file=sys.stderr)
+        print(f"(`gradfleet cancel {job_id}` stops it)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(progress.format_summary(job) if show else json_format.MessageToJson(job))
+    return exit_code_for_state(job.state)
+
+
+def watch_job(
+    client: CoordinatorClient,
+    job_id: str,
+    renderer: Renderer | None,
+    *,
+    delays: Sequence[float] = RECONNECT_DELAYS_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> pb.Job:
+    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks.
+
+    Returns the job as of its last event; raises WatchLost when every reconnect failed, and
+    grpc.RpcError when the first connection fails or for errors reconnecting cannot fix.
+    """
+    last: pb.Job | None = None
+    failures = 0
+    while True:
+        job, count, reason = _stream_once(client, job_id, renderer, connected=last is not None)
+        last = job or last
+        if last is not None and last.state in progress.TERMINAL_STATES:
+            if renderer:
+                renderer.end_line()
+            return last
+        if count > 1:  # the first event only restates the job: count later ones as progress
+            failures = 0
+        if failures == len(delays):
+            raise WatchLost(f"lost the watch stream of job {job_id} ({reason}); gave up")
+        _LOG.debug("watch stream broke: %s", reason)
+        if renderer:
+            renderer.note(f"connection lost ({reason}); reconnecting in {delays[failures]:g} s")
+        sleep(delays[failures])
+        failures += 1
+
+
+def _stream_once(
+    client: CoordinatorClient, job_id: str, renderer: Renderer | None, *, connected: bool
+) -> tuple[pb.Job | None, int, str]:
+    """Show one watch stream's events; returns (last job, event count, why the stream ended)."""
+    job, count = None, 0
+    try:
+        for event in client.watch(job_id):
+            job, count = event.job, count + 1
+            if renderer:
+                renderer.show(event)
+    except grpc.RpcError as exc:
+        if not (connected or count) or exc.code() not in _RECONNECT_CODES:
+            raise  # never connected, or an error that reconnecting cannot fix
+        return job, count, f"{exc.code().name}: {exc.details()}"
+    return job, count, "the stream ended early"
+
+
+class Renderer:
+    """Writes watch events: on a TTY a progress bar redrawn in place, with STATE and EVAL
+    events as lines above it; otherwise one line per event, PROGRESS at most every ~2 s."""
+
+    def __init__(self, out: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out, self.tty, self.clock = out, tty, clock
+        self._throttle = progress.EventThrottle()
+        self._bar_len = 0  # length of the bar line on screen; 0 = none drawn
+
+    def show(self, event: pb.JobEvent) -> None:
+        if event.kind == pb.JobEvent.STATE and event.job.state in progress.TERMINAL_STATES:
+            return  # the summary line says it, with the message, right after
+        if not self.tty:
+            if self._throttle.should_print(event, self.clock()):
+                self._line(progress.format_event(event))
+            return
+        if event.kind != pb.JobEvent.PROGRESS:
+            self._line(progress.format_event(event))
+        if event.job.state == pb.RUNNING and event.job.progress.total_steps:
+            self._bar(progress.format_progress(event.job))
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def end_line(self) -> None:
+        if self._bar_len:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar_len = 0
+
+    def _bar(self, text: str) -> None:
+        self.out.write("\r" + text.ljust(self._bar_len))  # pad over a longer previous line
+        self.out.flush()
+        self._bar_len = max(len(text), 1)
+
+    def _line(self, text: str) -> None:
+        if self._bar_len:  # replace the bar with the line; the bar is redrawn by the next event
+            self.out.write("\r" + " " * self._bar_len + "\r")
+            self._bar_len = 0
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (see EXIT_CODES_HELP)."""
+    args = build_parser(os.environ).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        return _fail(format_rpc_error(exc, getattr(args, "server", "")))
+    except GradfleetError as exc:  # an invalid job file, before anything is sent
+        return _fail(f"error: {exc.message}")
+    except (WatchLost, DownloadError, OSError) as exc:
+        return _fail(f"error: {exc}")
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

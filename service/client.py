@@ -1,0 +1,137 @@
+"""A small synchronous client for the coordinator; server errors surface as grpc.RpcError."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a JobEvent carries a whole Job; leave plenty of room
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class DownloadError(Exception):
+    """The model stream was inconsistent (gaps, overlaps, wrong size); nothing was written."""
+
+
+class CoordinatorClient:
+    """Typed calls to the Coordinator service; `timeout` (s) bounds each unary call."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def submit(self, spec: pb.JobSpec) -> pb.Job:
+        return self._stub.SubmitJob(spec, timeout=self.timeout)
+
+    def get(self, job_id: str) -> pb.Job:
+        return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def list(self, state: int | str | None = None, page_size: int = 50) -> list[pb.Job]:
+        """All jobs (newest first), optionally only those in `state` (a JobState or its name)."""
+        state_value = pb.JobState.Value(state) if isinstance(state, str) else (state or 0)
+        request = pb.ListJobsRequest(state=state_value, page_size=page_size)
+        jobs: list[pb.Job] = []
+        while True:
+            response = self._stub.ListJobs(request, timeout=self.timeout)
+            jobs.extend(response.jobs)
+            if not response.next_page_token:
+                return jobs
+            request.page_token = response.next_page_token
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self._stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
+        """The job's events until it reaches a terminal state; no deadline (jobs run for long)."""
+        return self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+
+    def download(self, job_id: str, path: str | Path) -> int:
+        """Stream the trained model into `path` atomically; returns its size in bytes."""
+        chunks = self._stub.DownloadModel(pb.DownloadModelRequest(job_id=job_id))
+        return write_chunks(chunks, Path(path))
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the server's health service says SERVING; TimeoutError after `timeout` s."""
+        health = health_pb2_grpc.HealthStub(self._channel)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                reply = health.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=left, wait_for_ready=True
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+        raise TimeoutError(f"the coordinator at {self.address} was not ready within {timeout:g} s")
+
+
+def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
+    """Write a chunk stream to a temp file beside `path`, check it, then rename it into place.
+
+    On any error (a gap, an overlap, a size mismatch, a broken stream) the temp file is removed
+    and `path` is left as it was.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            size = _copy_chunks(chunks, out)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return size
+
+
+def _copy_chunks(chunks: Iterable[pb.Chunk], out) -> int:
+    written, total = 0, None
+    for chunk in chunks:
+        if chunk.offset != written:
+            raise DownloadError(f"chunk at offset {chunk.offset}, expected {written}")
+        if total is not None and chunk.total_size != total:
+            raise DownloadError(f"total size changed from {total} to {chunk.total_size}")
+        total = chunk.total_size
+        out.write(chunk.data)
+        written += len(chunk.data)
+    if total is None:
+        raise DownloadError("the server sent no data")
+    if written != total:
+        raise DownloadError(f"got {written} bytes, expected {total}")
+    return written

@@ -1,0 +1,172 @@
+"""The Dataset container, its error type, and the checks every loader's output goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+# Whole-number floats above this are surely measurements, not class indices (and would not
+# survive the int64 conversion exactly).
+_MAX_WHOLE_LABEL = 2**31
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file, the problem and the fix."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays elementwise has no single truth
+class Dataset:
+    """Training (and optional test) arrays of one dataset.
+
+    Attributes
+    ----------
+    x_train : ndarray of shape (n, features); uint8 and other integers as stored, floats as float32
+    y_train : ndarray of shape (n,) int64 class labels, or float32 targets of shape (n,) or (n, k)
+    x_test, y_test : same layout as the training arrays, or None when there is no test split
+    num_classes : max label + 1 for class labels; 0 for float (regression) targets
+    source : which files were read, for logs and job status
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    num_classes: int
+    source: str
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def assemble(
+    arrays: Mapping[str, np.ndarray | None],
+    origins: Mapping[str, str],
+    *,
+    source: str,
+    allow_regression: bool,
+) -> Dataset:
+    """Validate raw arrays keyed x_train, y_train, x_test, y_test and build a Dataset.
+
+    `origins` names where each array came from (a file, or "file.npz (array x_train)") so every
+    error can say which file to fix. Float labels that are all whole numbers are class labels;
+    any other float labels are regression targets when `allow_regression`, else an error.
+    """
+    x_train = _features(arrays["x_train"], origins["x_train"])
+    y_train = arrays["y_train"]
+    _check_count(x_train, y_train, origins["x_train"], origins["y_train"])
+    x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
+    if x_test is not None and y_test is not None:
+        x_test = _features(x_test, origins["x_test"])
+        _check_count(x_test, y_test, origins["x_test"], origins["y_test"])
+        if x_test.shape[1] != x_train.shape[1]:
+            raise DatasetError(
+                f"{origins['x_test']}: train/test feature counts differ: {x_test.shape[1]} "
+                f"test features versus {x_train.shape[1]} in {origins['x_train']}; both splits "
+                "must come from the same preprocessing"
+            )
+    targets, num_classes = _targets(
+        {"y_train": y_train, "y_test": y_test}, origins, allow_regression=allow_regression
+    )
+    return Dataset(x_train, targets["y_train"], x_test, targets["y_test"], num_classes, source)
+
+
+def _features(x: np.ndarray, origin: str) -> np.ndarray:
+    """(n, ...) -> (n, features): integers kept, bools as uint8, floats as finite float32."""
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DatasetError(f"{origin}: empty dataset: no samples (shape {x.shape})")
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] == 0:
+        raise DatasetError(f"{origin}: no features: each sample is empty (shape {x.shape})")
+    if x.dtype.kind == "b":
+        return x.astype(np.uint8)
+    if x.dtype.kind in "ui":
+        return x
+    if x.dtype.kind != "f":
+        raise DatasetError(f"{origin}: unsupported feature dtype {x.dtype}; store numbers")
+    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, caught below
+        x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DatasetError(
+            f"{origin}: NaN or infinite feature value {x[row, col]} at sample {row}, feature "
+            f"{col} ({int(bad.sum())} in all); clean or impute them before loading"
+        )
+    return x
+
+
+def _check_count(x: np.ndarray, y: np.ndarray, x_origin: str, y_origin: str) -> None:
+    n_labels = y.shape[0] if y.ndim else 0
+    if n_labels != x.shape[0]:
+        raise DatasetError(
+            f"{y_origin}: image and label counts differ: {n_labels} labels for {x.shape[0]} "
+            f"samples in {x_origin}; features and labels must describe the same samples"
+        )
+
+
+def _targets(
+    ys: dict[str, np.ndarray | None], origins: Mapping[str, str], *, allow_regression: bool
+) -> tuple[dict[str, np.ndarray | None], int]:
+    """Class labels (int64) when every label is a whole number, else float32 regression targets."""
+    present = {k: _squeeze_column(v, origins[k]) for k, v in ys.items() if v is not None}
+    if all(_is_whole(y) for y in present.values()):
+        labels = {k: _class_labels(y, origins[k]) for k, y in present.items()}
+        num_classes = max(int(y.max()) for y in labels.values()) + 1
+        return {k: labels.get(k) for k in ys}, num_classes
+    if not allow_regression:
+        key = next(k for k, y in present.items() if not _is_whole(y))
+        y = present[key]
+        if y.ndim != 1:
+            raise DatasetError(f"{origins[key]}: class labels must have shape (n,), got {y.shape}")
+        row = int(np.flatnonzero(~_whole_mask(y))[0])
+        raise DatasetError(
+            f"{origins[key]}: non-integer label {y[row]} at sample {row}; class labels must be "
+            "whole numbers 0..num_classes-1"
+        )
+    widths = {y.shape[1:] for y in present.values()}
+    if len(widths) > 1:
+        raise DatasetError(
+            f"{origins['y_test']}: train/test target shapes differ ({sorted(widths)}); both "
+            "splits need the same number of target columns"
+        )
+    return {k: (None if y is None else present[k].astype(np.float32)) for k, y in ys.items()}, 0
+
+
+def _squeeze_column(y: np.ndarray, origin: str) -> np.ndarray:
+    """(n, 1) -> (n,) so a column vector of labels reads as labels; (n, k>1) stays (targets)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim not in (1, 2) or y.dtype.kind not in "biuf":
+        raise DatasetError(
+            f"{origin}: labels must be numbers of shape (n,) or (n, k), got {y.dtype} {y.shape}"
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        row = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise DatasetError(f"{origin}: NaN or infinite label at sample {row}; drop or fix it")
+    return y
+
+
+def _is_whole(y: np.ndarray) -> bool:
+    if y.ndim != 1:
+        return False
+    return y.dtype.kind in "biu" or bool(_whole_mask(y).all())
+
+
+def _whole_mask(y: np.ndarray) -> np.ndarray:
+    return (y == np.trunc(y)) & (np.abs(y) < _MAX_WHOLE_LABEL)
+
+
+def _class_labels(y: np.ndarray, origin: str) -> np.ndarray:
+    if y.dtype.kind == "u" and y.size and y.max() >= _MAX_WHOLE_LABEL:
+        raise DatasetError(f"{origin}: label {y.max()} is too large for a class index")
+    labels = y.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        row = int(np.argmin(labels))
+        raise DatasetError(
+            f"{origin}: negative label {labels[row]} at sample {row}; class labels must be "
+            "0..num_classes-1 (shift them, or store regression targets as non-integer floats)"
+        )
+    return labels

@@ -1,0 +1,133 @@
+"""IDX files (the MNIST / Fashion-MNIST format), gzipped or plain, and directories of them.
+
+An IDX file is a 4-byte magic number 00 00 TYPE NDIM, NDIM big-endian uint32 dimensions, then
+the values in C order (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import struct
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from service.datasets.core import Dataset, DatasetError, assemble
+
+logger = logging.getLogger(__name__)
+
+# The four file names of an MNIST-style dataset, each optionally with a ".gz" suffix.
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+_REFETCH_HINT = "re-create or re-download it (Fashion-MNIST: gradfleet fetch-data --dest DIR)"
+
+
+def find_idx_file(directory: Path, stem: str) -> Path | None:
+    """The file `stem` or `stem.gz` in `directory` (plain name first), or None."""
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def load_idx_dir(directory: Path, *, require_test: bool, source: str) -> Dataset:
+    """Load the four IDX files of `directory`; the t10k pair may be absent unless `require_test`."""
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
+    paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
+    test_optional = not require_test and paths["x_test"] is None and paths["y_test"] is None
+    if missing and not (test_optional and len(missing) == 2):
+        raise DatasetError(
+            f"{directory}: IDX file(s) not found: {', '.join(missing)} (with or without .gz); "
+            f"the directory must hold {', '.join(IDX_FILES.values())}"
+        )
+    arrays = {key: read_idx(p, labels=key.startswith("y")) for key, p in paths.items() if p}
+    names = ", ".join(p.name for p in paths.values() if p)
+    return assemble(
+        arrays,
+        {key: str(p) for key, p in paths.items() if p},
+        source=f"{source} ({names} in {directory})",
+        allow_regression=False,
+    )
+
+
+def read_idx(path: Path, *, labels: bool) -> np.ndarray:
+    """Read one IDX file into a native-endian array; decompress if it starts with the gzip magic.
+
+    `labels` says which role the file plays: label files must be 1-D, image files at least 2-D.
+    """
+    try:
+        with _open(path) as stream:
+            dtype, dims = _read_header(stream, path)
+            payload = _read_all(stream)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(
+            f"{path}: cannot read (corrupt gzip data or I/O error: {exc}); {_REFETCH_HINT}"
+        ) from exc
+    expected = math.prod(dims) * dtype.itemsize
+    if len(payload) != expected:
+        problem = "truncated file" if len(payload) < expected else "trailing bytes after the data"
+        raise DatasetError(
+            f"{path}: {problem}: header dimensions {'x'.join(map(str, dims))} need {expected} "
+            f"bytes of data but the file holds {len(payload)}; {_REFETCH_HINT}"
+        )
+    if labels != (len(dims) == 1):
+        want = "1 dimension (labels)" if labels else "2 or more dimensions (images)"
+        raise DatasetError(
+            f"{path}: expected {want} but the header declares {len(dims)} dimensions; "
+            "are the image and label files swapped?"
+        )
+    array = np.frombuffer(payload, dtype=dtype).reshape(dims)
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+
+
+def _open(path: Path) -> BinaryIO:
+    """Open plain or gzipped by content, not by name: mirrors rename and recompress freely."""
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == _GZIP_MAGIC
+    logger.debug("reading %s (%s)", path, "gzip" if gzipped else "plain")
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
+def _read_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise DatasetError(f"{path}: too short ({len(magic)} bytes) to be an IDX file")
+    zero, type_code, ndim = struct.unpack(">HBB", magic)
+    if zero != 0 or type_code not in _IDX_TYPES or ndim == 0:
+        raise DatasetError(
+            f"{path}: wrong IDX magic number 0x{magic.hex()}: expected 00 00 TYPE NDIM, e.g. "
+            "0x00000803 for images and 0x00000801 for labels; is this an IDX file?"
+        )
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DatasetError(f"{path}: truncated file: header ends inside the {ndim} dimensions")
+    return _IDX_TYPES[type_code], struct.unpack(f">{ndim}I", raw_dims)
+
+
+def _read_all(stream: BinaryIO) -> bytearray:
+    # A bytearray grows with what is actually there (a corrupt header may claim terabytes) and
+    # is writable, so the arrays viewing it are too.
+    buffer = bytearray()
+    while chunk := stream.read(_CHUNK):
+        buffer += chunk
+    return buffer

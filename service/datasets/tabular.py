@@ -1,0 +1,150 @@
+"""Tabular datasets: numpy .npz archives and CSV files with the label in the last column."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import zipfile
+import zlib
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from service.datasets.core import Dataset, DatasetError, assemble
+
+logger = logging.getLogger(__name__)
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_NPZ_HINT = "save it with np.savez(FILE, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
+def load_npz(path: Path) -> Dataset:
+    """Load arrays x_train, y_train and optionally x_test, y_test; never unpickles anything."""
+    arrays = _read_npz(path)
+    origins = {key: f"{path} (array {key})" for key in _NPZ_KEYS}
+    return assemble(arrays, origins, source=f"npz {path}", allow_regression=True)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: file not found") from exc
+    except ValueError as exc:  # neither zip nor .npy, so np.load wanted to unpickle it
+        raise DatasetError(f"{path}: not an .npz archive (no zip or .npy data); {_NPZ_HINT}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: not an .npz archive ({exc}); {_NPZ_HINT}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path}: holds a single array (.npy), not an .npz archive; {_NPZ_HINT}")
+    with archive:
+        missing = [key for key in ("x_train", "y_train") if key not in archive.files]
+        if missing:
+            raise DatasetError(
+                f"{path}: missing array(s) {', '.join(missing)}; it has {archive.files}; " + _NPZ_HINT
+            )
+        if ("x_test" in archive.files) != ("y_test" in archive.files):
+            raise DatasetError(f"{path}: has only one of x_test and y_test; store both or neither")
+        return {key: _npz_array(archive, key, path) for key in _NPZ_KEYS}
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
+    if key not in archive.files:
+        return None
+    try:
+        return archive[key]
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise DatasetError(
+            f"{path}: array {key} cannot be loaded without pickle (object dtype?): {exc}; "
+            "store plain numeric arrays"
+        ) from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: array {key} is corrupt ({exc}); rewrite the file") from exc
+
+
+def load_csv(path: Path) -> Dataset:
+    """Load numeric rows, label in the last column; a non-numeric first row is a header."""
+    table = np.array(_read_csv_rows(path), dtype=np.float64)
+    if table.size == 0:
+        raise DatasetError(f"{path}: empty dataset: no data rows (only a header or blank lines?)")
+    if table.shape[1] < 2:
+        raise DatasetError(f"{path}: only 1 column; need at least 2 (features..., label)")
+    return assemble(
+        {"x_train": table[:, :-1], "y_train": table[:, -1]},
+        {"x_train": str(path), "y_train": f"{path} (last column)"},
+        source=f"csv {path}",
+        allow_regression=True,
+    )
+
+
+def _read_csv_rows(path: Path) -> list[np.ndarray]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return _parse_rows(handle, path)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc}); is it really a CSV file?") from exc
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+
+
+def _parse_rows(handle: TextIO, path: Path) -> list[np.ndarray]:
+    reader = csv.reader(handle)
+    rows: list[np.ndarray] = []
+    first_line = data_line = 0
+    try:
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue  # blank lines, e.g. a trailing newline
+            line = reader.line_num
+            values = _parse_row(cells, path, line, header_allowed=not first_line)
+            first_line = first_line or line
+            if values is None:
+                logger.info("%s: line %d is a header row, skipping it", path, line)
+                continue
+            data_line = data_line or line
+            if rows and len(values) != len(rows[0]):
+                raise DatasetError(
+                    f"{path}: line {line}: ragged row with {len(values)} columns, but line "
+                    f"{data_line} has {len(rows[0])}; every row needs the same columns"
+                )
+            rows.append(values)
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
+    return rows
+
+
+def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool) -> np.ndarray | None:
+    """The row as float64; None for a header (only allowed before the first data row)."""
+    try:
+        values = np.array(cells, dtype=np.float64)  # same syntax as float(), at C speed
+    except ValueError:
+        if header_allowed:
+            return None
+        column = next(i for i, cell in enumerate(cells) if not _is_number(cell))
+        raise DatasetError(
+            f"{path}: line {line}, column {column + 1}: non-numeric cell {_clip(cells[column])}; "
+            "every cell after the optional header must be a number"
+        ) from None
+    bad = ~np.isfinite(values)
+    if bad.any():
+        column = int(np.argmax(bad))
+        raise DatasetError(
+            f"{path}: line {line}, column {column + 1}: {_clip(cells[column])} is not a finite "
+            "number (NaN or infinite); clean or impute it"
+        )
+    return values
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _clip(cell: str) -> str:
+    """The cell for an error message, cut short: a binary or foreign file can have huge cells."""
+    return repr(cell if len(cell) <= 40 else cell[:40] + "...")

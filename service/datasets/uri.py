@@ -1,0 +1,89 @@
+"""Dataset URIs ("fashion-mnist", "idx:DIR", "npz:FILE", "csv:FILE") and loading by URI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.datasets.core import Dataset, DatasetError
+from service.datasets.idx import IDX_FILES, find_idx_file, load_idx_dir
+from service.datasets.tabular import load_csv, load_npz
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST = "fashion-mnist"
+DEFAULT_SEARCH = (Path("/usr/share/datasets/fashion-mnist"),)  # Debian's dataset-fashion-mnist
+ACCEPTED_FORMS = (
+    "fashion-mnist (DATA_ROOT/fashion-mnist, then the system copy)",
+    "idx:DIR (train-/t10k- images and labels IDX files, gzipped or not)",
+    "npz:FILE (arrays x_train, y_train, optional x_test, y_test)",
+    "csv:FILE (numeric columns, label last, optional header row)",
+)
+_LOADERS = {
+    "idx": lambda path: load_idx_dir(path, require_test=False, source="IDX"),
+    "npz": load_npz,
+    "csv": load_csv,
+}
+
+
+@dataclass(frozen=True)
+class DatasetUri:
+    """A parsed dataset URI: scheme fashion-mnist (path None), idx, npz or csv."""
+
+    scheme: str
+    path: Path | None
+
+
+def resolve_uri(uri: str, data_root: Path) -> DatasetUri:
+    """Parse `uri`; relative paths are taken relative to `data_root`. Reads no files."""
+    uri = uri.strip()
+    if uri == FASHION_MNIST:
+        return DatasetUri(FASHION_MNIST, None)
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in _LOADERS or not rest:
+        raise DatasetError(
+            f"dataset URI {uri!r}: unknown or incomplete form; accepted forms: " + "; ".join(ACCEPTED_FORMS)
+        )
+    path = Path(rest).expanduser()
+    return DatasetUri(scheme, path if path.is_absolute() else data_root / path)
+
+
+def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Dataset:
+    """Load the dataset `uri` names (see ACCEPTED_FORMS); every problem is a DatasetError.
+
+    For fashion-mnist, `data_root/fashion-mnist` is searched first, then each of `extra_search`.
+    """
+    resolved = resolve_uri(uri, data_root)
+    if resolved.path is None:
+        dataset = _load_fashion_mnist([data_root / FASHION_MNIST, *extra_search])
+    else:
+        dataset = _LOADERS[resolved.scheme](resolved.path)
+    logger.info(
+        "loaded %s: %d train / %s test samples, %d features, %d classes",
+        dataset.source,
+        len(dataset.x_train),
+        "no" if dataset.x_test is None else len(dataset.x_test),
+        dataset.num_features,
+        dataset.num_classes,
+    )
+    return dataset
+
+
+def _load_fashion_mnist(candidates: Sequence[Path]) -> Dataset:
+    looked = []
+    for directory in candidates:
+        if not directory.is_dir():
+            looked.append(f"{directory} (no such directory)")
+            continue
+        missing = [stem for stem in IDX_FILES.values() if find_idx_file(directory, stem) is None]
+        if not missing:
+            return load_idx_dir(directory, require_test=True, source="Fashion-MNIST")
+        looked.append(f"{directory} (missing {', '.join(missing)})")
+    raise DatasetError(
+        "fashion-mnist: the four IDX files (train-images-idx3-ubyte[.gz] and friends) were not "
+        f"found; looked in: {'; '.join(looked)}. Install them with "
+        "`apt-get install dataset-fashion-mnist`, or download them with "
+        f"`gradfleet fetch-data --dest DIR` where DIR is {candidates[0]}"
+    )

@@ -1,0 +1,65 @@
+"""Domain errors. Each carries the gRPC status code it maps to; the server interceptor does the mapping."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GradfleetError(Exception):
+    """Base of all errors a client may see; `code` is the gRPC status it becomes."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # stays picklable across Ray process boundaries
+        return (type(self), (self.message,))
+
+
+class InvalidSpec(GradfleetError):
+    """A job spec field has a value that is not allowed; the message names the field path."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+    def __reduce__(self):
+        return (type(self), (self.field, self.problem))
+
+
+class InvalidRequest(GradfleetError):
+    """A request (not a spec) is malformed: empty job id, bad page token."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class JobNotFound(GradfleetError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found; `gradfleet list` shows the known jobs")
+        self.job_id = job_id
+
+    def __reduce__(self):
+        return (type(self), (self.job_id,))
+
+
+class JobNotReady(GradfleetError):
+    """The job is not in a state that allows the request (e.g. download before it succeeded)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class LimitExceeded(GradfleetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TrainingFailed(GradfleetError):
+    """Training could not go on; the message says why and what to change."""
+
+    code = grpc.StatusCode.INTERNAL

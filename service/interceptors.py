@@ -1,0 +1,122 @@
+"""The one place where exceptions become gRPC statuses, and where every call is timed.
+
+Domain errors (`GradfleetError`) carry their status code and a message meant for the client;
+anything else is a bug: its traceback goes to the server log and the client sees INTERNAL with a
+short message. Each call is reported as (full method name, status code name, seconds), labelled
+by method only, never by request content.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from service.errors import GradfleetError
+
+_LOG = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+OnCall = Callable[[str, str, float], None]
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Map exceptions to statuses and report (method, code name, latency in s) to `on_call`."""
+
+    def __init__(self, on_call: OnCall | None = None) -> None:
+        self._on_call = on_call
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED itself
+        method = handler_call_details.method
+        if handler.response_streaming:
+            return _rewrap(handler, lambda behavior: self._streaming(method, behavior))
+        return _rewrap(handler, lambda behavior: self._unary(method, behavior))
+
+    def _unary(self, method: str, behavior: Callable) -> Callable:
+        def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = behavior(request_or_iterator, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except Exception as exc:
+                code, message = _status_for(exc, method, context)
+                if message is None:
+                    raise  # the servicer aborted with its own status: keep it
+                context.abort(code, message)
+            finally:
+                self._report(method, code, time.perf_counter() - start)
+
+        return wrapper
+
+    def _streaming(self, method: str, behavior: Callable) -> Callable:
+        def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                yield from behavior(request_or_iterator, context)
+                code = context.code() or grpc.StatusCode.OK
+            except GeneratorExit:  # the client went away and grpc dropped the stream
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, message = _status_for(exc, method, context)
+                if message is None:
+                    raise  # the servicer aborted with its own status: keep it
+                context.abort(code, message)
+            finally:
+                self._report(method, code, time.perf_counter() - start)
+
+        return wrapper
+
+    def _report(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if self._on_call is None:
+            return
+        try:
+            self._on_call(method, code.name, seconds)
+        except Exception:  # a metrics bug must not fail the call
+            _LOG.exception("on_call callback failed for %s", method)
+
+
+def _status_for(
+    exc: Exception, method: str, context: grpc.ServicerContext
+) -> tuple[grpc.StatusCode, str | None]:
+    """The status `exc` maps to, and the message to send (None: already aborted, send nothing)."""
+    if _was_aborted(exc, context):
+        return context.code(), None
+    if isinstance(exc, GradfleetError):
+        _LOG.debug("%s -> %s: %s", method, exc.code.name, exc.message)
+        return exc.code, exc.message
+    _LOG.exception("unexpected error in %s", method)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _was_aborted(exc: Exception, context: grpc.ServicerContext) -> bool:
+    # grpc's context.abort() sets the code and raises a bare Exception(); nothing else does both.
+    return type(exc) is Exception and not exc.args and context.code() is not None
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> Any:
+    """A handler like `handler` whose behavior is wrap(behavior); one branch per arity."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)

@@ -1,0 +1,178 @@
+"""The job registry: job records in SQLite under the state folder, and change events for watchers.
+
+Every change goes through `JobStore.update`, which persists the record and wakes watchers, so
+what a client sees is always what is on disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.errors import InvalidRequest, JobNotFound
+
+TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
+EVENT_HISTORY = 256  # events kept per job for watchers that fall behind
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state INTEGER NOT NULL,
+    record BLOB NOT NULL
+)
+"""
+
+
+def now_timestamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class JobStore:
+    """Thread-safe registry of jobs, persisted to `state_dir/jobs.sqlite3` (WAL mode)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(state_dir / "jobs.sqlite3", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: dict[str, pb.Job] = {}
+        self._seq: dict[str, int] = {}
+        self._events: dict[str, collections.deque] = {}
+        self._version = 0
+        for seq, job_id, record in self._db.execute("SELECT seq, id, record FROM jobs ORDER BY seq"):
+            self._jobs[job_id] = pb.Job.FromString(record)
+            self._seq[job_id] = seq
+            self._events[job_id] = collections.deque(maxlen=EVENT_HISTORY)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, spec: pb.JobSpec) -> pb.Job:
+        job = pb.Job(id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp())
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO jobs (id, state, record) VALUES (?, ?, ?)",
+                (job.id, job.state, job.SerializeToString()),
+            )
+            self._db.commit()
+            self._jobs[job.id] = job
+            self._seq[job.id] = cursor.lastrowid
+            self._events[job.id] = collections.deque(maxlen=EVENT_HISTORY)
+            self._record_event(job, pb.JobEvent.STATE)
+            return _copy(job)
+
+    def get(self, job_id: str) -> pb.Job:
+        with self._lock:
+            return _copy(self._get(job_id))
+
+    def _get(self, job_id: str) -> pb.Job:
+        if not job_id:
+            raise InvalidRequest("job_id: empty; pass the id that SubmitJob returned")
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    def update(self, job_id: str, change: Callable[[pb.Job], None], kind=pb.JobEvent.PROGRESS) -> pb.Job:
+        """Apply `change` to the job, persist it and wake watchers; returns a copy."""
+        with self._lock:
+            job = self._get(job_id)
+            before = job.state
+            change(job)
+            if job.state != before:
+                kind = pb.JobEvent.STATE
+                if job.state == pb.RUNNING and not job.HasField("started_at"):
+                    job.started_at.CopyFrom(now_timestamp())
+                if job.state in TERMINAL_STATES:
+                    job.finished_at.CopyFrom(now_timestamp())
+            self._db.execute(
+                "UPDATE jobs SET state = ?, record = ? WHERE id = ?",
+                (job.state, job.SerializeToString(), job_id),
+            )
+            self._db.commit()
+            self._record_event(job, kind)
+            return _copy(job)
+
+    def _record_event(self, job: pb.Job, kind) -> None:
+        self._version += 1
+        event = pb.JobEvent(kind=kind, job=job, time=now_timestamp())
+        self._events[job.id].append((self._version, event))
+        self._changed.notify_all()
+
+    def list(self, state: int = 0, page_size: int = 0, page_token: str = "") -> tuple[list[pb.Job], str]:
+        """Jobs newest first, filtered by state (0 = all); returns (page, next_page_token)."""
+        size = page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidRequest(f"page_size: got {size}; must be at most {MAX_PAGE_SIZE}")
+        try:
+            before = int(page_token) if page_token else None
+        except ValueError:
+            raise InvalidRequest(
+                "page_token: not a token this server issued; pass next_page_token from the previous page"
+            ) from None
+        with self._lock:
+            ordered = sorted(self._jobs, key=self._seq.__getitem__, reverse=True)
+            chosen = [
+                j
+                for j in ordered
+                if (not state or self._jobs[j].state == state) and (before is None or self._seq[j] < before)
+            ]
+            page = chosen[:size]
+            token = str(self._seq[page[-1]]) if len(chosen) > size else ""
+            return [_copy(self._jobs[j]) for j in page], token
+
+    def unfinished(self) -> list[pb.Job]:
+        """Jobs that were queued or running, oldest first (to re-queue after a restart)."""
+        with self._lock:
+            ids = sorted(self._jobs, key=self._seq.__getitem__)
+            return [_copy(self._jobs[j]) for j in ids if self._jobs[j].state not in TERMINAL_STATES]
+
+    def counts_by_state(self) -> dict[int, int]:
+        with self._lock:
+            counts = collections.Counter(job.state for job in self._jobs.values())
+        return {state: counts.get(state, 0) for state in pb.JobState.values() if state}
+
+    def snapshot(self, job_id: str) -> tuple[int, pb.Job]:
+        """The current event version and a copy of the job: where a new watcher starts."""
+        with self._lock:
+            return self._version, _copy(self._get(job_id))
+
+    def events_after(self, job_id: str, version: int, timeout_s: float) -> list[tuple[int, pb.JobEvent]]:
+        """Events of the job newer than `version`, waiting up to `timeout_s` for one to arrive."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._get(job_id)
+            while True:
+                fresh = [(v, e) for v, e in self._events[job_id] if v > version]
+                remaining = deadline - time.monotonic()
+                if fresh or remaining <= 0:
+                    return fresh
+                self._changed.wait(remaining)
+
+    def wake_all(self) -> None:
+        """Wake every waiting watcher (a client went away, or the server is stopping)."""
+        with self._lock:
+            self._changed.notify_all()
+
+
+def _copy(job: pb.Job) -> pb.Job:
+    copy = pb.Job()
+    copy.CopyFrom(job)
+    return copy

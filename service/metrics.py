@@ -1,0 +1,208 @@
+"""Every Prometheus metric the coordinator exports, declared in one place.
+
+Naming: gradfleet_<noun>_<unit>, base units (seconds, ratios), counters end in _total. Per-job series
+carry the label job_id and are removed a while after the job ends, so series do not grow with the
+number of jobs ever run. Workers open no ports: their statistics come back with their gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from gradfleet.v1 import coordinator_pb2 as pb
+
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEP_PHASES = ("compute", "reduce", "apply", "wait")
+JOB_STATE_NAMES = tuple(pb.JobState.Name(v).lower() for v in pb.JobState.values() if v)
+DEFAULT_RETIRE_AFTER_S = 60.0  # a few scrape intervals: dashboards see the final values
+
+
+class Metrics:
+    """The coordinator's metrics, registered in `registry` (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry, job_counts: Callable[[], dict[int, int]]) -> None:
+        self.registry = registry
+        job = ["job_id"]
+        self.job_loss = Gauge(
+            "gradfleet_job_loss", "Mean training loss of the latest step.", job, registry=registry
+        )
+        self.job_eval_loss = Gauge(
+            "gradfleet_job_eval_loss",
+            "Mean test-set loss at the latest evaluation.",
+            job,
+            registry=registry,
+        )
+        self.job_eval_accuracy = Gauge(
+            "gradfleet_job_eval_accuracy",
+            "Test-set accuracy (0-1) at the latest evaluation.",
+            job,
+            registry=registry,
+        )
+        self.job_samples = Counter(
+            "gradfleet_job_samples",
+            "Training samples processed; rate() is throughput.",
+            job,
+            registry=registry,
+        )
+        self.job_steps = Counter("gradfleet_job_steps", "Optimizer steps applied.", job, registry=registry)
+        self.job_samples_per_second = Gauge(
+            "gradfleet_job_samples_per_second",
+            "Recent training throughput.",
+            job,
+            registry=registry,
+        )
+        self.job_learning_rate = Gauge(
+            "gradfleet_job_learning_rate",
+            "Learning rate of the latest step.",
+            job,
+            registry=registry,
+        )
+        self.job_gradient_norm = Gauge(
+            "gradfleet_job_gradient_norm",
+            "Global L2 norm of the latest averaged gradient.",
+            job,
+            registry=registry,
+        )
+        self.job_workers = Gauge(
+            "gradfleet_job_workers", "Worker actors taking part in the job.", job, registry=registry
+        )
+        self.job_step_seconds = Histogram(
+            "gradfleet_job_step_seconds",
+            "Wall time of one training step.",
+            job,
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.job_step_phase_seconds = Histogram(
+            "gradfleet_job_step_phase_seconds",
+            "Step time by phase: compute (slowest worker), reduce (gradient tree sum), "
+            "apply (optimizer), wait (transfer and scheduling).",
+            [*job, "phase"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.jobs_submitted = Counter(
+            "gradfleet_jobs_submitted", "Jobs accepted by SubmitJob.", registry=registry
+        )
+        self.jobs_finished = Counter(
+            "gradfleet_jobs_finished",
+            "Jobs that reached a terminal state, by state.",
+            ["state"],
+            registry=registry,
+        )
+        for state in ("succeeded", "failed", "cancelled"):
+            self.jobs_finished.labels(state)
+        self.grpc_requests = Counter(
+            "gradfleet_grpc_requests",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.grpc_latency = Histogram(
+            "gradfleet_grpc_request_duration_seconds",
+            "gRPC call latency (whole stream for streaming calls).",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_JobStateCollector(job_counts))
+        self._per_job = [
+            self.job_loss,
+            self.job_eval_loss,
+            self.job_eval_accuracy,
+            self.job_samples,
+            self.job_steps,
+            self.job_samples_per_second,
+            self.job_learning_rate,
+            self.job_gradient_norm,
+            self.job_workers,
+            self.job_step_seconds,
+        ]
+        self._timers: list[threading.Timer] = []
+
+    def record_call(self, method: str, code: str, seconds: float) -> None:
+        """Interceptor callback: one finished gRPC call."""
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method).observe(seconds)
+
+    def start_job(self, job_id: str, workers: int) -> None:
+        """Create the job's series at zero so rate() and dashboards have data from the start."""
+        self.job_samples.labels(job_id)
+        self.job_steps.labels(job_id)
+        self.job_workers.labels(job_id).set(workers)
+        for phase in STEP_PHASES:
+            self.job_step_phase_seconds.labels(job_id, phase)
+
+    def record_steps(self, job_id: str, steps: list, samples_per_second: float) -> None:
+        """Account a batch of StepStats from the parameter server."""
+        if not steps:
+            return
+        for s in steps:
+            self.job_step_seconds.labels(job_id).observe(s.step_seconds)
+            for phase, value in zip(
+                STEP_PHASES,
+                (s.compute_seconds, s.reduce_seconds, s.apply_seconds, s.wait_seconds),
+                strict=False,
+            ):
+                self.job_step_phase_seconds.labels(job_id, phase).observe(value)
+        last = steps[-1]
+        self.job_samples.labels(job_id).inc(sum(s.samples for s in steps))
+        self.job_steps.labels(job_id).inc(len(steps))
+        self.job_loss.labels(job_id).set(last.loss)
+        self.job_learning_rate.labels(job_id).set(last.learning_rate)
+        self.job_gradient_norm.labels(job_id).set(last.grad_norm)
+        self.job_samples_per_second.labels(job_id).set(samples_per_second)
+
+    def record_eval(self, job_id: str, loss: float, accuracy: float) -> None:
+        self.job_eval_loss.labels(job_id).set(loss)
+        self.job_eval_accuracy.labels(job_id).set(accuracy)
+
+    def finish_job(
+        self, job_id: str, state_name: str, retire_after_s: float = DEFAULT_RETIRE_AFTER_S
+    ) -> None:
+        """Count the outcome; drop the job's series after `retire_after_s` (0 = now)."""
+        self.jobs_finished.labels(state_name).inc()
+        self.job_workers.labels(job_id).set(0)
+        if retire_after_s <= 0:
+            self.retire_job(job_id)
+            return
+        timer = threading.Timer(retire_after_s, self.retire_job, args=(job_id,))
+        timer.daemon = True
+        timer.start()
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+
+    def retire_job(self, job_id: str) -> None:
+        for metric in self._per_job:
+            with contextlib.suppress(KeyError):
+                metric.remove(job_id)
+        for phase in STEP_PHASES:
+            with contextlib.suppress(KeyError):
+                self.job_step_phase_seconds.remove(job_id, phase)
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+class _JobStateCollector:
+    """gradfleet_jobs{state}: read from the job store at scrape time, so it can never drift."""
+
+    def __init__(self, job_counts: Callable[[], dict[int, int]]) -> None:
+        self._job_counts = job_counts
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "gradfleet_jobs", "Jobs known to the coordinator, by state.", labels=["state"]
+        )
+        for state, count in self._job_counts().items():
+            family.add_metric([pb.JobState.Name(state).lower()], count)
+        yield family
+
+    def describe(self):
+        return []

@@ -1,0 +1,202 @@
+"""The parameter server: the flat parameter vector, one optimizer and a schedule.
+
+`ParameterServer` is the pure update rule; `ParameterServerActor` is the Ray actor that also drives
+the job's compiled worker graph, so the reduce and update happen where the graph returns and the
+coordinator only hears from it a few times a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from service.errors import TrainingFailed
+from workers.batches import steps_per_epoch
+from workers.group import WorkerGroup
+from workers.nn import Optimizer, tree_reduce
+from workers.worker import StepCommand
+
+
+class ParameterServer:
+    """Holds parameters, an optimizer and a learning-rate schedule; applies averaged gradients."""
+
+    def __init__(self, params: np.ndarray, optimizer: Optimizer, schedule) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.step = 0  # optimizer steps applied so far
+
+    def learning_rate(self) -> float:
+        return float(self.schedule(self.step))
+
+    def apply(self, grad_sum: np.ndarray, count: int) -> float:
+        """Divide the summed gradient by the total sample count (in place), step; return the rate."""
+        lr = self.learning_rate()
+        grad_sum *= np.asarray(1.0 / count, dtype=grad_sum.dtype)
+        self.optimizer.step(self.params, grad_sum, lr)
+        self.step += 1
+        return lr
+
+
+@dataclass
+class StepStats:
+    """What one applied step looked like; times in seconds."""
+
+    epoch: int
+    step: int  # 1-based count of applied steps after this one
+    samples: int
+    loss: float  # mean over the step's samples
+    learning_rate: float
+    grad_norm: float
+    step_seconds: float
+    compute_seconds: float  # slowest worker's compute
+    reduce_seconds: float
+    apply_seconds: float
+
+    @property
+    def wait_seconds(self) -> float:
+        """Transfer and scheduling: what the step cost beyond compute, reduce and apply."""
+        return max(0.0, self.step_seconds - self.compute_seconds - self.reduce_seconds - self.apply_seconds)
+
+
+@dataclass
+class TrainReport:
+    steps: list[StepStats] = field(default_factory=list)
+    finished: bool = False  # all epochs done
+
+
+def reduce_results(results: list, num_microshards: int, out: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Combine workers' node partial sums along the fixed tree into `out`.
+
+    Returns (gradient sum, loss sum, samples); all three are the same bits whatever the worker count.
+    Arrays received from the graph may be read-only views of a channel buffer, so the sum lands in `out`.
+    """
+    grads, losses, counts = {}, {}, {}
+    for result in results:
+        for node, grad, node_loss, _correct, node_count in result.nodes:
+            grads[node], losses[node], counts[node] = grad, node_loss, node_count
+    grad = tree_reduce(grads, num_microshards, out=out)
+    return grad, tree_reduce(losses, num_microshards), tree_reduce(counts, num_microshards)
+
+
+class ParameterServerCore:
+    """The step loop without Ray's actor wrapper."""
+
+    def __init__(
+        self,
+        group: WorkerGroup,
+        server: ParameterServer,
+        num_train: int,
+        epochs: int,
+        step_timeout_s: float,
+    ) -> None:
+        self.group = group
+        self.server = server
+        self.plan = group.plan
+        self.steps_per_epoch = steps_per_epoch(num_train, self.plan.batch_size)
+        self.total_steps = self.steps_per_epoch * epochs
+        self.step_timeout_s = step_timeout_s
+        self._grad = np.empty_like(server.params)
+
+    def _position(self) -> tuple[int, int]:
+        step = self.server.step
+        return step // self.steps_per_epoch + 1, step % self.steps_per_epoch
+
+    def train(self, until_step: int, max_seconds: float) -> TrainReport:
+        """Apply steps until `until_step` steps are done, an epoch ends, or about `max_seconds` pass."""
+        report = TrainReport()
+        deadline = time.perf_counter() + max_seconds
+        until_step = min(until_step, self.total_steps)
+        while self.server.step < until_step:
+            stats = self._one_step()
+            report.steps.append(stats)
+            if self.server.step % self.steps_per_epoch == 0 or time.perf_counter() > deadline:
+                break
+        report.finished = self.server.step >= self.total_steps
+        return report
+
+    def _one_step(self) -> StepStats:
+        start = time.perf_counter()
+        epoch, batch_index = self._position()
+        command = StepCommand("train", self.server.params, self.group.size, epoch, batch_index)
+        results = self.group.run(command, self.step_timeout_s)
+        reduce_start = time.perf_counter()
+        grad, loss_sum, count = reduce_results(results, self.plan.num_microshards, self._grad)
+        norm = math.sqrt(float(np.dot(grad, grad))) / count
+        apply_start = time.perf_counter()
+        self._check_finite(loss_sum, norm, epoch)
+        lr = self.server.apply(grad, count)
+        end = time.perf_counter()
+        return StepStats(
+            epoch=epoch,
+            step=self.server.step,
+            samples=count,
+            loss=loss_sum / count,
+            learning_rate=lr,
+            grad_norm=norm,
+            step_seconds=end - start,
+            compute_seconds=max((r.compute_seconds for r in results), default=0.0),
+            reduce_seconds=apply_start - reduce_start,
+            apply_seconds=end - apply_start,
+        )
+
+    def _check_finite(self, loss_sum: float, grad_norm: float, epoch: int) -> None:
+        if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+            return
+        what = "loss" if not math.isfinite(loss_sum) else "gradient"
+        value = loss_sum if what == "loss" else grad_norm
+        raise TrainingFailed(
+            f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} "
+            f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
+            "lower the learning rate or enable clipping"
+        )
+
+    def evaluate(self) -> tuple[float, float, int]:
+        """Test-set (mean loss, accuracy, samples) with the current parameters."""
+        command = StepCommand("eval", self.server.params, self.group.size)
+        results = self.group.run(command, self.step_timeout_s)
+        count = sum(r.count for r in results)
+        if count == 0:
+            return float("nan"), float("nan"), 0
+        return (
+            sum(r.loss_sum for r in results) / count,
+            sum(r.correct for r in results) / count,
+            count,
+        )
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ParameterServerActor:
+    """Runs on the cluster, not in the gRPC process; num_cpus=0 because it mostly waits on workers."""
+
+    def __init__(
+        self,
+        group: WorkerGroup,
+        params: np.ndarray,
+        make_optimizer: Callable[[], Optimizer],
+        schedule,
+        num_train: int,
+        epochs: int,
+        step_timeout_s: float,
+    ) -> None:
+        # Arrays arrive as read-only views of the object store: own a writable copy.
+        server = ParameterServer(params.copy(), make_optimizer(), schedule)
+        self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s)
+        group.compile()
+
+    def train(self, until_step: int, max_seconds: float) -> TrainReport:
+        return self.core.train(until_step, max_seconds)
+
+    def evaluate(self) -> tuple[float, float, int]:
+        return self.core.evaluate()
+
+    def params(self) -> np.ndarray:
+        return self.core.server.params
+
+    def close(self) -> None:
+        self.core.group.release_graph()

@@ -1,0 +1,183 @@
+"""Pure rendering of jobs and job events into text for the CLI; no I/O here, so it is testable."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gradfleet.v1 import coordinator_pb2 as pb
+
+TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
+BAR_WIDTH = 10
+LOG_INTERVAL_S = 2.0  # non-TTY output: at most one progress line per this many seconds
+
+
+def state_name(state: int) -> str:
+    return pb.JobState.Name(state) if state in pb.JobState.values() else f"STATE_{state}"
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """`[#####-----]` for 0.5: filled cells rounded down, so 100% only when done."""
+    filled = int(min(max(fraction, 0.0), 1.0) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def format_progress(job: pb.Job) -> str:
+    """One line: epoch 3/10 [#####-----] 45% step 700/2350 loss 0.3412 1.2e+05 samples/s ..."""
+    p = job.progress
+    fraction = p.step / p.total_steps if p.total_steps else 0.0
+    parts = [
+        f"epoch {p.epoch}/{job.spec.epochs or '?'}",
+        f"{progress_bar(fraction)} {int(fraction * 100):3d}%",
+        f"step {p.step}/{p.total_steps or '?'}",
+    ]
+    if p.step:
+        parts.append(f"loss {_num(p.loss)}")
+    if p.samples_per_second > 0:
+        parts.append(f"{p.samples_per_second:.3g} samples/s")
+    if p.has_eval:
+        parts.append(f"eval acc {p.eval_accuracy:.4f}")
+    return " ".join(parts)
+
+
+def format_event(event: pb.JobEvent) -> str:
+    """One log line per event, for non-TTY output."""
+    job = event.job
+    if event.kind == pb.JobEvent.EVAL:
+        p = job.progress
+        return (
+            f"eval at epoch {p.epoch} step {p.step}: accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
+        )
+    if event.kind == pb.JobEvent.PROGRESS:
+        return format_progress(job)
+    line = f"job {job.id} {state_name(job.state)}"
+    return f"{line}: {job.message}" if job.message else line
+
+
+def format_summary(job: pb.Job) -> str:
+    """`job abc SUCCEEDED in 41.2 s: test accuracy 0.8891, loss 0.3012`, or why it did not."""
+    elapsed = job_seconds(job)
+    head = f"job {job.id} {state_name(job.state)}"
+    if elapsed is not None:
+        word = "in" if job.state == pb.SUCCEEDED else "after"
+        head += f" {word} {format_duration(elapsed)}"
+    p = job.progress
+    if job.state == pb.SUCCEEDED and p.has_eval:
+        return f"{head}: test accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
+    if job.state == pb.SUCCEEDED:
+        return f"{head}: training loss {_num(p.loss)}"
+    return f"{head}: {job.message}" if job.message else head
+
+
+def format_job(job: pb.Job) -> str:
+    """A short readable block describing one job, for `gradfleet get`."""
+    p = job.progress
+    rows = [
+        ("id", job.id),
+        ("name", job.spec.name),
+        ("state", state_name(job.state)),
+        ("epoch", f"{p.epoch}/{job.spec.epochs or '?'}"),
+        ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
+    ]
+    if p.step:
+        rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
+    if p.has_eval:
+        rows.append(("eval", f"accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"))
+    if p.samples_per_second > 0:
+        rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
+    if job.message:
+        rows.append(("message", job.message))
+    for label, stamp in (("created", "created_at"), ("started", "started_at")):
+        if job.HasField(stamp):
+            rows.append((label, format_time(getattr(job, stamp))))
+    if job.HasField("finished_at"):
+        rows.append(("finished", format_time(job.finished_at) + _took(job)))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def format_job_table(jobs: Sequence[pb.Job]) -> str:
+    """A table with one row per job, for `gradfleet list`."""
+    header = ("ID", "NAME", "STATE", "EPOCH", "STEP", "LOSS", "EVAL ACC", "CREATED")
+    rows = [header] + [_table_row(job) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _table_row(job: pb.Job) -> tuple[str, ...]:
+    p = job.progress
+    return (
+        job.id,
+        job.spec.name,
+        state_name(job.state),
+        f"{p.epoch}/{job.spec.epochs or '?'}",
+        f"{p.step}/{p.total_steps or '?'}",
+        _num(p.loss) if p.step else "-",
+        f"{p.eval_accuracy:.4f}" if p.has_eval else "-",
+        format_time(job.created_at) if job.HasField("created_at") else "-",
+    )
+
+
+class EventThrottle:
+    """Decides which events a non-TTY watcher prints: every STATE and EVAL event, and PROGRESS
+    events at most once per `interval` seconds (the caller passes the clock, for testability)."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_S) -> None:
+        self.interval = interval
+        self._last_progress: float | None = None
+
+    def should_print(self, event: pb.JobEvent, now: float) -> bool:
+        if event.kind != pb.JobEvent.PROGRESS:
+            return True
+        if self._last_progress is not None and now - self._last_progress < self.interval:
+            return False
+        self._last_progress = now
+        return True
+
+
+def job_seconds(job: pb.Job) -> float | None:
+    """Seconds from start (or creation) to finish; None while the job has not finished."""
+    if not job.HasField("finished_at"):
+        return None
+    begin = job.started_at if job.HasField("started_at") else job.created_at
+    if not begin.seconds and not begin.nanos:
+        return None
+    return max(_seconds(job.finished_at) - _seconds(begin), 0.0)
+
+
+def format_duration(seconds: float) -> str:
+    """41.2 s, 12 min 5 s, 2 h 3 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def format_time(stamp: Timestamp) -> str:
+    return stamp.ToDatetime(tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _took(job: pb.Job) -> str:
+    seconds = job_seconds(job)
+    return f" (took {format_duration(seconds)})" if seconds is not None else ""
+
+
+def _percent(done: int, total: int) -> str:
+    return f" ({int(done / total * 100)}%)" if total else ""
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def _num(value: float) -> str:
+    """Losses with 4 decimals, but small or huge values in exponent form; nan/inf as words."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3e}"

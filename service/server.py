@@ -1,0 +1,147 @@
+"""The server factory: Ray, the job store, the scheduler, the gRPC server and the metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import ray
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.config import ServerConfig
+from service.interceptors import ErrorMappingInterceptor
+from service.jobs import JobStore
+from service.metrics import Metrics
+from service.scheduler import Scheduler
+from service.servicer import CoordinatorServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    """A started coordinator; `port` and `metrics_port` are the bound ports (useful with port 0)."""
+
+    config: ServerConfig
+    port: int
+    metrics_port: int | None
+    grpc_server: grpc.Server
+    store: JobStore
+    scheduler: Scheduler
+    servicer: CoordinatorServicer
+    metrics: Metrics
+    health: health.HealthServicer
+    _http: object = None
+    _owns_ray: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
+        self.health.enter_graceful_shutdown()
+        self.servicer.stopping.set()
+        self.store.wake_all()
+        done = self.grpc_server.stop(grace_s)
+        self.scheduler.stop()
+        done.wait(grace_s)
+        self.metrics.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.store.close()
+        if self._owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(config: ServerConfig) -> bool:
+    """Connect to Ray; returns True if this process started (and so must stop) it."""
+    if ray.is_initialized():
+        return False
+    if config.ray_address:
+        ray.init(address=config.ray_address, log_to_driver=False)
+        return False
+    # An embedded single-machine Ray on loopback: token auth would only depend on stray home files.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    owns_ray = _init_ray(config)
+    store = JobStore(config.state_dir)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, store.counts_by_state)
+    scheduler = Scheduler(store, metrics, config)
+    servicer = CoordinatorServicer(store, scheduler, config)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+        interceptors=[ErrorMappingInterceptor(on_call=metrics.record_call)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}; is another server using it?")
+    http, metrics_port = None, None
+    if config.metrics_port >= 0:
+        http, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        metrics_port = http.server_address[1]
+    scheduler.start()
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gradfleet coordinator on %s:%d, metrics on %s", config.host, port, metrics_port)
+    return RunningServer(
+        config,
+        port,
+        metrics_port,
+        server,
+        store,
+        scheduler,
+        servicer,
+        metrics,
+        health_servicer,
+        http,
+        owns_ray,
+    )
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    running = start_server(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"gradfleet coordinator listening on {running.address}"
+        + (
+            f", metrics on http://{config.host}:{running.metrics_port}/metrics"
+            if running.metrics_port
+            else ""
+        ),
+        flush=True,
+    )
+    while not stop.wait(1.0):  # a timed wait lets signal handlers run promptly
+        pass
+    log.info("shutting down")
+    running.stop()

@@ -1,0 +1,440 @@
+"""Job specs: load from YAML/JSON, fill defaults, validate, serialize.
+
+A job file is the `JobSpec` message in protobuf's JSON mapping (field names in camelCase or
+snake_case, enum values by name), so YAML, JSON and the wire share one schema. Every error is an
+`InvalidSpec` naming the field path (`layers[1].units`), the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.errors import InvalidSpec
+
+MAX_NAME_CHARS = 128
+MAX_LAYER_UNITS = 1_000_000
+MAX_MICRO_SHARDS = 1024
+DATASET_URI_HELP = 'use "fashion-mnist", "idx:DIR", "npz:FILE" or "csv:FILE"'
+_URI_SCHEMES = ("idx:", "npz:", "csv:")
+
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+_INT_RANGES = {
+    FieldDescriptor.CPPTYPE_UINT32: (0, _UINT32_MAX),
+    FieldDescriptor.CPPTYPE_UINT64: (0, _UINT64_MAX),
+    FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_spec_file(path: str | Path, *, overrides: Sequence[str] = ()) -> pb.JobSpec:
+    """Read a .yaml/.yml or .json job file; `overrides` ("a.b=value") are applied before parsing."""
+    data = apply_overrides(_read_document(Path(path)), overrides)
+    return spec_from_dict(data)
+
+
+def spec_from_dict(data: Any) -> pb.JobSpec:
+    """Convert a mapping in protobuf's JSON mapping to a JobSpec; raises InvalidSpec with a path."""
+    if not isinstance(data, dict):
+        raise InvalidSpec("", f"a job spec must be a mapping of fields, got {_type_name(data)}")
+    _check_message(data, pb.JobSpec.DESCRIPTOR, pb.JobSpec, "")
+    try:
+        return json_format.ParseDict(data, pb.JobSpec())
+    except json_format.ParseError as exc:  # the walk above should have caught it; stay readable
+        raise InvalidSpec("", _strip_parse_error(str(exc))) from None
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """Set "a.b.c=value" keys in a spec mapping; value is parsed as YAML (numbers, names, lists)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidSpec("", f"--set {item!r}: expected key=value, e.g. epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw  # not YAML: take it as a plain string
+        data = _set_path(data if isinstance(data, dict) else {}, key.strip().split("."), value)
+    return data
+
+
+def _read_document(path: Path) -> Any:
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise InvalidSpec("", f"{path}: unknown file type; use a .yaml, .yml or .json job file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidSpec("", f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpec("", f"{path}: cannot read: {exc}") from None
+    data = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
+    if data is None:
+        raise InvalidSpec("", f"{path}: the file is empty")
+    if not isinstance(data, dict):
+        raise InvalidSpec("", f"{path}: must hold a mapping of JobSpec fields, not {_type_name(data)}")
+    return data
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec("", f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise InvalidSpec("", f"{path}:{line}: invalid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidSpec("", f"{path}: invalid YAML: {exc}") from None
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, which plain YAML silently lets the last one win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _set_path(data: Any, keys: list[str], value: Any) -> Any:
+    if not keys:
+        return value
+    head, rest = keys[0], keys[1:]
+    if isinstance(data, list) and head.isdigit() and int(head) < len(data):
+        data[int(head)] = _set_path(data[int(head)], rest, value)
+        return data
+    if not isinstance(data, dict):
+        raise InvalidSpec("", f"--set {'.'.join(keys)}: cannot set a key inside {data!r}")
+    # Replace an existing key spelled the other way (learningRate vs learning_rate).
+    existing = next((k for k in data if _norm(k) == _norm(head)), head)
+    data[existing] = _set_path(data.get(existing, {}), rest, value)
+    return data
+
+
+def _norm(key: Any) -> str:
+    return str(key).replace("_", "").lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure check: walks the mapping next to the descriptor so every error knows its exact path.
+
+
+def _check_message(data: Any, desc: Descriptor, cls: type[Message], path: str) -> None:
+    if not isinstance(data, dict):
+        fields = ", ".join(f.name for f in desc.fields)
+        raise InvalidSpec(path, f"got {_show(data)}; must be a mapping with fields {fields}")
+    by_key = {f.name: f for f in desc.fields} | {f.json_name: f for f in desc.fields}
+    seen: dict[str, str] = {}
+    for key, value in data.items():
+        field = by_key.get(key)
+        if field is None:
+            raise InvalidSpec(_join(path, str(key)), _unknown_field(str(key), desc))
+        if field.name in seen:
+            raise InvalidSpec(_join(path, field.name), f"given twice, as {seen[field.name]} and {key}")
+        seen[field.name] = str(key)
+        _check_field(field, key, value, cls, _join(path, field.name))
+
+
+def _check_field(field: FieldDescriptor, key: str, value: Any, cls: type, path: str) -> None:
+    if value is None:
+        return  # JSON null means "not set"
+    if field.is_repeated:
+        if not isinstance(value, list):
+            raise InvalidSpec(path, f"got {_show(value)}; must be a list")
+        for i, item in enumerate(value):
+            _check_single(field, key, item, cls, f"{path}[{i}]", as_list=True)
+    else:
+        _check_single(field, key, value, cls, path, as_list=False)
+
+
+def _check_single(
+    field: FieldDescriptor, key: str, value: Any, cls: type, path: str, *, as_list: bool
+) -> None:
+    if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+        _check_message(value, field.message_type, GetMessageClass(field.message_type), path)
+        return
+    if isinstance(value, bool) and field.cpp_type != FieldDescriptor.CPPTYPE_BOOL:
+        raise InvalidSpec(path, f"got {_show(value)}; {_expectation(field)}")
+    try:
+        json_format.ParseDict({key: [value] if as_list else value}, cls())
+    except json_format.ParseError:
+        if field.enum_type is not None:
+            raise InvalidSpec(path, _enum_problem(value, field.enum_type)) from None
+        raise InvalidSpec(path, f"got {_show(value)}; {_expectation(field)}") from None
+
+
+def _expectation(field: FieldDescriptor) -> str:
+    if field.cpp_type in _INT_RANGES:
+        low, high = _INT_RANGES[field.cpp_type]
+        return f"must be a whole number between {low} and {high}"
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return "must be a number"
+    if field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+        return "must be true or false"
+    if field.enum_type is not None:
+        return f"must be one of {_enum_names(field.enum_type)}"
+    return "must be a string (quote it)"
+
+
+def _enum_problem(value: Any, enum: EnumDescriptor) -> str:
+    problem = f"{_show(value)} is not one of {_enum_names(enum)}"
+    if isinstance(value, str) and value.upper() in enum.values_by_name:
+        problem += f' (names are upper case: "{value.upper()}")'
+    return problem
+
+
+def _unknown_field(key: str, desc: Descriptor) -> str:
+    names = [f.name for f in desc.fields]
+    close = difflib.get_close_matches(key, names + [f.json_name for f in desc.fields], n=1)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    return f"unknown field; {hint}{desc.name} has {', '.join(names)}"
+
+
+def _enum_names(enum: EnumDescriptor) -> str:
+    return ", ".join(v.name for v in enum.values if v.number != 0)
+
+
+def _strip_parse_error(text: str) -> str:
+    while text.startswith("Failed to parse ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text.rstrip(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults
+
+
+MAX_DEFAULT_MICRO_SHARDS = 16
+
+
+def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
+    """Return a copy with every unset field filled; an explicit 0 in an optional field stays."""
+    out = pb.JobSpec()
+    out.CopyFrom(spec)
+    out.name = out.name or "job"
+    _default(out, num_workers=2, batch_size=256, epochs=10)
+    # Micro-shards of about 64 samples: smaller ones make the per-shard matmuls inefficient.
+    _default(out, micro_shards=max(1, min(MAX_DEFAULT_MICRO_SHARDS, out.batch_size // 64)))
+    if out.dataset.preprocessing == pb.PREPROCESSING_UNSPECIFIED:
+        out.dataset.preprocessing = pb.SCALE
+    if out.loss == pb.LOSS_UNSPECIFIED:
+        out.loss = pb.SOFTMAX_CROSS_ENTROPY
+    for i, layer in enumerate(out.layers):
+        if layer.activation == pb.ACTIVATION_UNSPECIFIED:
+            layer.activation = pb.IDENTITY if i == len(out.layers) - 1 else pb.RELU
+    _fill_optimizer(out.optimizer)
+    return out
+
+
+def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
+    if opt.kind == pb.OPTIMIZER_UNSPECIFIED:
+        opt.kind = pb.ADAM
+    if opt.learning_rate == 0:  # plain proto3 double: 0 means "not given"
+        opt.learning_rate = 0.001 if opt.kind == pb.ADAM else 0.01
+    # Filled whatever the kind, so a reader never sees a silent 0.0 for a hyperparameter.
+    _default(opt, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8)
+    if opt.schedule.kind == pb.SCHEDULE_UNSPECIFIED:
+        opt.schedule.kind = pb.CONSTANT
+    _default(opt.schedule, gamma=0.1, step_epochs=1, min_learning_rate=0.0)
+
+
+def _default(message: Message, **values: Any) -> None:
+    for name, value in values.items():
+        if not message.HasField(name):
+            setattr(message, name, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_spec(
+    spec: pb.JobSpec,
+    *,
+    max_workers: int = 64,
+    max_params: int = 50_000_000,
+    max_epochs: int = 10_000,
+    max_batch: int = 1_000_000,
+) -> None:
+    """Raise InvalidSpec for the first problem in a with_defaults() spec.
+
+    The input size is unknown until the dataset is loaded, so `max_params` is only checked against
+    a lower bound here (one input feature); validate_against_dataset checks the exact count.
+    """
+    _check_name(spec.name)
+    _check_dataset(spec.dataset)
+    _check_layers(spec.layers)
+    if (at_least := count_params(1, spec)) > max_params:
+        raise InvalidSpec("layers", f"the model has at least {at_least:,} parameters; {_limit(max_params)}")
+    _check_enum("loss", spec.loss, pb.Loss.DESCRIPTOR)
+    _check_optimizer(spec.optimizer)
+    _check_range("batch_size", spec.batch_size, 1, max_batch)
+    _check_range("epochs", spec.epochs, 1, max_epochs)
+    _check_range("num_workers", spec.num_workers, 1, max_workers)
+    _check_range("micro_shards", spec.micro_shards, 1, MAX_MICRO_SHARDS)
+
+
+def validate_against_dataset(
+    spec: pb.JobSpec, num_features: int, num_classes: int, num_train: int, max_params: int
+) -> None:
+    """Raise InvalidSpec where the spec does not fit the loaded dataset."""
+    last = len(spec.layers) - 1
+    units = spec.layers[last].units
+    if spec.loss == pb.SOFTMAX_CROSS_ENTROPY and units != num_classes:
+        raise InvalidSpec(
+            f"layers[{last}].units",
+            f"got {units}; the dataset has {num_classes} classes, "
+            f"so the last layer needs {num_classes} units",
+        )
+    params = count_params(num_features, spec)
+    if params > max_params:
+        raise InvalidSpec(
+            "layers",
+            f"the model has {params:,} parameters ({num_features} inputs); {_limit(max_params)}",
+        )
+    if spec.batch_size > num_train:
+        raise InvalidSpec(
+            "batch_size",
+            f"got {spec.batch_size}; the training set has only {num_train} samples",
+        )
+
+
+def count_params(input_size: int, spec: pb.JobSpec) -> int:
+    """Weights plus biases of the dense stack: sum of (fan_in + 1) * units over the layers."""
+    total, fan_in = 0, input_size
+    for layer in spec.layers:
+        total += (fan_in + 1) * layer.units
+        fan_in = layer.units
+    return total
+
+
+def _limit(max_params: int) -> str:
+    return f"the limit is {max_params:,}; use fewer or smaller layers"
+
+
+def _check_name(name: str) -> None:
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidSpec("name", f"got {len(name)} characters; must be at most {MAX_NAME_CHARS}")
+
+
+def _check_dataset(dataset: pb.DatasetSpec) -> None:
+    uri = dataset.uri
+    if not uri.strip():
+        raise InvalidSpec("dataset.uri", f"empty; {DATASET_URI_HELP}")
+    known = uri == "fashion-mnist" or (uri.startswith(_URI_SCHEMES) and len(uri) > 4)
+    if not known:
+        raise InvalidSpec("dataset.uri", f"got {uri!r}; {DATASET_URI_HELP}")
+    _check_enum("dataset.preprocessing", dataset.preprocessing, pb.Preprocessing.DESCRIPTOR)
+
+
+def _check_layers(layers: Sequence[pb.LayerSpec]) -> None:
+    if not layers:
+        raise InvalidSpec("layers", "empty; give at least one layer, the last with one unit per class")
+    for i, layer in enumerate(layers):
+        _check_range(f"layers[{i}].units", layer.units, 1, MAX_LAYER_UNITS)
+        _check_enum(f"layers[{i}].activation", layer.activation, pb.Activation.DESCRIPTOR)
+
+
+def _check_optimizer(opt: pb.OptimizerSpec) -> None:
+    _check_enum("optimizer.kind", opt.kind, pb.OptimizerKind.DESCRIPTOR)
+    _check_positive("optimizer.learning_rate", opt.learning_rate)
+    for name in ("momentum", "beta1", "beta2"):
+        _check_unit_interval(f"optimizer.{name}", getattr(opt, name))
+    _check_positive("optimizer.epsilon", opt.epsilon)
+    schedule = opt.schedule
+    _check_enum("optimizer.schedule.kind", schedule.kind, pb.ScheduleKind.DESCRIPTOR)
+    gamma = schedule.gamma
+    if not (math.isfinite(gamma) and 0 < gamma <= 1):
+        raise InvalidSpec("optimizer.schedule.gamma", f"got {_num(gamma)}; must be in (0, 1]")
+    _check_range("optimizer.schedule.step_epochs", schedule.step_epochs, 1, _UINT32_MAX)
+    low = schedule.min_learning_rate
+    if not (math.isfinite(low) and 0 <= low <= opt.learning_rate):
+        raise InvalidSpec(
+            "optimizer.schedule.min_learning_rate",
+            f"got {_num(low)}; must be between 0 and the learning rate ({_num(opt.learning_rate)})",
+        )
+
+
+def _check_range(path: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidSpec(path, f"got {value}; must be between {low} and {high}")
+
+
+def _check_positive(path: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidSpec(path, f"got {_num(value)}; must be > 0 and finite")
+
+
+def _check_unit_interval(path: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise InvalidSpec(path, f"got {_num(value)}; must be in [0, 1)")
+
+
+def _check_enum(path: str, value: int, enum: EnumDescriptor) -> None:
+    # A client may send any int for an open proto3 enum; only defined numbers are meaningful.
+    if value not in enum.values_by_number:
+        raise InvalidSpec(path, f"got {value}; must be one of {_enum_names(enum)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialization and small helpers
+
+
+def spec_to_dict(spec: pb.JobSpec) -> dict:
+    """The spec in protobuf's JSON mapping (camelCase keys, enum names); loads back identically."""
+    return json_format.MessageToDict(spec)
+
+
+def spec_to_json(spec: pb.JobSpec) -> str:
+    return json_format.MessageToJson(spec, indent=2)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)

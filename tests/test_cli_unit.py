@@ -1,0 +1,525 @@
+"""The CLI without a server: rendering, argument parsing, exit codes, and the watch loop."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import cli, progress
+from service.client import DownloadError, write_chunks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _job(state: int = pb.RUNNING, **progress_fields: object) -> pb.Job:
+    return pb.Job(
+        id="abc",
+        spec=pb.JobSpec(name="mlp", epochs=10),
+        state=state,
+        progress=pb.Progress(**progress_fields),
+    )
+
+
+def _stamp(seconds: float) -> Timestamp:
+    return Timestamp(seconds=int(seconds), nanos=round(seconds % 1 * 1e9))
+
+
+def _event(kind: int, job: pb.Job) -> pb.JobEvent:
+    return pb.JobEvent(kind=kind, job=job)
+
+
+RUNNING = dict(
+    epoch=3,
+    step=700,
+    total_steps=2350,
+    loss=0.34121,
+    samples_per_second=123456,
+    has_eval=True,
+    eval_accuracy=0.87123,
+    eval_loss=0.35,
+    learning_rate=0.00098,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# progress.py
+
+
+@pytest.mark.parametrize(
+    ("fraction", "bar"),
+    [
+        (0.0, "[----------]"),
+        (0.5, "[#####-----]"),
+        (0.999, "[#########-]"),
+        (1.0, "[##########]"),
+        (1.7, "[##########]"),
+        (-1.0, "[----------]"),
+    ],
+)
+def test_progress_bar_fills_in_proportion(fraction: float, bar: str) -> None:
+    """The bar has one # per tenth completed, rounded down and clamped to [0, 1]."""
+    assert progress.progress_bar(fraction) == bar
+
+
+def test_progress_line_shows_epoch_step_loss_throughput_and_accuracy() -> None:
+    """A running job renders as one line with all its progress figures."""
+    assert progress.format_progress(_job(**RUNNING)) == (
+        "epoch 3/10 [##--------]  29% step 700/2350 loss 0.3412 1.23e+05 samples/s eval acc 0.8712"
+    )
+
+
+def test_progress_line_before_training_omits_unknown_figures() -> None:
+    """Before the first step there is no loss, throughput or accuracy to show."""
+    assert progress.format_progress(_job()) == "epoch 0/10 [----------]   0% step 0/?"
+
+
+def test_summary_of_a_succeeded_job() -> None:
+    """A succeeded job's summary gives its run time, test accuracy and test loss."""
+    job = _job(pb.SUCCEEDED, **RUNNING)
+    job.started_at.CopyFrom(_stamp(1000.0))
+    job.finished_at.CopyFrom(_stamp(1041.25))
+    job.progress.eval_loss = 0.30121
+    assert progress.format_summary(job) == ("job abc SUCCEEDED in 41.2 s: test accuracy 0.8712, loss 0.3012")
+
+
+def test_summary_of_a_failed_job_gives_the_reason() -> None:
+    """A failed job's summary says how long it ran and why it failed."""
+    job = _job(pb.FAILED)
+    job.message = "loss became NaN at step 12; lower the learning rate"
+    job.created_at.CopyFrom(_stamp(10.0))
+    job.finished_at.CopyFrom(_stamp(13.0))
+    assert progress.format_summary(job) == (
+        "job abc FAILED after 3.0 s: loss became NaN at step 12; lower the learning rate"
+    )
+
+
+def test_summary_without_evaluation_or_times() -> None:
+    """Without an evaluation the summary falls back to the training loss; no time if unknown."""
+    assert progress.format_summary(_job(pb.SUCCEEDED, step=5, loss=0.5)) == (
+        "job abc SUCCEEDED: training loss 0.5000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "job", "line"),
+    [
+        (pb.JobEvent.STATE, _job(pb.QUEUED), "job abc QUEUED"),
+        (
+            pb.JobEvent.STATE,
+            pb.Job(id="abc", state=pb.CANCELLED, message="by user"),
+            "job abc CANCELLED: by user",
+        ),
+        (
+            pb.JobEvent.EVAL,
+            _job(**RUNNING),
+            "eval at epoch 3 step 700: accuracy 0.8712, loss 0.3500",
+        ),
+        (
+            pb.JobEvent.PROGRESS,
+            _job(epoch=1, step=1, total_steps=10, loss=2.5),
+            "epoch 1/10 [#---------]  10% step 1/10 loss 2.5000",
+        ),
+    ],
+    ids=["state", "state-with-message", "eval", "progress"],
+)
+def test_event_lines(kind: int, job: pb.Job, line: str) -> None:
+    """Each event kind renders as one readable log line."""
+    assert progress.format_event(_event(kind, job)) == line
+
+
+def test_job_block_lists_the_fields_that_are_set() -> None:
+    """`get` output shows id, state, progress, evaluation and times, each on its own line."""
+    job = _job(**RUNNING)
+    job.created_at.CopyFrom(_stamp(0))
+    text = progress.format_job(job)
+    assert text.splitlines() == [
+        "id:         abc",
+        "name:       mlp",
+        "state:      RUNNING",
+        "epoch:      3/10",
+        "step:       700/2350 (29%)",
+        "loss:       0.3412 (learning rate 0.00098)",
+        "eval:       accuracy 0.8712, loss 0.3500",
+        "throughput: 1.23e+05 samples/s",
+        "created:    1970-01-01 00:00:00 UTC",
+    ]
+
+
+def test_job_table_aligns_columns() -> None:
+    """`list` output is a header and one aligned row per job."""
+    jobs = [_job(**RUNNING), pb.Job(id="x", spec=pb.JobSpec(name="n"), state=pb.QUEUED)]
+    assert progress.format_job_table(jobs).splitlines() == [
+        "ID   NAME  STATE    EPOCH  STEP      LOSS    EVAL ACC  CREATED",
+        "abc  mlp   RUNNING  3/10   700/2350  0.3412  0.8712    -",
+        "x    n     QUEUED   0/?    0/?       -       -         -",
+    ]
+
+
+def test_throttle_passes_every_state_and_eval_event_but_few_progress_events() -> None:
+    """Non-TTY output keeps STATE and EVAL events and PROGRESS at most every 2 s."""
+    throttle = progress.EventThrottle(interval=2.0)
+    job = _job()
+    kinds_and_times = [
+        (pb.JobEvent.STATE, 0.0),
+        (pb.JobEvent.PROGRESS, 0.1),
+        (pb.JobEvent.PROGRESS, 1.0),
+        (pb.JobEvent.EVAL, 1.5),
+        (pb.JobEvent.PROGRESS, 2.0),
+        (pb.JobEvent.PROGRESS, 2.2),
+        (pb.JobEvent.STATE, 2.3),
+    ]
+    shown = [throttle.should_print(_event(k, job), t) for k, t in kinds_and_times]
+    assert shown == [True, True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.04, "0.0 s"), (41.25, "41.2 s"), (725, "12 min 5 s"), (7380, "2 h 3 min")],
+)
+def test_durations_are_readable(seconds: float, text: str) -> None:
+    """Durations read as seconds, minutes or hours as fits."""
+    assert progress.format_duration(seconds) == text
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing and exit codes
+
+
+def _parse(*argv: str, environ: dict | None = None):
+    return cli.build_parser(environ or {}).parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["serve"], {"command": "serve", "host": None, "port": None, "metrics_port": None}),
+        (
+            [
+                "serve",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--ray-address",
+                "auto",
+                "--data-root",
+                "d",
+                "--state-dir",
+                "s",
+                "--max-running-jobs",
+                "2",
+                "-v",
+            ],
+            {
+                "host": "0.0.0.0",
+                "port": 0,
+                "metrics_port": -1,
+                "ray_address": "auto",
+                "data_root": "d",
+                "state_dir": "s",
+                "max_running_jobs": 2,
+                "verbose": True,
+            },
+        ),
+        (
+            [
+                "submit",
+                "job.yaml",
+                "--watch",
+                "--output",
+                "json",
+                "--set",
+                "epochs=3",
+                "--set",
+                "seed=2",
+            ],
+            {
+                "file": "job.yaml",
+                "watch": True,
+                "output": "json",
+                "set": ["epochs=3", "seed=2"],
+                "server": cli.DEFAULT_ADDRESS,
+            },
+        ),
+        (["submit", "job.yaml"], {"watch": False, "output": "text", "set": []}),
+        (["get", "abc", "--output", "json"], {"job_id": "abc", "output": "json"}),
+        (["list", "--state", "running"], {"state": "RUNNING", "output": "text"}),
+        (["list"], {"state": None}),
+        (["watch", "abc", "--server", "h:1"], {"job_id": "abc", "server": "h:1"}),
+        (["cancel", "abc"], {"job_id": "abc"}),
+        (["download", "abc", "-o", "model.npz"], {"job_id": "abc", "path": "model.npz"}),
+        (["download", "abc"], {"path": None}),
+        (
+            ["fetch-data", "--dest", "d", "--base-url", "http://m/", "--source-dir", "s"],
+            {"dest": Path("d"), "base_url": "http://m/", "source_dir": Path("s")},
+        ),
+        (["fetch-data"], {"dest": Path("data/fashion-mnist"), "base_url": None}),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_every_subcommand_parses(argv: list[str], expected: dict) -> None:
+    """Each subcommand accepts its documented arguments."""
+    args = vars(_parse(*argv))
+    assert {key: args[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["submit"],
+        ["get"],
+        ["watch"],
+        ["cancel"],
+        ["download"],
+        ["list", "--state", "DONE"],
+        ["get", "x", "--output", "yaml"],
+        ["serve", "--port", "many"],
+        ["frobnicate"],
+    ],
+    ids=lambda v: " ".join(v) or "nothing",
+)
+def test_missing_or_bad_arguments_are_usage_errors(argv: list[str], capsys) -> None:
+    """A missing or malformed argument exits with status 2 and a usage message."""
+    with pytest.raises(SystemExit) as info:
+        _parse(*argv)
+    assert info.value.code == 2
+    assert "usage: gradfleet" in capsys.readouterr().err
+
+
+def test_server_default_comes_from_the_environment() -> None:
+    """GRADFLEET_SERVER sets the default address; --server still wins."""
+    env = {"GRADFLEET_SERVER": "coord:7000"}
+    assert _parse("get", "x", environ=env).server == "coord:7000"
+    assert _parse("get", "x", "--server", "h:1", environ=env).server == "h:1"
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [(pb.SUCCEEDED, 0), (pb.FAILED, 1), (pb.CANCELLED, 3), (pb.RUNNING, 2), (pb.QUEUED, 2)],
+    ids=["succeeded", "failed", "cancelled", "running", "queued"],
+)
+def test_exit_code_for_final_state(state: int, code: int) -> None:
+    """Watching ends with 0 only for SUCCEEDED; 1 FAILED, 3 CANCELLED, 2 anything else."""
+    assert cli.exit_code_for_state(state) == code
+
+
+def test_exit_codes_are_documented_in_help(capsys) -> None:
+    """--help lists every exit code the watch commands use."""
+    with pytest.raises(SystemExit):
+        _parse("watch", "--help")
+    out = capsys.readouterr().out
+    for line in (
+        "0    success",
+        "1    the watched job FAILED",
+        "3    the watched job was CANCELLED",
+    ):
+        assert line in out
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_rpc_errors_are_one_line_with_the_code() -> None:
+    """Server errors print as `error: CODE: details`; an unreachable server names the address."""
+    not_found = _RpcError(grpc.StatusCode.NOT_FOUND, "job 'x' not found")
+    assert cli.format_rpc_error(not_found, "h:1") == "error: NOT_FOUND: job 'x' not found"
+    refused = cli.format_rpc_error(_RpcError(grpc.StatusCode.UNAVAILABLE, "refused"), "h:1")
+    assert refused.startswith("error: cannot reach the coordinator at h:1 (refused)")
+    assert "gradfleet serve" in refused
+
+
+def test_main_reports_a_missing_job_file(capsys, tmp_path: Path) -> None:
+    """A missing job file is a one-line error and exit status 2, before any connection."""
+    assert cli.main(["submit", str(tmp_path / "job.yaml"), "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 'job.yaml'}: no such file"
+
+
+def test_main_reports_an_unreachable_server(capsys) -> None:
+    """Connection refused prints the address tried and how to start a server, without traceback."""
+    assert cli.main(["get", "abc", "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the coordinator at 127.0.0.1:1" in err and "Traceback" not in err
+
+
+def test_serve_builds_config_from_flags(monkeypatch) -> None:
+    """`serve` passes its flags through config_from_env_and_flags to service.server.serve."""
+    seen = []
+    fake = types.ModuleType("service.server")
+    fake.serve = seen.append
+    monkeypatch.setitem(sys.modules, "service.server", fake)
+    for name in ("HOST", "PORT", "METRICS_PORT", "STATE_DIR", "MAX_RUNNING_JOBS"):
+        monkeypatch.delenv(f"GRADFLEET_{name}", raising=False)
+    assert cli.main(["serve", "--port", "0", "--max-running-jobs", "3", "--state-dir", "s"]) == 0
+    config = seen[0]
+    assert (config.port, config.max_running_jobs, config.state_dir) == (0, 3, Path("s"))
+    assert (config.host, config.metrics_port) == ("127.0.0.1", 9095)
+
+
+def test_client_commands_do_not_import_ray() -> None:
+    """Importing the CLI loads neither Ray nor the server module."""
+    code = "import sys, service.cli; print('ray' in sys.modules, 'service.server' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The watch loop, with a scripted client
+
+
+class _ScriptedClient:
+    """watch() plays one script per call: events, then optionally an RpcError."""
+
+    def __init__(self, *scripts: tuple[list[pb.JobEvent], grpc.RpcError | None]) -> None:
+        self.scripts = list(scripts)
+        self.calls = 0
+
+    def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
+        self.calls += 1
+        events, error = self.scripts.pop(0)
+        yield from events
+        if error is not None:
+            raise error
+
+
+UNAVAILABLE = _RpcError(grpc.StatusCode.UNAVAILABLE, "socket closed")
+STATE_RUNNING = _event(pb.JobEvent.STATE, _job(total_steps=10))
+STEP_5 = _event(pb.JobEvent.PROGRESS, _job(epoch=1, step=5, total_steps=10, loss=1.0))
+DONE = _event(pb.JobEvent.STATE, _job(pb.SUCCEEDED, epoch=1, step=10, total_steps=10, loss=0.5))
+
+
+def test_watch_reconnects_after_a_broken_stream() -> None:
+    """A stream broken mid-job is reopened after a backoff, and the final job is returned."""
+    client = _ScriptedClient(([STATE_RUNNING, STEP_5], UNAVAILABLE), ([STATE_RUNNING, DONE], None))
+    slept: list[float] = []
+    out = io.StringIO()
+    job = cli.watch_job(client, "abc", cli.Renderer(out, tty=False), sleep=slept.append)
+    assert (job.state, client.calls, slept) == (pb.SUCCEEDED, 2, [0.5])
+    assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s" in out.getvalue()
+
+
+def test_watch_gives_up_after_the_last_backoff() -> None:
+    """When every reconnect fails, watch_job raises WatchLost after sleeping each delay once."""
+    client = _ScriptedClient(*[([STATE_RUNNING], UNAVAILABLE)] * 4)
+    slept: list[float] = []
+    with pytest.raises(cli.WatchLost, match="lost the watch stream of job abc"):
+        cli.watch_job(client, "abc", None, delays=(0.1, 0.2, 0.4), sleep=slept.append)
+    assert (client.calls, slept) == (4, [0.1, 0.2, 0.4])
+
+
+def test_watch_treats_an_early_end_of_stream_as_a_break() -> None:
+    """A stream that ends before a terminal state is reopened, not taken as the end of the job."""
+    client = _ScriptedClient(([STATE_RUNNING], None), ([DONE], None))
+    job = cli.watch_job(client, "abc", None, sleep=lambda s: None)
+    assert (job.state, client.calls) == (pb.SUCCEEDED, 2)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [([], UNAVAILABLE), ([STATE_RUNNING], _RpcError(grpc.StatusCode.NOT_FOUND, "gone"))],
+    ids=["never-connected", "not-found"],
+)
+def test_watch_does_not_retry_what_retrying_cannot_fix(script) -> None:
+    """A first connection failure or a non-transient error is raised at once."""
+    client = _ScriptedClient(script)
+    with pytest.raises(grpc.RpcError):
+        cli.watch_job(client, "abc", None, sleep=lambda s: pytest.fail("must not sleep"))
+    assert client.calls == 1
+
+
+def test_non_tty_rendering_prints_lines_and_leaves_the_end_to_the_summary() -> None:
+    """Off a terminal each shown event is a line; the final STATE is left to the summary."""
+    times = iter([0.0, 0.5, 1.0])
+    out = io.StringIO()
+    renderer = cli.Renderer(out, tty=False, clock=lambda: next(times))
+    for event in (STATE_RUNNING, STEP_5, STEP_5, DONE):
+        renderer.show(event)
+    assert out.getvalue().splitlines() == [
+        "job abc RUNNING",
+        "epoch 1/10 [#####-----]  50% step 5/10 loss 1.0000",
+    ]
+
+
+def test_tty_rendering_redraws_the_bar_in_place() -> None:
+    """On a terminal progress redraws one line with \\r; a state line first clears the bar."""
+    out = io.StringIO()
+    renderer = cli.Renderer(out, tty=True)
+    renderer.show(STEP_5)
+    renderer.note("connection lost")
+    renderer.show(STEP_5)
+    renderer.end_line()
+    bar = "epoch 1/10 [#####-----]  50% step 5/10 loss 1.0000"
+    assert out.getvalue() == f"\r{bar}\r{' ' * len(bar)}\rconnection lost\n\r{bar}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads (client.write_chunks): all or nothing
+
+
+def _chunks(data: bytes, size: int, total: int | None = None) -> list[pb.Chunk]:
+    total = len(data) if total is None else total
+    return [pb.Chunk(data=data[i : i + size], offset=i, total_size=total) for i in range(0, len(data), size)]
+
+
+def test_download_writes_the_whole_file(tmp_path: Path) -> None:
+    """Consecutive chunks are joined into the target file, and the byte count is returned."""
+    data = bytes(range(256)) * 10
+    target = tmp_path / "model.npz"
+    assert write_chunks(_chunks(data, 1000), target) == len(data)
+    assert target.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def _broken(chunks: list[pb.Chunk]) -> Iterator[pb.Chunk]:
+    yield from chunks
+    raise UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("chunks", "error"),
+    [
+        (_chunks(b"abcdef", 2)[::2], "chunk at offset 4, expected 2"),
+        (_chunks(b"abcdef", 2, total=10), "got 6 bytes, expected 10"),
+        (
+            [pb.Chunk(data=b"ab", total_size=4), pb.Chunk(data=b"cd", offset=2, total_size=5)],
+            "total size changed from 4 to 5",
+        ),
+        ([], "the server sent no data"),
+    ],
+    ids=["gap", "short", "size-changed", "empty"],
+)
+def test_download_rejects_inconsistent_streams(tmp_path: Path, chunks, error: str) -> None:
+    """A gap, a short stream, a changing size or no data is an error and leaves no file."""
+    target = tmp_path / "model.npz"
+    target.write_bytes(b"old")
+    with pytest.raises(DownloadError, match=error):
+        write_chunks(chunks, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+    assert target.read_bytes() == b"old"
+
+
+def test_download_broken_stream_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A stream that breaks midway raises the RpcError and leaves nothing behind."""
+    with pytest.raises(grpc.RpcError):
+        write_chunks(_broken(_chunks(b"abcdef", 2, total=12)), tmp_path / "model.npz")
+    assert list(tmp_path.iterdir()) == []

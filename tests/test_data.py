@@ -1,0 +1,395 @@
+"""Dataset loading: URIs, the IDX/npz/CSV readers, and the errors for unusable files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.data import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+
+NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IMAGES = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
+LABELS = np.array([0, 1, 2, 1], dtype=np.uint8)
+_BIG_ENDIAN = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def idx(array, type_code: int = 0x08, *, magic: bytes = b"", cut: int = 0, extra: bytes = b""):
+    """IDX bytes for `array`; magic/cut/extra corrupt the header or payload on purpose."""
+    array = np.asarray(array)
+    header = magic or struct.pack(">HBB", 0, type_code, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    payload = array.astype(_BIG_ENDIAN[type_code]).tobytes()
+    return header + payload[: len(payload) - cut] + extra
+
+
+def idx_files(directory: str = "d", **overrides: bytes | None) -> dict[str, bytes | None]:
+    """A valid tiny four-file IDX set under `directory`; overrides replace (None removes) files."""
+    files = {
+        NAMES["x_train"]: idx(IMAGES),
+        NAMES["y_train"]: idx(LABELS),
+        NAMES["x_test"]: idx(IMAGES[:2]),
+        NAMES["y_test"]: idx(LABELS[:2]),
+    }
+    files.update(overrides)
+    return {f"{directory}/{name}": data for name, data in files.items()}
+
+
+def npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write(root: Path, files: dict[str, bytes | None]) -> None:
+    for name, data in files.items():
+        if data is not None:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+
+
+X3 = np.arange(9, dtype=np.float64).reshape(3, 3)
+Y3 = np.array([0, 1, 1])
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES = NAMES["x_train"], NAMES["y_train"], NAMES["x_test"]
+
+BAD_INPUTS = [
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: idx(IMAGES, magic=b"\x12\x34\x08\x03")}),
+        "idx:d", TRAIN_IMAGES, "wrong IDX magic number", id="idx-bad-magic",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: b"\x00\x00"}),
+        "idx:d", TRAIN_IMAGES, "too short (2 bytes) to be an IDX file", id="idx-two-byte-file",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: idx(IMAGES, cut=3)}),
+        "idx:d", TRAIN_IMAGES, "truncated file", id="idx-truncated-payload",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: b"\x00\x00\x08\x03\x00\x00\x00\x04\x00"}),
+        "idx:d", TRAIN_IMAGES, "header ends inside", id="idx-truncated-header",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: idx(IMAGES, extra=b"\x00")}),
+        "idx:d", TRAIN_IMAGES, "trailing bytes", id="idx-trailing-bytes",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_LABELS: idx(LABELS[:3])}),
+        "idx:d", TRAIN_LABELS, "image and label counts differ", id="idx-count-mismatch",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: idx(IMAGES[:0]), TRAIN_LABELS: idx(LABELS[:0])}),
+        "idx:d", TRAIN_IMAGES, "empty dataset", id="idx-empty",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_LABELS: idx([0, -1, 2, 1], 0x09)}),
+        "idx:d", TRAIN_LABELS, "negative label -1", id="idx-negative-label",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_LABELS: idx([0, 1.5, 2, 1], 0x0D)}),
+        "idx:d", TRAIN_LABELS, "non-integer label 1.5", id="idx-non-integer-label",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_LABELS: idx(IMAGES)}),
+        "idx:d", TRAIN_LABELS, "image and label files swapped", id="idx-labels-are-images",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: idx(np.where(IMAGES == 5, np.nan, IMAGES), 0x0D)}),
+        "idx:d", TRAIN_IMAGES, "NaN or infinite feature", id="idx-nan-feature",
+    ),
+    pytest.param(
+        idx_files(**{TEST_IMAGES: idx(np.zeros((2, 3, 3)))}),
+        "idx:d", TEST_IMAGES, "train/test feature counts differ", id="idx-feature-mismatch",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_LABELS: None}),
+        "idx:d", TRAIN_LABELS, "not found", id="idx-missing-train-labels",
+    ),
+    pytest.param(
+        idx_files(**{NAMES["y_test"]: None}),
+        "idx:d", NAMES["y_test"], "not found", id="idx-half-test-split",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: None, TRAIN_IMAGES + ".gz": gzip.compress(idx(IMAGES))[:30]}),
+        "idx:d", TRAIN_IMAGES + ".gz", "corrupt gzip", id="idx-corrupt-gzip",
+    ),
+    pytest.param({}, "idx:nowhere", "nowhere", "no such directory", id="idx-no-directory"),
+    pytest.param(
+        {"d.npz": npz(x_train=X3)}, "npz:d.npz", "d.npz", "missing array(s) y_train",
+        id="npz-missing-array",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=np.array([[1], "a", None], dtype=object), y_train=Y3)},
+        "npz:d.npz", "d.npz", "without pickle", id="npz-object-array",
+    ),
+    pytest.param(
+        {"d.npz": b"x_train,y_train\n"}, "npz:d.npz", "d.npz", "not an .npz archive",
+        id="npz-not-an-archive",
+    ),
+    pytest.param(
+        {"d.npz": npy(X3)}, "npz:d.npz", "d.npz", "single array (.npy)", id="npz-is-npy",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=Y3, x_test=X3)},
+        "npz:d.npz", "d.npz", "only one of x_test and y_test", id="npz-half-test-split",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=np.array([0.0, -1.0, 1.0]))},
+        "npz:d.npz", "d.npz", "negative label -1", id="npz-negative-whole-float-label",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=np.where(X3 == 4, np.inf, X3), y_train=Y3)},
+        "npz:d.npz", "d.npz", "NaN or infinite feature", id="npz-inf-feature",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=np.where(X3 == 4, 1e300, X3), y_train=Y3)},
+        "npz:d.npz", "d.npz", "NaN or infinite feature", id="npz-float32-overflow",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=np.array([0.5, np.nan, 1.0]))},
+        "npz:d.npz", "d.npz", "NaN or infinite label", id="npz-nan-target",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=np.array(["a", "b", "c"]))},
+        "npz:d.npz", "d.npz", "labels must be numbers", id="npz-string-labels",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=Y3[:2])},
+        "npz:d.npz", "d.npz", "image and label counts differ", id="npz-count-mismatch",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3[:0], y_train=Y3[:0])},
+        "npz:d.npz", "d.npz", "empty dataset", id="npz-empty",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=Y3, x_test=X3[:, :2], y_test=Y3)},
+        "npz:d.npz", "d.npz", "train/test feature counts differ", id="npz-feature-mismatch",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=X3 + 0.5, x_test=X3, y_test=X3[:, :2] + 0.5)},
+        "npz:d.npz", "d.npz", "target shapes differ", id="npz-target-width-mismatch",
+    ),
+    pytest.param(
+        {"d.csv": b"1,2,0\n3,4,1\n5,1\n"}, "csv:d.csv", "d.csv", "line 3: ragged row",
+        id="csv-ragged",
+    ),
+    pytest.param(
+        {"d.csv": b"a,b,label\n1,2,0\n3,x,1\n"}, "csv:d.csv", "d.csv",
+        "line 3, column 2: non-numeric cell 'x'", id="csv-non-numeric-cell",
+    ),
+    pytest.param(
+        {"d.csv": b"a,b,label\nc,d,e\n1,2,0\n"}, "csv:d.csv", "d.csv",
+        "line 2, column 1: non-numeric", id="csv-second-header",
+    ),
+    pytest.param(
+        {"d.csv": b"1,nan,0\n"}, "csv:d.csv", "d.csv", "line 1, column 2: 'nan' is not a finite",
+        id="csv-nan-cell",
+    ),
+    pytest.param(
+        {"d.csv": b"a,b,label\n\n"}, "csv:d.csv", "d.csv", "empty dataset", id="csv-header-only"
+    ),
+    pytest.param({"d.csv": b""}, "csv:d.csv", "d.csv", "empty dataset", id="csv-empty-file"),
+    pytest.param(
+        {"d.csv": b"1\n2\n"}, "csv:d.csv", "d.csv", "only 1 column", id="csv-one-column"
+    ),
+    pytest.param(
+        {"d.csv": b"1,2,-1\n3,4,0\n"}, "csv:d.csv", "d.csv", "negative label -1",
+        id="csv-negative-label",
+    ),
+    pytest.param(
+        {"d.csv": b"\xff\xfe1,2\n"}, "csv:d.csv", "d.csv", "not UTF-8 text", id="csv-not-utf8"
+    ),
+    pytest.param({}, "csv:gone.csv", "gone.csv", "file not found", id="csv-missing-file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("files", "uri", "bad_file", "phrase"), BAD_INPUTS)
+def test_bad_input_is_rejected_naming_file_and_problem(tmp_path, files, uri, bad_file, phrase):
+    """It rejects each malformed file with a DatasetError naming the file and the problem."""
+    write(tmp_path, files)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(uri, tmp_path, extra_search=())
+    message = str(caught.value)
+    assert bad_file in message
+    assert phrase.lower() in message.lower()
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_dir) -> Dataset:
+    """Fashion-MNIST from the system copy (conftest's fashion_dir skips, or fails in CI)."""
+    return load_dataset("fashion-mnist", Path("/nonexistent-data-root"), extra_search=[fashion_dir])
+
+
+def test_fashion_mnist_loads_from_the_system_copy(fashion):
+    """Fashion-MNIST loads as 60000/10000 flattened uint8 images with ten balanced classes."""
+    assert fashion.x_train.shape == (60000, 784) and fashion.x_train.dtype == np.uint8
+    assert fashion.x_test.shape == (10000, 784) and fashion.x_test.dtype == np.uint8
+    assert fashion.y_train.dtype == np.int64 and fashion.num_classes == 10
+    assert np.bincount(fashion.y_train).tolist() == [6000] * 10
+    assert np.bincount(fashion.y_test).tolist() == [1000] * 10
+    assert fashion.y_train[:5].tolist() == [9, 0, 0, 3, 0]
+    assert "/usr/share/datasets/fashion-mnist" in fashion.source
+
+
+def test_gzipped_and_plain_idx_give_equal_arrays(fashion, fashion_dir, tmp_path):
+    """Decompressed copies of the IDX files load to exactly the arrays of the gzipped ones."""
+    for stem in NAMES.values():
+        with gzip.open(fashion_dir / f"{stem}.gz") as src, (tmp_path / stem).open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    plain = load_dataset(f"idx:{tmp_path}", tmp_path)
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(plain, field), getattr(fashion, field)), field
+    assert plain.num_classes == 10
+
+
+def test_data_root_copy_is_searched_before_extra_search(tmp_path):
+    """A fashion-mnist directory under data_root wins over the extra search paths."""
+    write(tmp_path, idx_files("fashion-mnist"))
+    dataset = load_dataset("fashion-mnist", tmp_path)
+    assert dataset.x_train.shape == (4, 4)
+    assert np.array_equal(dataset.x_train, IMAGES.reshape(4, 4))
+    assert str(tmp_path / "fashion-mnist") in dataset.source
+
+
+def test_missing_fashion_mnist_lists_places_and_fixes(tmp_path):
+    """Without any copy, the error lists every directory tried and how to get the data."""
+    write(tmp_path, idx_files("partial", **{NAMES["y_test"]: None}))
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("fashion-mnist", tmp_path, extra_search=[tmp_path / "partial"])
+    message = str(caught.value)
+    assert f"{tmp_path / 'fashion-mnist'} (no such directory)" in message
+    assert f"{tmp_path / 'partial'} (missing t10k-labels-idx1-ubyte)" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "gradfleet fetch-data --dest" in message
+
+
+def test_compression_is_detected_by_content_not_name(tmp_path):
+    """A gzipped file under the plain name and a plain file under the .gz name both load."""
+    files = idx_files(**{TRAIN_IMAGES: gzip.compress(idx(IMAGES)), TRAIN_LABELS: None})
+    files["d/" + TRAIN_LABELS + ".gz"] = idx(LABELS)
+    write(tmp_path, files)
+    dataset = load_dataset("idx:d", tmp_path)
+    assert np.array_equal(dataset.x_train, IMAGES.reshape(4, 4))
+    assert dataset.y_train.tolist() == [0, 1, 2, 1]
+
+
+def test_idx_without_test_pair_has_no_test_split(tmp_path):
+    """An IDX directory with only the train pair loads with x_test and y_test None."""
+    write(tmp_path, idx_files(**{TEST_IMAGES: None, NAMES["y_test"]: None}))
+    dataset = load_dataset("idx:d", tmp_path)
+    assert dataset.x_test is None and dataset.y_test is None
+    assert dataset.num_classes == 3
+
+
+def test_wider_idx_types_are_read_big_endian(tmp_path):
+    """int16 and float64 IDX payloads are decoded big-endian into native arrays."""
+    images = np.array([[[-300, 2]], [[7, 30000]]], dtype=np.int16)
+    floats = np.array([[0.25, -1e10]])
+    files = {
+        TRAIN_IMAGES: idx(images, 0x0B),
+        TRAIN_LABELS: idx([1, 0], 0x0C),
+        TEST_IMAGES: idx(floats, 0x0E),
+        NAMES["y_test"]: idx([2], 0x0C),
+    }
+    write(tmp_path, idx_files(**files))
+    dataset = load_dataset("idx:d", tmp_path)
+    assert dataset.x_train.dtype == np.int16 and dataset.x_train.tolist() == [[-300, 2], [7, 30000]]
+    assert dataset.x_test.dtype == np.float32 and dataset.x_test.tolist() == [[0.25, -1e10]]
+    assert dataset.y_train.tolist() == [1, 0] and dataset.num_classes == 3
+
+
+def test_npz_roundtrip_flattens_images_and_keeps_uint8(tmp_path):
+    """An npz of (n, 28, 28) uint8 images loads as (n, 784) uint8 with int64 labels."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 0, 4, 4, 1], dtype=np.int32)
+    write(tmp_path, {"set.npz": npz(x_train=images, y_train=labels, x_test=images[:2],
+                                     y_test=labels[:2])})  # fmt: skip
+    dataset = load_dataset("npz:set.npz", tmp_path)
+    assert dataset.x_train.dtype == np.uint8 and dataset.x_train.shape == (5, 784)
+    assert np.array_equal(dataset.x_train, images.reshape(5, 784))
+    assert np.array_equal(dataset.x_test, images[:2].reshape(2, 784))
+    assert dataset.y_train.dtype == np.int64 and dataset.y_train.tolist() == [3, 0, 4, 4, 1]
+    assert dataset.num_classes == 5
+    assert str(tmp_path / "set.npz") in dataset.source
+
+
+def test_npz_floats_become_float32_and_whole_float_labels_are_classes(tmp_path):
+    """Float64 features load as float32, and float labels that are whole numbers as classes."""
+    write(tmp_path, {"f.npz": npz(x_train=X3 / 3, y_train=np.array([[2.0], [0.0], [1.0]]))})
+    dataset = load_dataset("npz:f.npz", tmp_path)
+    assert dataset.x_train.dtype == np.float32
+    assert np.allclose(dataset.x_train, X3 / 3)
+    assert dataset.y_train.dtype == np.int64 and dataset.y_train.tolist() == [2, 0, 1]
+    assert dataset.num_classes == 3 and dataset.x_test is None
+
+
+def test_npz_fractional_targets_are_regression(tmp_path):
+    """Non-whole float targets load as float32 regression targets with num_classes 0."""
+    targets = np.array([[0.5, 1.0], [2.0, -3.25], [0.0, 0.0]])
+    write(tmp_path, {"r.npz": npz(x_train=X3, y_train=targets, x_test=X3, y_test=targets)})
+    dataset = load_dataset("npz:r.npz", tmp_path)
+    assert dataset.num_classes == 0
+    assert dataset.y_train.dtype == np.float32 and dataset.y_train.tolist() == targets.tolist()
+    assert dataset.y_test.shape == (3, 2)
+
+
+def test_csv_roundtrip_with_header(tmp_path):
+    """A CSV with a header row loads float32 features and int64 labels from the last column."""
+    write(tmp_path, {"t.csv": b"height, weight ,class\n1.5,2,1\n\n-3,4.25,0\n7,8,2\n"})
+    dataset = load_dataset("csv:t.csv", tmp_path)
+    assert dataset.x_train.dtype == np.float32
+    assert dataset.x_train.tolist() == [[1.5, 2.0], [-3.0, 4.25], [7.0, 8.0]]
+    assert dataset.y_train.dtype == np.int64 and dataset.y_train.tolist() == [1, 0, 2]
+    assert dataset.num_classes == 3 and dataset.x_test is None and dataset.y_test is None
+
+
+def test_csv_without_header_and_fractional_label_is_regression(tmp_path):
+    """A headerless CSV whose last column has fractions loads as (n,) float32 targets."""
+    write(tmp_path, {"r.csv": b"1,2,0.5\n3,4,1\n"})
+    dataset = load_dataset(f"csv:{tmp_path / 'r.csv'}", Path("/elsewhere"))
+    assert dataset.x_train.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert dataset.y_train.dtype == np.float32 and dataset.y_train.tolist() == [0.5, 1.0]
+    assert dataset.num_classes == 0
+
+
+def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):
+    """Relative URI paths resolve under data_root; absolute ones stay as they are."""
+    assert resolve_uri("npz:sub/a.npz", tmp_path) == DatasetUri("npz", tmp_path / "sub/a.npz")
+    assert resolve_uri("idx:/abs/dir", tmp_path) == DatasetUri("idx", Path("/abs/dir"))
+    assert resolve_uri(" fashion-mnist ", tmp_path) == DatasetUri("fashion-mnist", None)
+
+
+@pytest.mark.parametrize("uri", ["mnist", "hdf5:x.h5", "npz:", "CSV:a.csv", ""])
+def test_unknown_uri_lists_accepted_forms(tmp_path, uri):
+    """An unknown or incomplete URI is rejected with every accepted form listed."""
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(uri, tmp_path)
+    message = str(caught.value)
+    assert repr(uri) in message
+    for form in ("fashion-mnist", "idx:DIR", "npz:FILE", "csv:FILE"):
+        assert form in message
+
+
+def test_dataset_error_is_a_picklable_value_error():
+    """DatasetError is a ValueError and survives pickling with its message."""
+    error = pickle.loads(pickle.dumps(DatasetError("f.csv: line 3: ragged row")))
+    assert isinstance(error, ValueError)
+    assert str(error) == "f.csv: line 3: ragged row"

@@ -1,0 +1,140 @@
+"""End to end: real Ray, a real coordinator on a loopback port, jobs submitted through the client."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from examples.predict import predict, read_idx
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.spec import load_spec_file
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def download_arrays(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
+    client.download(job_id, path)
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+@pytest.mark.slow
+def test_fashion_mnist_subset_learns_and_the_model_predicts_the_same(client, fashion_dir, tmp_path):
+    """A real Fashion-MNIST job learns, and the downloaded model scores what the service reported."""
+    spec = load_spec_file(ROOT / "examples" / "quick.yaml")
+    job = wait_for(client, client.submit(spec).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    assert job.progress.has_eval
+    assert job.progress.eval_accuracy >= 0.80
+    model = download_arrays(client, job.id, tmp_path / "model.npz")
+    n_test = spec.dataset.max_test_samples
+    x = read_idx(str(fashion_dir / "t10k-images-idx3-ubyte.gz")).reshape(10000, -1)[:n_test]
+    y = read_idx(str(fashion_dir / "t10k-labels-idx1-ubyte.gz"))[:n_test]
+    numpy_accuracy = float((predict(model, x) == y).mean())
+    assert numpy_accuracy == pytest.approx(job.progress.eval_accuracy, abs=1.5 / n_test)
+
+
+def test_results_do_not_depend_on_worker_count(client, coordinator, tmp_path):
+    """The same spec and seed with 1, 2 and 3 workers, and twice with 2, give bit-identical weights."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    weights = []
+    for workers in (1, 2, 3, 2):
+        job = client.submit(small_spec("npz:blobs.npz", numWorkers=workers))
+        done = wait_for(client, job.id)
+        assert done.state == pb.SUCCEEDED, done.message
+        weights.append(download_arrays(client, job.id, tmp_path / f"{workers}-{job.id}.npz"))
+    names = [n for n in weights[0] if n != "spec_json"]  # the spec differs in num_workers
+    assert len(names) == 6
+    for other in weights[1:]:
+        assert weights[0].keys() == other.keys()
+        for name in names:
+            assert np.array_equal(weights[0][name], other[name]), name
+
+
+def test_more_workers_than_micro_shards_and_samples(client, coordinator):
+    """Idle workers get no work: no hang and no NaN when workers outnumber shards and samples."""
+    write_blobs(coordinator.config.data_root / "tiny.npz", n_train=10, n_test=5)
+    spec = small_spec("npz:tiny.npz", numWorkers=3, microShards=2, batchSize=2, epochs=1)
+    job = wait_for(client, client.submit(spec).id, timeout_s=120)
+    assert job.state == pb.SUCCEEDED, job.message
+    assert job.progress.samples_trained == 10
+    assert np.isfinite(job.progress.loss)
+
+
+def test_counters_are_exact_and_exported(client, coordinator):
+    """After a job, the samples counter equals the samples trained on (last partial batch kept)."""
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=613)
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", batchSize=50, epochs=3)).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    assert job.progress.samples_trained == 3 * 613
+    assert job.progress.step == job.progress.total_steps == 3 * 13
+    url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert f'gradfleet_job_samples_total{{job_id="{job.id}"}} {3 * 613}.0' in text
+    assert f'gradfleet_job_steps_total{{job_id="{job.id}"}} 39.0' in text
+    assert 'gradfleet_jobs{state="succeeded"} 1.0' in text
+    assert f'gradfleet_job_eval_accuracy{{job_id="{job.id}"}}' in text
+
+
+def test_cancel_stops_a_running_job(client, coordinator):
+    """CancelJob on a running job ends it CANCELLED within seconds."""
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=5000)
+    job = client.submit(small_spec("npz:blobs.npz", epochs=1000, batchSize=10))
+    wait_for(client, job.id, states={pb.RUNNING}, timeout_s=60)
+    while client.get(job.id).progress.step == 0:
+        time.sleep(0.05)
+    client.cancel(job.id)
+    done = wait_for(client, job.id, timeout_s=10)
+    assert done.state == pb.CANCELLED
+    assert done.progress.step < done.progress.total_steps
+
+
+def test_errors_carry_status_codes(client, coordinator):
+    """Bad spec: INVALID_ARGUMENT naming the field; unknown job: NOT_FOUND; early download:
+    FAILED_PRECONDITION."""
+    with pytest.raises(grpc.RpcError) as bad:
+        client.submit(small_spec("npz:blobs.npz", numWorkers=0))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "num_workers" in bad.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        client.get("no-such-job")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=5000)
+    job = client.submit(small_spec("npz:blobs.npz", epochs=1000, batchSize=10))
+    with pytest.raises(grpc.RpcError) as early:
+        client.download(job.id, coordinator.config.state_dir / "early.npz")
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert not (coordinator.config.state_dir / "early.npz").exists()
+    client.cancel(job.id)
+    wait_for(client, job.id, timeout_s=30)
+
+
+def test_a_bad_dataset_fails_the_job_with_a_clear_message(client):
+    """A dataset that does not exist fails the job (not the server) and says which file."""
+    job = wait_for(client, client.submit(small_spec("npz:missing.npz")).id, timeout_s=60)
+    assert job.state == pb.FAILED
+    assert "missing.npz" in job.message
+    assert client.list()  # the coordinator still answers
+
+
+def test_large_model_downloads_intact(client, coordinator, tmp_path):
+    """A model of over 2 million parameters (above gRPC's 4 MiB message limit) downloads byte for byte."""
+    write_blobs(coordinator.config.data_root / "wide.npz", n_train=64, n_test=16, features=784)
+    spec = small_spec("npz:wide.npz", layers=[{"units": 2600}, {"units": 3}], epochs=1, batchSize=64)
+    job = wait_for(client, client.submit(spec).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    path = tmp_path / "wide.npz"
+    size = client.download(job.id, path)
+    assert size > 7 * 1024 * 1024  # well above the 4 MiB message limit
+    served = coordinator.config.state_dir / "models" / f"{job.id}.npz"
+    assert path.read_bytes() == served.read_bytes()
+    with np.load(path, allow_pickle=False) as model:
+        params = sum(model[n].size for n in model.files if n.startswith("layer_"))
+    assert params == 784 * 2600 + 2600 + 2600 * 3 + 3

@@ -1,0 +1,418 @@
+"""Job specs: loading YAML/JSON, defaults, validation and serialization."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.errors import InvalidSpec
+from service.spec import (
+    count_params,
+    load_spec_file,
+    spec_from_dict,
+    spec_to_dict,
+    spec_to_json,
+    validate_against_dataset,
+    validate_spec,
+    with_defaults,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+BASE = {
+    "name": "t",
+    "dataset": {"uri": "fashion-mnist"},
+    "layers": [{"units": 16}, {"units": 8}, {"units": 10}],
+}
+
+
+def _spec(**changes: object) -> pb.JobSpec:
+    """BASE with dotted-path changes ("optimizer.kind", "layers.1.units") applied."""
+    data = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+        if leaf.isdigit():
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
+    return spec_from_dict(data)
+
+
+def _invalid(spec: pb.JobSpec, **limits: int) -> InvalidSpec:
+    with pytest.raises(InvalidSpec) as info:
+        validate_spec(with_defaults(spec), **limits)
+    return info.value
+
+
+# (id, changes to BASE, expected field path, fragment of the message)
+INVALID = [
+    ("workers-zero", {"num_workers": 0}, "num_workers", "got 0; must be between 1 and 64"),
+    ("workers-too-many", {"num_workers": 65}, "num_workers", "got 65; must be between 1 and 64"),
+    ("shards-zero", {"micro_shards": 0}, "micro_shards", "got 0; must be between 1 and 1024"),
+    ("shards-too-many", {"micro_shards": 1025}, "micro_shards", "got 1025"),
+    ("batch-zero", {"batch_size": 0}, "batch_size", "got 0; must be between 1 and 1000000"),
+    ("batch-huge", {"batch_size": 1_000_001}, "batch_size", "got 1000001"),
+    ("epochs-zero", {"epochs": 0}, "epochs", "got 0; must be between 1 and 10000"),
+    ("epochs-huge", {"epochs": 10_001}, "epochs", "got 10001"),
+    ("layers-empty", {"layers": []}, "layers", "empty; give at least one layer"),
+    (
+        "units-zero",
+        {"layers.1.units": 0},
+        "layers[1].units",
+        "got 0; must be between 1 and 1000000",
+    ),
+    ("units-huge", {"layers.0.units": 1_000_001}, "layers[0].units", "got 1000001"),
+    (
+        "activation-number",
+        {"layers.2.activation": 9},
+        "layers[2].activation",
+        "got 9; must be one of RELU, SIGMOID, TANH, IDENTITY",
+    ),
+    ("loss-number", {"loss": 7}, "loss", "got 7; must be one of SOFTMAX_CROSS_ENTROPY"),
+    ("uri-empty", {"dataset.uri": ""}, "dataset.uri", 'empty; use "fashion-mnist", "idx:DIR"'),
+    ("uri-unknown", {"dataset.uri": "mnist"}, "dataset.uri", "got 'mnist'; use"),
+    ("uri-no-path", {"dataset.uri": "npz:"}, "dataset.uri", "got 'npz:'"),
+    ("preprocessing-number", {"dataset.preprocessing": 9}, "dataset.preprocessing", "got 9"),
+    ("kind-number", {"optimizer.kind": 9}, "optimizer.kind", "got 9; must be one of SGD, MOMENTUM"),
+    (
+        "lr-negative",
+        {"optimizer.learning_rate": -1},
+        "optimizer.learning_rate",
+        "got -1; must be > 0 and finite",
+    ),
+    ("lr-nan", {"optimizer.learning_rate": "NaN"}, "optimizer.learning_rate", "got nan"),
+    ("lr-inf", {"optimizer.learning_rate": "Infinity"}, "optimizer.learning_rate", "got inf"),
+    ("momentum-one", {"optimizer.momentum": 1}, "optimizer.momentum", "got 1; must be in [0, 1)"),
+    ("momentum-negative", {"optimizer.momentum": -0.1}, "optimizer.momentum", "got -0.1"),
+    ("beta1-one", {"optimizer.beta1": 1.0}, "optimizer.beta1", "got 1; must be in [0, 1)"),
+    ("beta2-big", {"optimizer.beta2": 1.5}, "optimizer.beta2", "got 1.5; must be in [0, 1)"),
+    ("beta2-nan", {"optimizer.beta2": "NaN"}, "optimizer.beta2", "got nan"),
+    ("epsilon-zero", {"optimizer.epsilon": 0}, "optimizer.epsilon", "got 0; must be > 0"),
+    ("epsilon-inf", {"optimizer.epsilon": "Infinity"}, "optimizer.epsilon", "got inf"),
+    ("schedule-number", {"optimizer.schedule.kind": 9}, "optimizer.schedule.kind", "got 9"),
+    ("gamma-zero", {"optimizer.schedule.gamma": 0}, "optimizer.schedule.gamma", "in (0, 1]"),
+    ("gamma-big", {"optimizer.schedule.gamma": 1.5}, "optimizer.schedule.gamma", "got 1.5"),
+    (
+        "step-epochs-zero",
+        {"optimizer.schedule.step_epochs": 0},
+        "optimizer.schedule.step_epochs",
+        "got 0; must be between 1 and",
+    ),
+    (
+        "min-lr-negative",
+        {"optimizer.schedule.min_learning_rate": -1e-5},
+        "optimizer.schedule.min_learning_rate",
+        "got -1e-05; must be between 0 and the learning rate (0.001)",
+    ),
+    (
+        "min-lr-above-lr",
+        {"optimizer.schedule.min_learning_rate": 0.5},
+        "optimizer.schedule.min_learning_rate",
+        "got 0.5",
+    ),
+    ("name-long", {"name": "x" * 129}, "name", "got 129 characters; must be at most 128"),
+    (
+        "params-certainly-too-many",
+        {"layers": [{"units": 1_000_000}, {"units": 1_000_000}]},
+        "layers",
+        "at least 1,000,003,000,000 parameters; the limit is 50,000,000",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"), [r[1:] for r in INVALID], ids=[r[0] for r in INVALID]
+)
+def test_validate_rejects_invalid_value(changes: dict, field: str, fragment: str) -> None:
+    """It rejects each invalid value, naming the field path, the value and what is allowed."""
+    err = _invalid(_spec(**changes))
+    assert err.field == field
+    assert fragment in err.message
+    assert err.message.startswith(f"{field}: ")
+
+
+def test_validate_accepts_base_and_examples() -> None:
+    """A minimal spec and both example files pass validation once defaults are filled."""
+    validate_spec(with_defaults(_spec()))
+    for name in ("fashion_mnist.yaml", "quick.yaml"):
+        validate_spec(with_defaults(load_spec_file(EXAMPLES / name)))
+
+
+def test_validate_uses_the_given_limits() -> None:
+    """It checks against the server's limits, not only the defaults."""
+    err = _invalid(_spec(num_workers=5), max_workers=4)
+    assert err.message == "num_workers: got 5; must be between 1 and 4"
+    assert _invalid(_spec(epochs=11), max_epochs=10).field == "epochs"
+    assert _invalid(_spec(batch_size=65), max_batch=64).field == "batch_size"
+
+
+def test_explicit_zero_is_kept_and_rejected() -> None:
+    """An explicit 0 in an optional field is not replaced by the default, so validation sees it."""
+    spec = with_defaults(_spec(batch_size=0, **{"optimizer.momentum": 0}))
+    assert spec.HasField("batch_size") and spec.batch_size == 0
+    assert spec.optimizer.HasField("momentum") and spec.optimizer.momentum == 0.0
+    assert _invalid(_spec(batch_size=0)).field == "batch_size"
+
+
+def test_default_micro_shards_follow_the_batch_size() -> None:
+    """The default cuts a batch into shards of about 64 samples, between 1 and 16 of them."""
+    got = [with_defaults(pb.JobSpec(batch_size=b)).micro_shards for b in (1, 64, 200, 512, 4096)]
+    assert got == [1, 1, 3, 8, 16]
+
+
+def test_defaults_fill_every_unset_field() -> None:
+    """with_defaults fills each documented default and leaves eval_every_steps at 0."""
+    spec = with_defaults(pb.JobSpec(layers=[pb.LayerSpec(units=32), pb.LayerSpec(units=10)]))
+    opt = spec.optimizer
+    got = (spec.name, spec.num_workers, spec.micro_shards, spec.batch_size, spec.epochs)
+    assert got == ("job", 2, 4, 256, 10)
+    assert spec.eval_every_steps == 0
+    assert spec.dataset.preprocessing == pb.SCALE
+    assert spec.loss == pb.SOFTMAX_CROSS_ENTROPY
+    assert (opt.kind, opt.learning_rate) == (pb.ADAM, 0.001)
+    assert (opt.momentum, opt.beta1, opt.beta2, opt.epsilon) == (0.9, 0.9, 0.999, 1e-8)
+    assert opt.schedule.kind == pb.CONSTANT
+    assert (opt.schedule.gamma, opt.schedule.step_epochs) == (0.1, 1)
+    assert opt.schedule.HasField("min_learning_rate") and opt.schedule.min_learning_rate == 0.0
+    assert [layer.activation for layer in spec.layers] == [pb.RELU, pb.IDENTITY]
+
+
+def test_defaults_learning_rate_depends_on_optimizer() -> None:
+    """The default learning rate is 0.001 for Adam and 0.01 for SGD and momentum."""
+    rates = {
+        kind: with_defaults(pb.JobSpec(optimizer=pb.OptimizerSpec(kind=kind))).optimizer.learning_rate
+        for kind in (pb.ADAM, pb.SGD, pb.MOMENTUM, pb.OPTIMIZER_UNSPECIFIED)
+    }
+    assert rates == {
+        pb.ADAM: 0.001,
+        pb.SGD: 0.01,
+        pb.MOMENTUM: 0.01,
+        pb.OPTIMIZER_UNSPECIFIED: 0.001,
+    }
+
+
+def test_defaults_keep_given_values_and_leave_the_input_alone() -> None:
+    """Given values survive, and the spec passed in is not modified."""
+    original = _spec(**{"layers.0.activation": "TANH", "optimizer.learning_rate": 0.05})
+    before = original.SerializeToString()
+    spec = with_defaults(original)
+    assert spec.layers[0].activation == pb.TANH
+    assert spec.optimizer.learning_rate == 0.05
+    assert original.SerializeToString() == before
+
+
+def test_load_fashion_mnist_example() -> None:
+    """The Fashion-MNIST example loads with the documented model and training settings."""
+    spec = load_spec_file(EXAMPLES / "fashion_mnist.yaml")
+    assert spec.name == "fashion-mnist-mlp"
+    assert (spec.dataset.uri, spec.dataset.preprocessing) == ("fashion-mnist", pb.SCALE)
+    assert [(la.units, la.activation) for la in spec.layers] == [
+        (256, pb.RELU),
+        (128, pb.RELU),
+        (10, pb.IDENTITY),
+    ]
+    assert (spec.loss, spec.optimizer.kind, spec.optimizer.learning_rate) == (
+        pb.SOFTMAX_CROSS_ENTROPY,
+        pb.ADAM,
+        0.001,
+    )
+    assert (spec.optimizer.schedule.kind, spec.optimizer.schedule.min_learning_rate) == (
+        pb.COSINE,
+        1e-5,
+    )
+    got = (spec.batch_size, spec.epochs, spec.num_workers, spec.seed, spec.micro_shards)
+    assert got == (256, 12, 2, 1, 4)
+
+
+def test_load_quick_example() -> None:
+    """The quick example is the same model on 10,000/2,000 samples for 3 epochs."""
+    spec = load_spec_file(EXAMPLES / "quick.yaml")
+    full = load_spec_file(EXAMPLES / "fashion_mnist.yaml")
+    assert (spec.dataset.max_train_samples, spec.dataset.max_test_samples) == (10000, 2000)
+    assert spec.epochs == 3
+    assert list(spec.layers) == list(full.layers)
+
+
+def test_json_file_round_trips(tmp_path: Path) -> None:
+    """A spec written with spec_to_json loads back from a .json file unchanged."""
+    spec = with_defaults(load_spec_file(EXAMPLES / "fashion_mnist.yaml"))
+    path = tmp_path / "job.json"
+    path.write_text(spec_to_json(spec))
+    assert load_spec_file(path) == spec
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+def test_camel_and_snake_case_are_both_accepted() -> None:
+    """Field names may be written as in the proto or in camelCase."""
+    snake = spec_from_dict({"batch_size": 7, "optimizer": {"learning_rate": 0.5}})
+    camel = spec_from_dict({"batchSize": 7, "optimizer": {"learningRate": 0.5}})
+    assert snake == camel and snake.batch_size == 7 and snake.optimizer.learning_rate == 0.5
+
+
+# (id, file text, expected field path, fragment of the message)
+BAD_YAML = [
+    (
+        "unknown-field",
+        "optimizer:\n  learning_rte: 0.1\n",
+        "optimizer.learning_rte",
+        'unknown field; did you mean "learning_rate"?',
+    ),
+    (
+        "enum-typo",
+        "optimizer:\n  kind: adamw\n",
+        "optimizer.kind",
+        '"adamw" is not one of SGD, MOMENTUM, ADAM',
+    ),
+    ("enum-lower-case", "loss: softmax_cross_entropy\n", "loss", "names are upper case"),
+    (
+        "units-not-a-number",
+        "layers:\n  - units: many\n",
+        "layers[0].units",
+        'got "many"; must be a whole number',
+    ),
+    ("units-negative", "layers:\n  - units: -3\n", "layers[0].units", "got -3; must be a whole"),
+    ("units-fraction", "layers:\n  - units: 2.5\n", "layers[0].units", "got 2.5"),
+    ("bool-for-number", "epochs: true\n", "epochs", "got true; must be a whole number"),
+    ("layers-not-list", "layers:\n  units: 3\n", "layers", "must be a list"),
+    ("dataset-not-mapping", "dataset: fashion-mnist\n", "dataset", "must be a mapping with fields"),
+    ("uri-not-string", "dataset:\n  uri: 5\n", "dataset.uri", "got 5; must be a string"),
+    ("field-twice", "batchSize: 1\nbatch_size: 2\n", "batch_size", "given twice"),
+    ("syntax", "name: a\nlayers: [\n", "", ":3: invalid YAML"),
+    ("duplicate-key", "name: a\nepochs: 1\nepochs: 2\n", "", ":3: invalid YAML: duplicate key"),
+    ("empty", "", "", "the file is empty"),
+    ("not-mapping", "- 1\n- 2\n", "", "must hold a mapping of JobSpec fields, not a list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "fragment"), [r[1:] for r in BAD_YAML], ids=[r[0] for r in BAD_YAML]
+)
+def test_load_rejects_bad_yaml(tmp_path: Path, text: str, field: str, fragment: str) -> None:
+    """A malformed job file is rejected with the field path (or line) and what is wrong."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidSpec) as info:
+        load_spec_file(path)
+    assert info.value.field == field
+    assert fragment in info.value.message
+
+
+def test_load_rejects_bad_json_with_line(tmp_path: Path) -> None:
+    """A JSON syntax error names the file and line."""
+    path = tmp_path / "job.json"
+    path.write_text('{\n  "name": "a",\n  "epochs": \n}\n')
+    with pytest.raises(InvalidSpec, match=r"job\.json:4: invalid JSON"):
+        load_spec_file(path)
+
+
+def test_load_rejects_missing_file_and_unknown_extension(tmp_path: Path) -> None:
+    """A missing file and a file that is neither YAML nor JSON are reported by name."""
+    with pytest.raises(InvalidSpec, match=r"nope\.yaml: no such file"):
+        load_spec_file(tmp_path / "nope.yaml")
+    (tmp_path / "job.txt").write_text("name: a\n")
+    with pytest.raises(InvalidSpec, match="unknown file type"):
+        load_spec_file(tmp_path / "job.txt")
+
+
+def test_overrides_edit_the_file_before_parsing(tmp_path: Path) -> None:
+    """--set values replace fields, whichever case the file spells them in, and reach lists."""
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps({**BASE, "optimizer": {"learningRate": 0.1}}))
+    path = path.rename(tmp_path / "job.json")
+    spec = load_spec_file(
+        path, overrides=["epochs=3", "optimizer.learning_rate=0.5", "layers.2.units=4", "name=x y"]
+    )
+    assert (spec.epochs, spec.optimizer.learning_rate, spec.layers[2].units) == (3, 0.5, 4)
+    assert spec.name == "x y"
+    with pytest.raises(InvalidSpec, match="expected key=value"):
+        load_spec_file(path, overrides=["epochs"])
+
+
+def test_count_params_sums_weights_and_biases() -> None:
+    """count_params is sum((fan_in + 1) * units): 235,146 for 784-256-128-10."""
+    spec = load_spec_file(EXAMPLES / "fashion_mnist.yaml")
+    assert count_params(784, spec) == (784 + 1) * 256 + (256 + 1) * 128 + (128 + 1) * 10 == 235_146
+
+
+# (id, changes to BASE, num_classes, num_train, max_params, field, fragment); BASE on 784 inputs
+# has (784 + 1) * 16 + (16 + 1) * 8 + (8 + 1) * 10 = 12,786 parameters.
+DATASET_MISMATCH = [
+    (
+        "output-units",
+        {"layers.2.units": 5},
+        10,
+        1000,
+        10**6,
+        "layers[2].units",
+        "got 5; the dataset has 10 classes, so the last layer needs 10 units",
+    ),
+    (
+        "too-many-params",
+        {},
+        10,
+        1000,
+        1000,
+        "layers",
+        "the model has 12,786 parameters (784 inputs); the limit is 1,000",
+    ),
+    ("batch-too-big", {"batch_size": 2000}, 10, 1000, 10**6, "batch_size", "only 1000 samples"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "classes", "train", "max_params", "field", "fragment"),
+    [r[1:] for r in DATASET_MISMATCH],
+    ids=[r[0] for r in DATASET_MISMATCH],
+)
+def test_validate_against_dataset_rejects_mismatch(
+    changes: dict, classes: int, train: int, max_params: int, field: str, fragment: str
+) -> None:
+    """It rejects a spec that does not fit the loaded dataset, naming the field."""
+    spec = with_defaults(_spec(**changes))
+    with pytest.raises(InvalidSpec) as info:
+        validate_against_dataset(spec, 784, classes, train, max_params)
+    assert info.value.field == field
+    assert fragment in info.value.message
+
+
+def test_validate_against_dataset_accepts_a_fit() -> None:
+    """A spec that matches the dataset passes; MSE output size is not tied to the class count."""
+    validate_against_dataset(with_defaults(_spec()), 784, 10, 1000, 10**6)
+    mse = with_defaults(_spec(loss="MEAN_SQUARED_ERROR", **{"layers.2.units": 1}))
+    validate_against_dataset(mse, 784, 10, 1000, 10**6)
+
+
+@settings(max_examples=50, derandomize=True, deadline=None)
+@given(
+    workers=st.integers(1, 64),
+    batch=st.integers(1, 4096),
+    epochs=st.integers(1, 100),
+    lr=st.floats(1e-6, 1.0),
+    units=st.lists(st.integers(1, 512), min_size=1, max_size=4),
+)
+def test_valid_specs_round_trip_and_defaults_are_idempotent(
+    workers: int, batch: int, epochs: int, lr: float, units: list[int]
+) -> None:
+    """Any in-range spec validates, survives a dict round trip, and is a fixed point of defaults."""
+    spec = with_defaults(
+        pb.JobSpec(
+            dataset=pb.DatasetSpec(uri="npz:data.npz"),
+            layers=[pb.LayerSpec(units=u) for u in units],
+            num_workers=workers,
+            batch_size=batch,
+            epochs=epochs,
+            optimizer=pb.OptimizerSpec(learning_rate=lr),
+        )
+    )
+    validate_spec(spec)
+    assert with_defaults(spec) == spec
+    assert spec_from_dict(spec_to_dict(spec)) == spec

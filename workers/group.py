@@ -1,0 +1,96 @@
+"""A job's worker actors and the compiled Ray graph that broadcasts a step to them.
+
+The group is created in the coordinator (which owns the actors' lifecycle) and handed to the
+parameter-server actor, which compiles and drives the graph: a compiled graph may only be called by
+the process that compiled it, and driving it from the parameter server keeps the per-step exchange
+to shared-memory channels (about 1 ms with 2 workers) instead of several actor calls (about 7 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import ray
+from ray.dag import InputNode, MultiOutputNode
+
+from workers.worker import EvalResult, GradientWorker, ModelPlan, StepCommand, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLost(RuntimeError):
+    """A worker died or stopped answering; the message names it and the cause."""
+
+
+@dataclass
+class WorkerGroup:
+    """Owns the actors of one job: start, run a step, shut down."""
+
+    plan: ModelPlan
+    actors: list = field(default_factory=list)
+    _graph: object = None
+
+    @classmethod
+    def start(cls, plan: ModelPlan, num_workers: int, data_refs: dict, ready_timeout_s: float = 120.0):
+        """Create `num_workers` actors holding refs to the data already in the object store."""
+        actors = [
+            GradientWorker.remote(
+                plan,
+                rank,
+                data_refs["x_train"],
+                data_refs["y_train"],
+                data_refs["x_test"],
+                data_refs["y_test"],
+                data_refs["offset"],
+                data_refs["scale"],
+            )
+            for rank in range(num_workers)
+        ]
+        group = cls(plan, actors)
+        try:
+            ray.get([a.ready.remote() for a in actors], timeout=ready_timeout_s)
+        except Exception:
+            group.shutdown()
+            raise
+        return group
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def compile(self) -> None:
+        """Build the broadcast graph; call in the process that will run the steps."""
+        with InputNode() as command:
+            dag = MultiOutputNode([actor.handle.bind(command) for actor in self.actors])
+        self._graph = dag.experimental_compile()
+
+    def run(self, command: StepCommand, timeout_s: float) -> list[TrainResult | EvalResult]:
+        """Send one command to every worker and wait for all results (never without a timeout)."""
+        if self._graph is None:
+            self.compile()
+        try:
+            return ray.get(self._graph.execute(command), timeout=timeout_s)
+        except TimeoutError as exc:  # GetTimeoutError and RayChannelTimeoutError both are
+            raise WorkerLost(f"a worker did not answer within {timeout_s:.0f} s") from exc
+        except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as exc:
+            raise WorkerLost(f"a worker died: {exc}") from exc
+
+    def release_graph(self) -> None:
+        if self._graph is not None:
+            try:
+                self._graph.teardown()
+            except Exception:  # teardown of a broken graph may itself fail; the actors are killed next
+                log.warning("compiled graph teardown failed", exc_info=True)
+            self._graph = None
+
+    def shutdown(self) -> None:
+        """Kill the actors (they hold no state worth a graceful stop)."""
+        self.release_graph()
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def __getstate__(self):
+        # The compiled graph lives in one process only; a copy sent to another actor starts without it.
+        return {"plan": self.plan, "actors": self.actors, "_graph": None}
