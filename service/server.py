@@ -76,7 +76,7 @@ def _init_ray(config: ServerConfig) -> bool:
         return False
     # An embedded single-machine Ray on loopback: token auth would only depend on stray home files.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 

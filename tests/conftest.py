@@ -27,7 +27,8 @@ def ray_session() -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    # address="local": always a fresh instance, never a cluster someone else started with `ray start`
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
 
