@@ -1,0 +1,155 @@
+"""End-to-end throughput: the engine alone in one process versus training through the service.
+
+Trains the example's model (784-256-128-10, Adam) on Fashion-MNIST for a fixed number of steps:
+  (a) in one process with the engine alone (no Ray), with 1 and 2 BLAS threads;
+  (b) through the service (gRPC submit, Ray workers, parameter-server actor) with 1 and 2 workers,
+      with micro-shards equal to the worker count and with the default (one per 64 samples).
+Prints samples/s, the ratio to the 2-thread engine, and the service's per-step time split into
+compute, gradient reduction, optimizer apply and wait (transfer + scheduling), from its metrics.
+
+Run on a quiet machine, with the BLAS kernel the hardware deserves:
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/e2e.py [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gradfleet.v1 import coordinator_pb2 as pb  # noqa: E402
+from service.datasets import load_dataset  # noqa: E402
+from service.spec import load_spec_file, with_defaults  # noqa: E402
+from workers.batches import batch_indices, epoch_permutation  # noqa: E402
+from workers.nn import Network, make_optimizer  # noqa: E402
+
+PHASES = ("compute", "reduce", "apply", "wait")
+
+
+def engine_samples_per_second(x: np.ndarray, y: np.ndarray, batch: int, steps: int, threads: int) -> float:
+    """The single-process reference: the same model, one loss_and_grad call per global batch, Adam."""
+    net = Network([784, 256, 128, 10], ["relu", "relu", "identity"], "softmax_cross_entropy")
+    params = net.init_params(np.random.default_rng(1))
+    grad = np.empty_like(params)
+    opt = make_optimizer("adam", net.num_params, np.float32)
+    order = epoch_permutation(1, 1, len(y))
+    per_epoch = len(y) // batch
+    with threadpool_limits(threads, user_api="blas"):
+        for warm in range(5):
+            idx = batch_indices(order, warm, batch)
+            net.loss_and_grad(params, x[idx], y[idx], grad)
+        start = time.perf_counter()
+        for step in range(steps):
+            idx = batch_indices(order, step % per_epoch, batch)
+            xb = x[idx].astype(np.float32) * np.float32(1 / 255)  # same preprocessing work as a worker
+            net.loss_and_grad(params, xb, y[idx], grad)
+            grad *= np.float32(1 / len(idx))
+            opt.step(params, grad, 1e-3)
+        return steps * batch / (time.perf_counter() - start)
+
+
+def service_run(client, running, batch: int, steps: int, workers: int, shards: int | None) -> dict:
+    spec = with_defaults(load_spec_file(ROOT / "examples" / "fashion_mnist.yaml"))
+    spec.batch_size, spec.num_workers, spec.epochs = batch, workers, 1
+    spec.dataset.max_train_samples = steps * batch
+    spec.dataset.max_test_samples = 1000
+    spec.ClearField("micro_shards")
+    if shards:
+        spec.micro_shards = shards
+    spec = with_defaults(spec)
+    job = client.submit(spec)
+    for event in client.watch(job.id):
+        if event.job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
+            break
+    done = client.get(job.id)
+    if done.state != pb.SUCCEEDED:
+        raise SystemExit(f"benchmark job failed: {done.message}")
+    reg = running.metrics.registry
+    label = {"job_id": job.id}
+    step_sum = reg.get_sample_value("gradfleet_job_step_seconds_sum", label)
+    phases = {
+        p: reg.get_sample_value("gradfleet_job_step_phase_seconds_sum", {**label, "phase": p}) for p in PHASES
+    }
+    n_steps = reg.get_sample_value("gradfleet_job_step_seconds_count", label)
+    return {
+        "samples_per_second": done.progress.samples_trained / step_sum,
+        "ms_per_step": {p: 1e3 * v / n_steps for p, v in phases.items()},
+        "shards": spec.micro_shards,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150, help="training steps per measurement")
+    parser.add_argument("--batches", default="256,512,1024", help="global batch sizes")
+    parser.add_argument("--repeats", type=int, default=3, help="engine runs per setting (median)")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    blas = [
+        f"{i.get('internal_api')}:{i.get('architecture')}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  BLAS kernel: {blas}")
+    data = load_dataset("fashion-mnist", ROOT / "data")
+    x, y = data.x_train, data.y_train
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from service.client import CoordinatorClient
+    from service.config import ServerConfig
+    from service.server import start_server
+
+    state = Path(tempfile.mkdtemp(prefix="gradfleet-bench-"))
+    running = start_server(ServerConfig(port=0, metrics_port=-1, state_dir=state, ray_num_cpus=2))
+    rows = []
+    try:
+        with CoordinatorClient(running.address) as client:
+            client.wait_ready(timeout=60)
+            service_run(client, running, 256, 20, 2, 2)  # warm-up: worker start, imports, data cache
+            for batch in batches:
+                steps = min(args.steps, len(y) // batch)
+                ref = {
+                    t: statistics.median(
+                        engine_samples_per_second(x, y, batch, steps, t) for _ in range(args.repeats)
+                    )
+                    for t in (1, 2)
+                }
+                rows.append((batch, "engine, 1 process, 1 BLAS thread", ref[1], None, ref[2]))
+                rows.append((batch, "engine, 1 process, 2 BLAS threads", ref[2], None, ref[2]))
+                for workers in (1, 2):
+                    for shards in (workers, None):
+                        run = service_run(client, running, batch, steps, workers, shards)
+                        name = f"service, {workers} worker(s), {run['shards']} micro-shards"
+                        rows.append((batch, name, run["samples_per_second"], run["ms_per_step"], ref[2]))
+                        print_row(rows[-1], flush=True)
+    finally:
+        running.stop(grace_s=1)
+    print()
+    print(
+        f"{'batch':>6}  {'setting':<44} {'samples/s':>10} {'vs engine 2t':>12}  "
+        "ms/step compute/reduce/apply/wait"
+    )
+    for row in rows:
+        print_row(row)
+
+
+def print_row(row, flush: bool = False) -> None:
+    batch, name, rate, split, ref = row
+    parts = "" if split is None else " / ".join(f"{split[p]:.2f}" for p in PHASES)
+    print(f"{batch:>6}  {name:<44} {rate:>10,.0f} {rate / ref:>11.2f}x  {parts}", flush=flush)
+
+
+if __name__ == "__main__":
+    main()
