@@ -252,7 +252,11 @@ class JobRunner:
             cause = exc.cause if hasattr(exc, "cause") else None
             if isinstance(cause, (GradfleetError, WorkerLost)):
                 raise cause from None
-            raise
+            # The full remote traceback goes to the log; the job message stays one readable line.
+            log.error("job %s: remote error\n%s", self.job_id, exc)
+            raise TrainingFailed(
+                f"internal error on the cluster: {type(cause).__name__}: {cause}; see the server log"
+            ) from None
         except ray.exceptions.GetTimeoutError as exc:
             raise WorkerLost("the parameter server did not answer in time") from exc
         except ray.exceptions.RayActorError as exc:

@@ -28,7 +28,7 @@ def ray_session() -> Iterator[None]:
     import ray
 
     # address="local": always a fresh instance, never a cluster someone else started with `ray start`
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
