@@ -12,7 +12,7 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.config import DOWNLOAD_CHUNK_BYTES, ServerConfig
 from service.errors import JobNotReady
-from service.jobs import TERMINAL_STATES, JobStore
+from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.runner import JobRunner
 from service.scheduler import Scheduler
 from service.spec import validate_spec, with_defaults
@@ -46,7 +46,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
         version, job = self.store.snapshot(request.job_id)
-        yield pb.JobEvent(kind=pb.JobEvent.STATE, job=job)
+        yield pb.JobEvent(kind=pb.JobEvent.STATE, job=job, time=now_timestamp())
         if job.state in TERMINAL_STATES:
             return
         # A client that goes away wakes us at once, so its thread is freed, not held to the next event.

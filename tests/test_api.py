@@ -1,0 +1,160 @@
+"""The gRPC API beyond training: health, reflection, listing and paging, cancel semantics, errors and the
+CLI's JSON output, against a real coordinator on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "gradfleet.v1.Coordinator"
+
+
+@pytest.fixture
+def channel(coordinator):
+    with grpc.insecure_channel(coordinator.address) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel) -> pb_grpc.CoordinatorStub:
+    return pb_grpc.CoordinatorStub(channel)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the installed `gradfleet` console script (or the module if not installed) on this tree."""
+    script = Path(sys.executable).with_name("gradfleet")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def failing_job(client, name: str) -> pb.Job:
+    """A job that fails fast (its dataset does not exist) without starting any workers."""
+    return wait_for(client, client.submit(small_spec("npz:missing.npz", name=name)).id, timeout_s=60)
+
+
+def test_health_service_reports_serving(channel) -> None:
+    """The standard health service says SERVING for the server and for the Coordinator service."""
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_reflection_describes_the_coordinator(channel) -> None:
+    """Server reflection lists the Coordinator and resolves its file descriptor, as grpcurl needs."""
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = database.get_services()
+    assert SERVICE in services
+    assert "grpc.health.v1.Health" in services
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName(SERVICE)
+    assert {m.name for m in service.methods} == {
+        "SubmitJob",
+        "GetJob",
+        "ListJobs",
+        "CancelJob",
+        "WatchJob",
+        "DownloadModel",
+    }
+    watch = service.methods_by_name["WatchJob"]
+    assert watch.output_type.full_name == "gradfleet.v1.JobEvent"
+    assert watch.server_streaming
+    spec = pool.FindMessageTypeByName("gradfleet.v1.JobSpec")
+    assert spec.fields_by_name["batch_size"].number == 6
+    assert pool.FindFileContainingSymbol(SERVICE).name == "gradfleet/v1/coordinator.proto"
+
+
+def test_list_filters_by_state_and_pages_newest_first(client, stub, coordinator) -> None:
+    """With one job running and four queued behind it (two then cancelled), ListJobs filters by state
+    and pages of 2 return every job exactly once, newest first."""
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=5000)
+    long_job = client.submit(small_spec("npz:blobs.npz", name="long", epochs=1000, batchSize=10))
+    wait_for(client, long_job.id, states={pb.RUNNING}, timeout_s=60)
+    queued = [client.submit(small_spec("npz:blobs.npz", name=f"q{i}")) for i in range(4)]
+    for job in queued[0::2]:
+        assert client.cancel(job.id).state == pb.CANCELLED
+    newest_first = [j.id for j in reversed([long_job, *queued])]
+
+    seen, token, pages = [], "", 0
+    while True:
+        reply = stub.ListJobs(pb.ListJobsRequest(page_size=2, page_token=token), timeout=5)
+        assert len(reply.jobs) <= 2
+        seen += [j.id for j in reply.jobs]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert (seen, pages) == (newest_first, 3)
+
+    def ids(state: int) -> list[str]:
+        return [j.id for j in stub.ListJobs(pb.ListJobsRequest(state=state), timeout=5).jobs]
+
+    assert ids(pb.CANCELLED) == [queued[2].id, queued[0].id]
+    assert ids(pb.QUEUED) == [queued[3].id, queued[1].id]
+    assert ids(pb.RUNNING) == [long_job.id]
+    assert ids(pb.SUCCEEDED) == []
+    assert [j.id for j in client.list(state="CANCELLED", page_size=1)] == ids(pb.CANCELLED)
+    for job in (queued[1], queued[3], long_job):  # the queued ones first, so they never start
+        client.cancel(job.id)
+    wait_for(client, long_job.id, timeout_s=30)
+
+
+def test_cancelling_a_finished_job_returns_it_unchanged(client, stub) -> None:
+    """CancelJob on a FAILED job returns the job exactly as it was, and leaves it so."""
+    failed = failing_job(client, "fails")
+    assert failed.state == pb.FAILED
+    assert stub.CancelJob(pb.CancelJobRequest(job_id=failed.id), timeout=5) == failed
+    assert client.get(failed.id) == failed
+
+
+def test_empty_job_id_is_an_invalid_argument(stub) -> None:
+    """GetJob, CancelJob and WatchJob with an empty id get INVALID_ARGUMENT naming job_id."""
+    calls = [
+        lambda: stub.GetJob(pb.GetJobRequest(job_id=""), timeout=5),
+        lambda: stub.CancelJob(pb.CancelJobRequest(job_id=""), timeout=5),
+        lambda: next(stub.WatchJob(pb.WatchJobRequest(job_id=""), timeout=5)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as error:
+            call()
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "job_id" in error.value.details()
+
+
+def test_cli_json_output_parses_into_job_messages(client, coordinator) -> None:
+    """`gradfleet get ID --output json` and `gradfleet list --output json` print protobuf JSON that
+    json_format parses back into the very Job messages the server holds."""
+    first, second = failing_job(client, "first"), failing_job(client, "second")
+    server = ("--server", coordinator.address)
+
+    got = run_cli("get", first.id, "--output", "json", *server)
+    assert got.returncode == 0, got.stderr
+    assert json_format.Parse(got.stdout, pb.Job()) == client.get(first.id)
+    assert json.loads(got.stdout)["state"] == "FAILED"  # enums by name, for scripts
+
+    listed = run_cli("list", "--output", "json", *server)
+    assert listed.returncode == 0, listed.stderr
+    response = json_format.Parse(listed.stdout, pb.ListJobsResponse())
+    assert list(response.jobs) == [client.get(second.id), client.get(first.id)]
+
+    missing = run_cli("get", "no-such-job", "--output", "json", *server)
+    assert missing.returncode == 2
+    assert "NOT_FOUND" in missing.stderr

@@ -1,0 +1,95 @@
+"""A coordinator restarted on the same state folder keeps its jobs: unfinished ones run again to the end,
+finished ones keep their records and models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
+from service.config import ServerConfig
+from service.jobs import JobStore
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+N_TRAIN = 600
+
+
+@pytest.fixture
+def config(ray_session, tmp_path: Path) -> ServerConfig:
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    write_blobs(data_root / "blobs.npz", n_train=N_TRAIN)
+    return ServerConfig(port=0, metrics_port=-1, state_dir=tmp_path / "state", data_root=data_root)
+
+
+@contextmanager
+def running_coordinator(config: ServerConfig) -> Iterator[CoordinatorClient]:
+    """A coordinator on `config` (a fresh port each time) and a client; stopped on exit."""
+    from service.server import start_server
+
+    server = start_server(config)
+    try:
+        with CoordinatorClient(server.address) as client:
+            yield client
+    finally:
+        server.stop(grace_s=1.0)
+
+
+def stored_jobs(state_dir: Path) -> dict[str, pb.Job]:
+    """The job records on disk, read as a new coordinator would read them."""
+    store = JobStore(state_dir)
+    try:
+        return {job.id: job for job in store.list(page_size=1000)[0]}
+    finally:
+        store.close()
+
+
+def test_unfinished_jobs_survive_a_restart_and_run_to_the_end(config) -> None:
+    """A job interrupted while training and one still queued are both QUEUED on disk after a stop, and
+    a new coordinator on the same state folder trains both to SUCCEEDED, counting samples once."""
+    with running_coordinator(config) as client:
+        interrupted = client.submit(small_spec("npz:blobs.npz", name="interrupted", batchSize=10, epochs=6))
+        wait_for(client, interrupted.id, states={pb.RUNNING}, timeout_s=60)
+        while client.get(interrupted.id).progress.step == 0:
+            time.sleep(0.02)
+        queued = client.submit(small_spec("npz:blobs.npz", name="queued"))
+        assert queued.state == pb.QUEUED  # one job runs at a time by default
+
+    on_disk = stored_jobs(config.state_dir)
+    assert on_disk[interrupted.id].state == pb.QUEUED
+    assert "interrupted by a coordinator shutdown" in on_disk[interrupted.id].message
+    assert on_disk[queued.id].state == pb.QUEUED
+
+    with running_coordinator(config) as client:
+        assert [j.id for j in client.list()] == [queued.id, interrupted.id]
+        for job, epochs in ((interrupted, 6), (queued, 2)):
+            done = wait_for(client, job.id)
+            assert done.state == pb.SUCCEEDED, done.message
+            assert done.progress.step == done.progress.total_steps
+            assert done.progress.samples_trained == epochs * N_TRAIN  # restarted from scratch, not added
+            assert done.spec == job.spec
+
+
+def test_finished_jobs_and_their_models_survive_a_restart(config, tmp_path: Path) -> None:
+    """After a restart a finished job reads the same and its model downloads byte for byte as before."""
+    with running_coordinator(config) as client:
+        done = wait_for(client, client.submit(small_spec("npz:blobs.npz", name="done")).id)
+        assert done.state == pb.SUCCEEDED, done.message
+        failed = wait_for(client, client.submit(small_spec("npz:missing.npz", name="failed")).id)
+        assert failed.state == pb.FAILED
+        client.download(done.id, tmp_path / "before.npz")
+
+    with running_coordinator(config) as client:
+        assert client.get(done.id) == done
+        assert client.get(failed.id) == failed
+        assert [j.id for j in client.list()] == [failed.id, done.id]
+        size = client.download(done.id, tmp_path / "after.npz")
+    before = (tmp_path / "before.npz").read_bytes()
+    assert size == len(before) > 0
+    assert (tmp_path / "after.npz").read_bytes() == before

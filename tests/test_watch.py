@@ -1,0 +1,171 @@
+"""WatchJob: the event stream, freeing server threads when clients go away, and `gradfleet watch`'s exit
+codes through the real CLI against a real coordinator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.client import CoordinatorClient
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+ROOT = Path(__file__).resolve().parent.parent
+RPC_THREADS = 4
+
+
+def long_spec() -> pb.JobSpec:
+    return small_spec("npz:long.npz", name="long", epochs=1000, batchSize=10)
+
+
+def wait_until_training(client, job_id: str) -> None:
+    wait_for(client, job_id, states={pb.RUNNING}, timeout_s=60)
+    deadline = time.monotonic() + 60
+    while client.get(job_id).progress.step == 0:
+        assert time.monotonic() < deadline, "the job never took a step"
+        time.sleep(0.05)
+
+
+def gradfleet_command(*args: str) -> list[str]:
+    """The installed `gradfleet` console script (or the module if not installed)."""
+    script = Path(sys.executable).with_name("gradfleet")
+    return [*([str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]), *args]
+
+
+def start_watch(address: str, job_id: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        gradfleet_command("watch", job_id, "--server", address),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_watch_streams_state_then_progress_and_ends_after_the_terminal_state(client, coordinator) -> None:
+    """The first event is the current state; PROGRESS and EVAL events follow with steps that never go
+    back; the last is the SUCCEEDED state change, after which the stream ends."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = client.submit(small_spec("npz:blobs.npz", epochs=3, evalEverySteps=5))
+    events = list(client.watch(job.id))  # returns only because the stream ends
+
+    first, last = events[0], events[-1]
+    assert first.kind == pb.JobEvent.STATE
+    assert first.job.state in (pb.QUEUED, pb.RUNNING)
+    assert (last.kind, last.job.state) == (pb.JobEvent.STATE, pb.SUCCEEDED)
+    kinds = [e.kind for e in events]
+    assert pb.JobEvent.PROGRESS in kinds
+    assert pb.JobEvent.EVAL in kinds
+    assert [e.job.state for e in events if e.kind == pb.JobEvent.STATE][-2:] == [pb.RUNNING, pb.SUCCEEDED]
+    steps = [e.job.progress.step for e in events]
+    assert steps == sorted(steps)
+    assert steps[-1] == last.job.progress.total_steps == 3 * 12
+    evals = [e.job.progress for e in events if e.kind == pb.JobEvent.EVAL]
+    assert all(p.has_eval and 0 <= p.eval_accuracy <= 1 for p in evals)
+    assert all(e.job.id == job.id and e.HasField("time") for e in events)
+    assert last.job == client.get(job.id)
+
+
+def test_watching_a_finished_job_gives_one_event(client, coordinator) -> None:
+    """A watch of a job that already ended yields its state once and ends."""
+    job = wait_for(client, client.submit(small_spec("npz:missing.npz")).id, timeout_s=60)
+    events = list(client.watch(job.id))
+    assert [(e.kind, e.job.state) for e in events] == [(pb.JobEvent.STATE, pb.FAILED)]
+
+
+@pytest.fixture
+def few_threads(ray_session, tmp_path) -> Iterator:
+    """A coordinator whose gRPC server has only RPC_THREADS threads."""
+    from service.config import ServerConfig
+    from service.server import start_server
+
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    config = ServerConfig(
+        port=0,
+        metrics_port=-1,
+        rpc_threads=RPC_THREADS,
+        state_dir=tmp_path / "state",
+        data_root=data_root,
+    )
+    running = start_server(config)
+    yield running
+    running.stop(grace_s=1.0)
+
+
+def test_dropped_watch_clients_free_their_server_threads(few_threads) -> None:
+    """More watch streams than server threads starve unary calls; once those clients cancel or close,
+    SubmitJob and GetJob answer within seconds again, though the watched job sends no event meanwhile."""
+    write_blobs(few_threads.config.data_root / "long.npz", n_train=5000)
+    client = CoordinatorClient(few_threads.address, timeout=5)
+    running = client.submit(long_spec())
+    wait_until_training(client, running.id)
+    # Queued behind the running job (one job at a time), so its watchers get nothing to send: only
+    # noticing the client is gone can end their streams.
+    queued = client.submit(small_spec("npz:long.npz", name="queued"))
+
+    channels = [grpc.insecure_channel(few_threads.address) for _ in range(RPC_THREADS + 2)]
+    streams = [pb_grpc.CoordinatorStub(ch).WatchJob(pb.WatchJobRequest(job_id=queued.id)) for ch in channels]
+    for stream in streams[:RPC_THREADS]:
+        assert next(stream).job.state == pb.QUEUED  # each holds a server thread now
+    probe = CoordinatorClient(few_threads.address, timeout=1.5)
+    with pytest.raises(grpc.RpcError) as starved:
+        probe.get(running.id)  # every thread is busy streaming
+    probe.close()
+    assert starved.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    for stream in streams[0::2]:
+        stream.cancel()  # half the clients cancel their call...
+    for channel in channels[1::2]:
+        channel.close()  # ...and half just go away
+
+    start = time.monotonic()
+    assert client.get(queued.id).state == pb.QUEUED
+    another = client.submit(small_spec("npz:long.npz", name="another"))
+    assert another.state == pb.QUEUED
+    assert time.monotonic() - start < 5
+    for channel in channels[0::2]:
+        channel.close()
+    for job in (another, queued, running):
+        client.cancel(job.id)
+    assert wait_for(client, running.id, timeout_s=30).state == pb.CANCELLED
+    client.close()
+
+
+def test_cli_watch_exit_codes(client, coordinator) -> None:
+    """`gradfleet watch` exits 0 for a job that succeeds, 1 for one that fails, 3 for one cancelled
+    while it is being watched, and ends with a one-line summary."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    succeeds = client.submit(small_spec("npz:blobs.npz"))
+    ok = start_watch(coordinator.address, succeeds.id)
+    out, err = ok.communicate(timeout=240)
+    assert ok.returncode == 0, err
+    assert out.strip().splitlines()[-1].startswith(f"job {succeeds.id} SUCCEEDED in ")
+
+    fails = client.submit(small_spec("npz:missing.npz"))
+    failed = start_watch(coordinator.address, fails.id)
+    out, err = failed.communicate(timeout=120)
+    assert failed.returncode == 1, err
+    assert f"job {fails.id} FAILED" in out
+    assert "missing.npz" in out.strip().splitlines()[-1]
+
+    long = client.submit(long_spec())
+    wait_until_training(client, long.id)
+    watching = start_watch(coordinator.address, long.id)
+    assert watching.stdout.readline().startswith(f"job {long.id} RUNNING")  # connected and following
+    client.cancel(long.id)
+    out, err = watching.communicate(timeout=60)
+    assert watching.returncode == 3, err
+    assert f"job {long.id} CANCELLED" in out.strip().splitlines()[-1]
