@@ -17,6 +17,7 @@ DEFAULT_MAX_RUNNING_JOBS = 1  # a 2-core machine trains one job at a time well
 DEFAULT_MAX_QUEUED_JOBS = 1000
 DEFAULT_MAX_WORKERS_PER_JOB = 64
 DEFAULT_MAX_PARAMS = 50_000_000  # 200 MB of float32 weights
+DEFAULT_METRICS_RETIRE_AFTER_S = 60.0  # a few scrape intervals, so dashboards see a job's final values
 DEFAULT_STEP_TIMEOUT_S = 120.0  # a step slower than this means a worker is stuck
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default message limit
 
@@ -36,6 +37,7 @@ class ServerConfig:
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
     max_params: int = DEFAULT_MAX_PARAMS
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    metrics_retire_after_s: float = DEFAULT_METRICS_RETIRE_AFTER_S  # per-job series outlive the job this long
     dataset_search: tuple[Path, ...] = field(
         default_factory=lambda: (Path("/usr/share/datasets/fashion-mnist"),)
     )
@@ -58,6 +60,7 @@ def config_from_env_and_flags(flags: dict, environ: dict | None = None) -> Serve
         ("state_dir", Path),
         ("max_running_jobs", int),
         ("max_queued_jobs", int),
+        ("metrics_retire_after_s", float),
     ):
         env_value = environ.get(f"GRADFLEET_{name.upper()}")
         if flags.get(name) is not None:

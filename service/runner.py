@@ -147,6 +147,12 @@ class JobRunner:
         self._group: WorkerGroup | None = None
         self._ps = None
 
+    @property
+    def num_workers(self) -> int:
+        """Worker actors this job holds right now (0 before they start and after release)."""
+        group = self._group
+        return group.size if group is not None else 0
+
     def run(self) -> None:
         spec = self.store.get(self.job_id).spec
         self.store.update(self.job_id, _set_state(pb.RUNNING, "preparing data and workers"))
