@@ -17,6 +17,8 @@ DEFAULT_MAX_RUNNING_JOBS = 1  # a 2-core machine trains one job at a time well
 DEFAULT_MAX_QUEUED_JOBS = 1000
 DEFAULT_MAX_WORKERS_PER_JOB = 64
 DEFAULT_MAX_PARAMS = 50_000_000  # 200 MB of float32 weights
+DEFAULT_METRICS_RETIRE_AFTER_S = 60.0  # a few scrape intervals, so dashboards see a job's final values
+DEFAULT_WORKER_WAIT_S = 600.0  # how long a job waits for CPUs for its workers before it fails
 DEFAULT_STEP_TIMEOUT_S = 120.0  # a step slower than this means a worker is stuck
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default message limit
 
@@ -36,9 +38,17 @@ class ServerConfig:
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
     max_params: int = DEFAULT_MAX_PARAMS
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    worker_wait_s: float = DEFAULT_WORKER_WAIT_S
+    # With an autoscaler the cluster can grow, so a job bigger than today's cluster waits instead of failing.
+    autoscaling: bool = False
+    metrics_retire_after_s: float = DEFAULT_METRICS_RETIRE_AFTER_S  # per-job series outlive the job this long
     dataset_search: tuple[Path, ...] = field(
         default_factory=lambda: (Path("/usr/share/datasets/fashion-mnist"),)
     )
+
+
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def config_from_env_and_flags(flags: dict, environ: dict | None = None) -> ServerConfig:
@@ -58,6 +68,9 @@ def config_from_env_and_flags(flags: dict, environ: dict | None = None) -> Serve
         ("state_dir", Path),
         ("max_running_jobs", int),
         ("max_queued_jobs", int),
+        ("metrics_retire_after_s", float),
+        ("worker_wait_s", float),
+        ("autoscaling", _flag),
     ):
         env_value = environ.get(f"GRADFLEET_{name.upper()}")
         if flags.get(name) is not None:

@@ -15,19 +15,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.config import DEFAULT_METRICS_RETIRE_AFTER_S
 
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STEP_PHASES = ("compute", "reduce", "apply", "wait")
 JOB_STATE_NAMES = tuple(pb.JobState.Name(v).lower() for v in pb.JobState.values() if v)
-DEFAULT_RETIRE_AFTER_S = 60.0  # a few scrape intervals: dashboards see the final values
 
 
 class Metrics:
     """The coordinator's metrics, registered in `registry` (tests pass a fresh one)."""
 
-    def __init__(self, registry: CollectorRegistry, job_counts: Callable[[], dict[int, int]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        job_counts: Callable[[], dict[int, int]],
+        retire_after_s: float = DEFAULT_METRICS_RETIRE_AFTER_S,
+    ) -> None:
         self.registry = registry
+        self.retire_after_s = retire_after_s
         job = ["job_id"]
         self.job_loss = Gauge(
             "gradfleet_job_loss", "Mean training loss of the latest step.", job, registry=registry
@@ -111,6 +117,25 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=registry,
         )
+        self.queue_length = Gauge(
+            "gradfleet_queue_length", "Jobs waiting for a slot to run.", registry=registry
+        )
+        self.queue_oldest_age = Gauge(
+            "gradfleet_queue_oldest_age_seconds",
+            "How long the oldest queued job has waited (0 when none waits).",
+            registry=registry,
+        )
+        self.workers_alive = Gauge(
+            "gradfleet_workers_alive",
+            "Worker actors held by running jobs, all jobs together.",
+            registry=registry,
+        )
+        self.param_server_apply = Histogram(
+            "gradfleet_param_server_apply_seconds",
+            "Parameter-server time to apply one averaged gradient (optimizer step), all jobs.",
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
         registry.register(_JobStateCollector(job_counts))
         self._per_job = [
             self.job_loss,
@@ -125,6 +150,17 @@ class Metrics:
             self.job_step_seconds,
         ]
         self._timers: list[threading.Timer] = []
+
+    def read_live_values(
+        self,
+        queue_length: Callable[[], float],
+        queue_oldest_age: Callable[[], float],
+        workers_alive: Callable[[], float],
+    ) -> None:
+        """Service-wide gauges read at scrape time from their owners, so they can never drift."""
+        self.queue_length.set_function(queue_length)
+        self.queue_oldest_age.set_function(queue_oldest_age)
+        self.workers_alive.set_function(workers_alive)
 
     def record_call(self, method: str, code: str, seconds: float) -> None:
         """Interceptor callback: one finished gRPC call."""
@@ -151,6 +187,7 @@ class Metrics:
                 strict=False,
             ):
                 self.job_step_phase_seconds.labels(job_id, phase).observe(value)
+            self.param_server_apply.observe(s.apply_seconds)
         last = steps[-1]
         self.job_samples.labels(job_id).inc(sum(s.samples for s in steps))
         self.job_steps.labels(job_id).inc(len(steps))
@@ -160,13 +197,14 @@ class Metrics:
         self.job_samples_per_second.labels(job_id).set(samples_per_second)
 
     def record_eval(self, job_id: str, loss: float, accuracy: float) -> None:
+        """The latest test-set evaluation of the job."""
         self.job_eval_loss.labels(job_id).set(loss)
         self.job_eval_accuracy.labels(job_id).set(accuracy)
 
-    def finish_job(
-        self, job_id: str, state_name: str, retire_after_s: float = DEFAULT_RETIRE_AFTER_S
-    ) -> None:
-        """Count the outcome; drop the job's series after `retire_after_s` (0 = now)."""
+    def finish_job(self, job_id: str, state_name: str, retire_after_s: float | None = None) -> None:
+        """Count the outcome; drop the job's series after `retire_after_s` (None: the configured
+        delay, 0: now)."""
+        retire_after_s = self.retire_after_s if retire_after_s is None else retire_after_s
         self.jobs_finished.labels(state_name).inc()
         self.job_workers.labels(job_id).set(0)
         if retire_after_s <= 0:
@@ -178,6 +216,7 @@ class Metrics:
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
 
     def retire_job(self, job_id: str) -> None:
+        """Remove every series labelled with `job_id` (a no-op for series never created)."""
         for metric in self._per_job:
             with contextlib.suppress(KeyError):
                 metric.remove(job_id)
@@ -186,6 +225,7 @@ class Metrics:
                 self.job_step_phase_seconds.remove(job_id, phase)
 
     def close(self) -> None:
+        """Cancel pending retirements (the coordinator is stopping)."""
         for timer in self._timers:
             timer.cancel()
 

@@ -27,6 +27,7 @@ from service.spec import spec_to_json, validate_against_dataset
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
 from workers.nn import make_optimizer, make_schedule
+from workers.placement import Unplaceable, reserve_workers
 from workers.worker import ModelPlan
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,12 @@ class JobRunner:
         self._group: WorkerGroup | None = None
         self._ps = None
 
+    @property
+    def num_workers(self) -> int:
+        """Worker actors this job holds right now (0 before they start and after release)."""
+        group = self._group
+        return group.size if group is not None else 0
+
     def run(self) -> None:
         spec = self.store.get(self.job_id).spec
         self.store.update(self.job_id, _set_state(pb.RUNNING, "preparing data and workers"))
@@ -162,6 +169,8 @@ class JobRunner:
         except GradfleetError as exc:
             self._finish(pb.FAILED, exc.message)
         except DatasetError as exc:
+            self._finish(pb.FAILED, str(exc))
+        except Unplaceable as exc:
             self._finish(pb.FAILED, str(exc))
         except WorkerLost as exc:
             self._finish(pb.FAILED, f"{exc}; the job stopped (worker recovery arrives with checkpoints)")
@@ -190,7 +199,7 @@ class JobRunner:
             "offset": ray.put(data.offset),
             "scale": ray.put(data.scale),
         }
-        self._group = WorkerGroup.start(plan, spec.num_workers, refs)
+        self._group = WorkerGroup.start(plan, spec.num_workers, refs, placement_group=self._reserve(spec))
         self._check_cancel()
         self._ps = ParameterServerActor.remote(
             self._group,
@@ -209,6 +218,26 @@ class JobRunner:
         arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
         write_model(self.model_path(self.config, self.job_id), arrays)
         self._finish(pb.SUCCEEDED, "")
+
+    def _reserve(self, spec: pb.JobSpec):
+        """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason."""
+        shown = [""]  # the reason last written to the job record
+
+        def on_wait(reason: str) -> None:
+            self._check_cancel()
+            if reason != shown[0]:
+                self.store.update(self.job_id, _set_state(pb.QUEUED, reason))
+                shown[0] = reason
+
+        group = reserve_workers(
+            spec.num_workers,
+            self.config.worker_wait_s,
+            fail_if_too_small=not self.config.autoscaling,
+            on_wait=on_wait,
+        )
+        if shown[0]:
+            self.store.update(self.job_id, _set_state(pb.RUNNING, "starting workers"))
+        return group
 
     def _loop(self, spec: pb.JobSpec, total: int, has_test: bool) -> None:
         per_epoch = total // spec.epochs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from datetime import datetime, timezone
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
@@ -64,6 +65,25 @@ class Scheduler:
 
     def queue_length(self) -> int:
         return self._queue.qsize()
+
+    def queued_jobs(self) -> int:
+        """Jobs in state QUEUED (the raw queue also holds ids of jobs cancelled while waiting)."""
+        return self.store.counts_by_state().get(pb.QUEUED, 0)
+
+    def oldest_queued_seconds(self) -> float:
+        """Seconds the oldest QUEUED job has waited since it was created; 0 when none waits."""
+        now = datetime.now(timezone.utc)
+        waits = [
+            (now - job.created_at.ToDatetime(tzinfo=timezone.utc)).total_seconds()
+            for job in self.store.unfinished()
+            if job.state == pb.QUEUED
+        ]
+        return max(waits, default=0.0)
+
+    def workers_alive(self) -> int:
+        """Worker actors held by the running jobs."""
+        with self._lock:
+            return sum(runner.num_workers for runner in self._running.values())
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():

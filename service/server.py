@@ -84,8 +84,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     owns_ray = _init_ray(config)
     store = JobStore(config.state_dir)
     registry = CollectorRegistry()
-    metrics = Metrics(registry, store.counts_by_state)
+    metrics = Metrics(registry, store.counts_by_state, config.metrics_retire_after_s)
     scheduler = Scheduler(store, metrics, config)
+    metrics.read_live_values(scheduler.queued_jobs, scheduler.oldest_queued_seconds, scheduler.workers_alive)
     servicer = CoordinatorServicer(store, scheduler, config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),

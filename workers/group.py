@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import ray
 from ray.dag import InputNode, MultiOutputNode
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from workers import placement
 from workers.worker import EvalResult, GradientWorker, ModelPlan, StepCommand, TrainResult
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,24 @@ class WorkerGroup:
     plan: ModelPlan
     actors: list = field(default_factory=list)
     _graph: object = None
+    _placement: object = None  # the placement group reserving the workers' CPUs; the group owns it
 
     @classmethod
-    def start(cls, plan: ModelPlan, num_workers: int, data_refs: dict, ready_timeout_s: float = 120.0):
-        """Create `num_workers` actors holding refs to the data already in the object store."""
+    def start(
+        cls,
+        plan: ModelPlan,
+        num_workers: int,
+        data_refs: dict,
+        ready_timeout_s: float = 120.0,
+        placement_group=None,
+    ):
+        """Create `num_workers` actors holding refs to the data already in the object store.
+
+        With `placement_group` (one bundle per worker, see workers.placement) worker `rank` runs in
+        bundle `rank`, and the group removes the placement group on shutdown.
+        """
         actors = [
-            GradientWorker.remote(
+            GradientWorker.options(scheduling_strategy=_in_bundle(placement_group, rank)).remote(
                 plan,
                 rank,
                 data_refs["x_train"],
@@ -47,7 +61,7 @@ class WorkerGroup:
             )
             for rank in range(num_workers)
         ]
-        group = cls(plan, actors)
+        group = cls(plan, actors, _placement=placement_group)
         try:
             ray.get([a.ready.remote() for a in actors], timeout=ready_timeout_s)
         except Exception:
@@ -90,7 +104,16 @@ class WorkerGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+        placement.release(self._placement)
+        self._placement = None
 
     def __getstate__(self):
         # The compiled graph lives in one process only; a copy sent to another actor starts without it.
-        return {"plan": self.plan, "actors": self.actors, "_graph": None}
+        # The placement group stays with the coordinator's copy, which owns the workers' lifecycle.
+        return {"plan": self.plan, "actors": self.actors, "_graph": None, "_placement": None}
+
+
+def _in_bundle(group, rank: int):
+    if group is None:
+        return "DEFAULT"
+    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)

@@ -1,0 +1,84 @@
+"""Gang scheduling of a job's workers on a real local Ray with 4 CPUs: wait with a reason, or fail fast."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+from ray.util import placement_group_table
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from tests.helpers import small_spec, wait_for, write_blobs
+from workers.placement import Unplaceable, reserve_workers
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+@ray.remote(num_cpus=3)
+class CpuHog:
+    """Holds 3 of the session's 4 CPUs while alive."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def live_placement_groups(timeout_s: float = 15.0) -> list[dict]:
+    """Placement groups not yet removed, after giving a finishing job `timeout_s` to release its own."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = [g for g in placement_group_table().values() if g["state"] != "REMOVED"]
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.1)
+
+
+def test_reservation_fails_at_once_when_the_cluster_is_too_small(ray_session) -> None:
+    """Five workers on a 4-CPU cluster: Unplaceable naming both numbers, before any waiting."""
+    start = time.monotonic()
+    with pytest.raises(Unplaceable, match=r"needs 5 CPUs .* has 4 in total"):
+        reserve_workers(5, wait_s=60)
+    assert time.monotonic() - start < 5
+    assert live_placement_groups() == []
+
+
+def test_reservation_times_out_and_releases_its_placement_group(ray_session) -> None:
+    """With 1 CPU free, reserving 2 waits, reports the reason, then gives up and removes the group."""
+    hog = CpuHog.remote()
+    try:
+        ray.get(hog.ping.remote(), timeout=60)
+        reasons = []
+        with pytest.raises(Unplaceable, match="no room for the workers after 2 s"):
+            reserve_workers(2, wait_s=2, on_wait=reasons.append)
+        assert reasons and reasons[0] == "waiting for 2 CPUs for the workers; cluster has 1 free"
+        assert live_placement_groups() == []
+    finally:
+        ray.kill(hog)
+
+
+def test_a_job_too_big_for_the_cluster_fails_fast_with_the_reason(client, coordinator) -> None:
+    """A 5-worker job on 4 CPUs ends FAILED within seconds, saying how many CPUs it needs and exist."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", numWorkers=5)).id, timeout_s=60)
+    assert job.state == pb.FAILED
+    assert "needs 5 CPUs" in job.message and "4 in total" in job.message
+
+
+def test_a_job_waits_queued_with_a_reason_and_starts_when_cpus_free(client, coordinator) -> None:
+    """While 3 of 4 CPUs are taken a 2-worker job is QUEUED saying why; freeing them lets it succeed."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    hog = CpuHog.remote()
+    try:
+        ray.get(hog.ping.remote(), timeout=60)
+        job = client.submit(small_spec("npz:blobs.npz", numWorkers=2))
+        deadline = time.monotonic() + 60
+        while "waiting for" not in (current := client.get(job.id)).message:
+            assert time.monotonic() < deadline, current
+            time.sleep(0.1)
+        assert current.state == pb.QUEUED
+        assert current.message == "waiting for 2 CPUs for the workers; cluster has 1 free"
+    finally:
+        ray.kill(hog)
+    done = wait_for(client, job.id, timeout_s=120)
+    assert done.state == pb.SUCCEEDED, done.message
+    assert live_placement_groups() == []
