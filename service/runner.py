@@ -136,6 +136,7 @@ def _hyper(kind: str, opt: pb.OptimizerSpec) -> dict:
         hyper["epsilon"] = opt.epsilon
     return hyper
 
+
 def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
     ds = cache.load(spec.dataset.uri)
     n_train = spec.dataset.max_train_samples or len(ds.y_train)

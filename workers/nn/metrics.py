@@ -43,8 +43,10 @@ def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int) -> Sums:
 def add_sums(total: Sums | None, part: Sums) -> Sums:
     """Return ``total + part`` key by key (``total`` None means nothing yet)."""
     if total is None:
-        return {key: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
-                for key, value in part.items()}
+        return {
+            key: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+            for key, value in part.items()
+        }
     return {key: total[key] + part[key] for key in total}
 
 

@@ -168,7 +168,9 @@ class Network:
         loss_sum, sums = self.evaluate_sums(flat, x, y, top_k=1)
         return loss_sum, int(sums["correct"])
 
-    def evaluate_sums(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, top_k: int = 5) -> tuple[float, Sums]:
+    def evaluate_sums(
+        self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, top_k: int = 5
+    ) -> tuple[float, Sums]:
         """Return ``(loss SUM, metric_sums)`` for ``metrics.summarize``; no dropout.
 
         ``top_k`` is capped at the number of outputs."""
@@ -197,7 +199,9 @@ class Network:
                 inputs = self._drop(index, outputs, workspace, rng)
         return inputs
 
-    def _drop(self, index: int, outputs: np.ndarray, workspace: Workspace, rng: np.random.Generator) -> np.ndarray:
+    def _drop(
+        self, index: int, outputs: np.ndarray, workspace: Workspace, rng: np.random.Generator
+    ) -> np.ndarray:
         """Write ``outputs * mask`` into ``dropped[index]`` with a fresh inverted-dropout mask."""
         mask, dropped = workspace.masks[index], workspace.dropped[index]
         rate = self.dropout[index]

@@ -8,6 +8,7 @@ shortened by ``W`` so that it still ends with the job.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ def _make_inner(
         return StepSchedule(base_lr, gamma, step_epochs * steps_per_epoch)
     if kind == "multi_step":
         epochs = [int(m) for m in milestones]
-        if not epochs or min(epochs) < 1 or any(a >= b for a, b in zip(epochs, epochs[1:])):
+        if not epochs or min(epochs) < 1 or any(a >= b for a, b in itertools.pairwise(epochs)):
             raise ValueError(f"Invalid milestones: {list(milestones)}; need increasing epochs >= 1")
         return MultiStepSchedule(base_lr, gamma, tuple(m * steps_per_epoch for m in epochs))
     if kind == "exponential":
