@@ -15,6 +15,7 @@ that steady-state steps allocate no parameter-sized array. `--quick` runs a shor
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workers.nn import Network, make_optimizer  # noqa: E402
+from workers.nn import Network, make_optimizer
 
 LAYERS = (784, 256, 128, 10)
 BATCHES = (64, 256, 1024)
@@ -50,7 +51,7 @@ class Rate:
 def step_flops(batch: int) -> int:
     """Real FLOPs of one step: forward and weight-gradient matmuls of every layer, input-gradient
     matmuls of every layer but the first (2 FLOPs per multiply-add); about 4.28 x params per sample."""
-    products = [fan_in * fan_out for fan_in, fan_out in zip(LAYERS, LAYERS[1:], strict=False)]
+    products = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(LAYERS)]
     return 2 * batch * (2 * sum(products) + sum(products[1:]))
 
 
@@ -152,9 +153,8 @@ def torch_threads(threads: int) -> None:
 
 
 def throughput_table(rounds: int, steps: int, reference_flops: float) -> None:
-    print(
-        f"\n{'threads':>7} {'batch':>5}  {'gradfleet samples/s':>22}  {'pytorch samples/s':>22}  ratio  of 1-thread matmul"
-    )
+    header = f"{'gradfleet samples/s':>22}  {'pytorch samples/s':>22}  ratio  of 1-thread matmul"
+    print(f"\n{'threads':>7} {'batch':>5}  {header}")
     for threads in THREADS:
         for batch in BATCHES:
             per_round = max(4, steps * 256 // batch)
@@ -218,9 +218,8 @@ def allocation_check(batch: int = 256, steps: int = 20) -> None:
         tracemalloc.stop()
     param_bytes = step.params.nbytes
     verdict = "OK" if peak < param_bytes / 4 else "FAIL: a parameter-sized array is allocated per step"
-    print(
-        f"\nallocation: peak {peak / 1e3:.1f} kB over {steps} steps; parameters are {param_bytes / 1e3:.0f} kB: {verdict}"
-    )
+    print(f"\nallocation: peak {peak / 1e3:.1f} kB over {steps} steps; ", end="")
+    print(f"parameters are {param_bytes / 1e3:.0f} kB: {verdict}")
 
 
 def main() -> None:

@@ -55,8 +55,9 @@ class Outcome:
         reached = f"{self.seconds_to_target:7.1f} s" if self.seconds_to_target is not None else "     never"
         per_epoch = self.seconds / max(self.epochs, 1)
         return (
-            f"{self.name:<12} {reached}  after {self.epochs:2d} epochs  best accuracy {self.best_accuracy:.4f}"
-            f"  ({per_epoch:.2f} s/epoch incl. evaluation; target {target})"
+            f"{self.name:<12} {reached}  after {self.epochs:2d} epochs  "
+            f"best accuracy {self.best_accuracy:.4f}  "
+            f"({per_epoch:.2f} s/epoch incl. evaluation; target {target})"
         )
 
 
