@@ -9,11 +9,15 @@ import sys
 
 import numpy as np
 
-ACTIVATIONS = {
-    "RELU": lambda z: np.maximum(z, 0),
-    "SIGMOID": lambda z: 0.5 * (1 + np.tanh(0.5 * z)),
-    "TANH": np.tanh,
-    "IDENTITY": lambda z: z,
+ACTIVATIONS = {  # each takes the pre-activation and the layer's spec (for LEAKY_RELU's slope)
+    "RELU": lambda z, layer: np.maximum(z, 0),
+    "LEAKY_RELU": lambda z, layer: np.where(z > 0, z, layer.get("slope", 0.01) * z),
+    "ELU": lambda z, layer: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
+    "GELU": lambda z, layer: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3))),
+    "SIGMOID": lambda z, layer: 0.5 * (1 + np.tanh(0.5 * z)),
+    "TANH": lambda z, layer: np.tanh(z),
+    "SOFTPLUS": lambda z, layer: np.logaddexp(z, 0),
+    "IDENTITY": lambda z, layer: z,
 }
 
 
@@ -23,7 +27,7 @@ def predict(model: dict, x_raw: np.ndarray) -> np.ndarray:
     h = (x_raw.astype(np.float32) - model["input_offset"]) * model["input_scale"]
     for i, layer in enumerate(layers):
         h = h @ model[f"layer_{i}_weight"] + model[f"layer_{i}_bias"]
-        h = ACTIVATIONS[layer.get("activation", "IDENTITY")](h)
+        h = ACTIVATIONS[layer.get("activation", "IDENTITY")](h, layer)
     return h.argmax(axis=1)
 
 

@@ -18,26 +18,30 @@ import ray
 from service.errors import TrainingFailed
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup
-from workers.nn import Optimizer, tree_reduce
+from workers.nn import Optimizer, add_sums, clip_by_global_norm, summarize, tree_reduce
 from workers.worker import StepCommand
 
 
 class ParameterServer:
     """Holds parameters, an optimizer and a learning-rate schedule; applies averaged gradients."""
 
-    def __init__(self, params: np.ndarray, optimizer: Optimizer, schedule) -> None:
+    def __init__(self, params: np.ndarray, optimizer: Optimizer, schedule, clip_norm: float = 0.0) -> None:
         self.params = params
         self.optimizer = optimizer
         self.schedule = schedule
+        self.clip_norm = clip_norm  # max global L2 norm of the averaged gradient; 0 = no clipping
         self.step = 0  # optimizer steps applied so far
 
     def learning_rate(self) -> float:
         return float(self.schedule(self.step))
 
     def apply(self, grad_sum: np.ndarray, count: int) -> float:
-        """Divide the summed gradient by the total sample count (in place), step; return the rate."""
+        """Divide the summed gradient by the total sample count (in place), clip it to `clip_norm`,
+        step; return the rate."""
         lr = self.learning_rate()
         grad_sum *= np.asarray(1.0 / count, dtype=grad_sum.dtype)
+        if self.clip_norm > 0:
+            clip_by_global_norm(grad_sum, self.clip_norm)
         self.optimizer.step(self.params, grad_sum, lr)
         self.step += 1
         return lr
@@ -156,17 +160,24 @@ class ParameterServerCore:
             "lower the learning rate or enable clipping"
         )
 
-    def evaluate(self) -> tuple[float, float, int]:
-        """Test-set (mean loss, accuracy, samples) with the current parameters."""
+    def evaluate(self) -> tuple[float, float, int, dict[str, float]]:
+        """Test-set (mean loss, accuracy, samples, other metrics) with the current parameters;
+        the other metrics are workers.nn.metrics.summarize's top_k_accuracy, mse, mae and r2."""
         command = StepCommand("eval", self.server.params, self.group.size)
         results = self.group.run(command, self.step_timeout_s)
         count = sum(r.count for r in results)
         if count == 0:
-            return float("nan"), float("nan"), 0
+            return float("nan"), float("nan"), 0, {}
+        sums = None
+        for result in results:
+            if result.sums is not None:
+                sums = add_sums(sums, result.sums)
+        metrics = summarize(sums, self.plan.layer_sizes[-1]) if sums else {}
         return (
             sum(r.loss_sum for r in results) / count,
             sum(r.correct for r in results) / count,
             count,
+            metrics,
         )
 
 
@@ -183,16 +194,17 @@ class ParameterServerActor:
         num_train: int,
         epochs: int,
         step_timeout_s: float,
+        clip_norm: float = 0.0,
     ) -> None:
         # Arrays arrive as read-only views of the object store: own a writable copy.
-        server = ParameterServer(params.copy(), make_optimizer(), schedule)
+        server = ParameterServer(params.copy(), make_optimizer(), schedule, clip_norm)
         self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s)
         group.compile()
 
     def train(self, until_step: int, max_seconds: float) -> TrainReport:
         return self.core.train(until_step, max_seconds)
 
-    def evaluate(self) -> tuple[float, float, int]:
+    def evaluate(self) -> tuple[float, float, int, dict[str, float]]:
         return self.core.evaluate()
 
     def params(self) -> np.ndarray:

@@ -86,6 +86,15 @@ def format_job(job: pb.Job) -> str:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
     if p.has_eval:
         rows.append(("eval", f"accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"))
+    if p.has_eval and (p.eval_top_k_accuracy or p.eval_mse):
+        k = job.spec.eval_top_k or 5
+        rows.append(
+            (
+                "metrics",
+                f"top-{k} accuracy {p.eval_top_k_accuracy:.4f}, MSE {_num(p.eval_mse)}, "
+                f"MAE {_num(p.eval_mae)}, R^2 {_num(p.eval_r2)}",
+            )
+        )
     if p.samples_per_second > 0:
         rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
     if job.message:

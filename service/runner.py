@@ -82,7 +82,19 @@ def model_plan(spec: pb.JobSpec, num_features: int) -> ModelPlan:
         batch_size=spec.batch_size,
         num_microshards=spec.micro_shards,
         seed=spec.seed,
+        slopes=tuple(layer.slope if layer.HasField("slope") else 0.01 for layer in spec.layers),
+        dropout=tuple(layer.dropout for layer in spec.layers),
+        initializers=tuple(_initializer(layer) for layer in spec.layers),
+        label_smoothing=spec.label_smoothing,
+        huber_delta=spec.huber_delta,
+        top_k=spec.eval_top_k,
     )
+
+
+def _initializer(layer: pb.LayerSpec) -> str:
+    if layer.init == pb.INITIALIZER_UNSPECIFIED:
+        return "auto"
+    return _lower(pb.Initializer, layer.init)
 
 
 def build_optimizer(spec: pb.JobSpec, num_params: int, num_train: int):
@@ -92,10 +104,7 @@ def build_optimizer(spec: pb.JobSpec, num_params: int, num_train: int):
     """
     opt = spec.optimizer
     kind = _lower(pb.OptimizerKind, opt.kind)
-    hyper = {"momentum": opt.momentum} if kind == "momentum" else {}
-    if kind == "adam":
-        hyper = {"beta1": opt.beta1, "beta2": opt.beta2, "epsilon": opt.epsilon}
-    optimizer = functools.partial(make_optimizer, kind, num_params, np.float32, **hyper)
+    optimizer = functools.partial(make_optimizer, kind, num_params, np.float32, **_hyper(kind, opt))
     per_epoch = steps_per_epoch(num_train, spec.batch_size)
     sched = opt.schedule
     schedule = make_schedule(
@@ -106,8 +115,27 @@ def build_optimizer(spec: pb.JobSpec, num_params: int, num_train: int):
         gamma=sched.gamma,
         step_epochs=sched.step_epochs,
         min_lr=sched.min_learning_rate,
+        milestones=tuple(sched.milestones),
+        warmup_steps=sched.warmup_steps,
+        pct_start=sched.pct_start,
+        div_factor=sched.div_factor,
+        final_div_factor=sched.final_div_factor,
     )
     return optimizer, schedule
+
+
+def _hyper(kind: str, opt: pb.OptimizerSpec) -> dict:
+    """The constructor arguments of the optimizer `kind` from a defaults-filled spec."""
+    hyper: dict = {"weight_decay": opt.weight_decay}
+    if kind in ("momentum", "nesterov"):
+        hyper["momentum"] = opt.momentum
+    if kind in ("adam", "adamw"):
+        hyper |= {"beta1": opt.beta1, "beta2": opt.beta2, "epsilon": opt.epsilon}
+    if kind == "rmsprop":
+        hyper |= {"rho": opt.rho, "epsilon": opt.epsilon}
+    if kind == "adagrad":
+        hyper["epsilon"] = opt.epsilon
+    return hyper
 
 
 def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
@@ -209,6 +237,7 @@ class JobRunner:
             len(ds.y_train),
             spec.epochs,
             self.config.step_timeout_s,
+            clip_norm=spec.optimizer.clip_norm,
         )
         self.metrics.start_job(self.job_id, spec.num_workers)
         total = steps_per_epoch(len(ds.y_train), spec.batch_size) * spec.epochs
@@ -269,9 +298,9 @@ class JobRunner:
         return sum(s.samples for s in steps) / busy if busy > 0 else 0.0
 
     def _evaluate(self) -> None:
-        loss, accuracy, _count = self._call(self._ps.evaluate.remote())
+        loss, accuracy, _count, other = self._call(self._ps.evaluate.remote())
         self.metrics.record_eval(self.job_id, loss, accuracy)
-        self.store.update(self.job_id, _set_eval(loss, accuracy), kind=pb.JobEvent.EVAL)
+        self.store.update(self.job_id, _set_eval(loss, accuracy, other), kind=pb.JobEvent.EVAL)
 
     def _call(self, ref):
         """ray.get with a bound: a stuck cluster fails the job instead of hanging it."""
@@ -347,10 +376,14 @@ def _add_steps(steps: list[StepStats], rate: float):
     return change
 
 
-def _set_eval(loss: float, accuracy: float):
+def _set_eval(loss: float, accuracy: float, other: dict[str, float]):
     def change(job: pb.Job) -> None:
         job.progress.eval_loss = loss
         job.progress.eval_accuracy = accuracy
         job.progress.has_eval = True
+        job.progress.eval_top_k_accuracy = other.get("top_k_accuracy", float("nan"))
+        job.progress.eval_mse = other.get("mse", float("nan"))
+        job.progress.eval_mae = other.get("mae", float("nan"))
+        job.progress.eval_r2 = other.get("r2", float("nan"))
 
     return change

@@ -249,8 +249,21 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     for i, layer in enumerate(out.layers):
         if layer.activation == pb.ACTIVATION_UNSPECIFIED:
             layer.activation = pb.IDENTITY if i == len(out.layers) - 1 else pb.RELU
+        _fill_layer(layer)
+    _default(out, label_smoothing=0.0, huber_delta=1.0, eval_top_k=5)
     _fill_optimizer(out.optimizer)
     return out
+
+
+_RELU_LIKE = (pb.RELU, pb.LEAKY_RELU, pb.ELU, pb.GELU, pb.SOFTPLUS)
+
+
+def _fill_layer(layer: pb.LayerSpec) -> None:
+    if layer.init == pb.INITIALIZER_UNSPECIFIED:
+        layer.init = pb.HE_NORMAL if layer.activation in _RELU_LIKE else pb.GLOROT_UNIFORM
+    if layer.activation == pb.LEAKY_RELU:
+        _default(layer, slope=0.01)
+    _default(layer, dropout=0.0)
 
 
 def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
@@ -260,9 +273,11 @@ def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
         opt.learning_rate = 0.001 if opt.kind == pb.ADAM else 0.01
     # Filled whatever the kind, so a reader never sees a silent 0.0 for a hyperparameter.
     _default(opt, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8)
+    _default(opt, weight_decay=0.0, clip_norm=0.0, rho=0.9)
     if opt.schedule.kind == pb.SCHEDULE_UNSPECIFIED:
         opt.schedule.kind = pb.CONSTANT
     _default(opt.schedule, gamma=0.1, step_epochs=1, min_learning_rate=0.0)
+    _default(opt.schedule, warmup_steps=0, pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
 
 
 def _default(message: Message, **values: Any) -> None:
@@ -294,6 +309,7 @@ def validate_spec(
     if (at_least := count_params(1, spec)) > max_params:
         raise InvalidSpec("layers", f"the model has at least {at_least:,} parameters; {_limit(max_params)}")
     _check_enum("loss", spec.loss, pb.Loss.DESCRIPTOR)
+    _check_loss_options(spec)
     _check_optimizer(spec.optimizer)
     _check_range("batch_size", spec.batch_size, 1, max_batch)
     _check_range("epochs", spec.epochs, 1, max_epochs)
@@ -307,7 +323,7 @@ def validate_against_dataset(
     """Raise InvalidSpec where the spec does not fit the loaded dataset."""
     last = len(spec.layers) - 1
     units = spec.layers[last].units
-    if spec.loss == pb.SOFTMAX_CROSS_ENTROPY and units != num_classes:
+    if spec.loss in (pb.SOFTMAX_CROSS_ENTROPY, pb.BINARY_CROSS_ENTROPY) and units != num_classes:
         raise InvalidSpec(
             f"layers[{last}].units",
             f"got {units}; the dataset has {num_classes} classes, "
@@ -360,6 +376,24 @@ def _check_layers(layers: Sequence[pb.LayerSpec]) -> None:
     for i, layer in enumerate(layers):
         _check_range(f"layers[{i}].units", layer.units, 1, MAX_LAYER_UNITS)
         _check_enum(f"layers[{i}].activation", layer.activation, pb.Activation.DESCRIPTOR)
+        _check_layer_options(f"layers[{i}]", layer, is_last=i == len(layers) - 1)
+
+
+def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> None:
+    _check_enum(f"{path}.init", layer.init, pb.Initializer.DESCRIPTOR)
+    if layer.HasField("slope"):
+        _check_unit_interval(f"{path}.slope", layer.slope)
+    _check_unit_interval(f"{path}.dropout", layer.dropout)
+    if is_last and layer.dropout != 0:
+        raise InvalidSpec(
+            f"{path}.dropout", f"got {_num(layer.dropout)}; must be 0 on the last layer (the output)"
+        )
+
+
+def _check_loss_options(spec: pb.JobSpec) -> None:
+    _check_unit_interval("label_smoothing", spec.label_smoothing)
+    _check_positive("huber_delta", spec.huber_delta)
+    _check_range("eval_top_k", spec.eval_top_k, 1, MAX_LAYER_UNITS)
 
 
 def _check_optimizer(opt: pb.OptimizerSpec) -> None:
@@ -368,6 +402,10 @@ def _check_optimizer(opt: pb.OptimizerSpec) -> None:
     for name in ("momentum", "beta1", "beta2"):
         _check_unit_interval(f"optimizer.{name}", getattr(opt, name))
     _check_positive("optimizer.epsilon", opt.epsilon)
+    _check_unit_interval("optimizer.rho", opt.rho)
+    _check_non_negative("optimizer.weight_decay", opt.weight_decay)
+    _check_non_negative("optimizer.clip_norm", opt.clip_norm)
+    _check_schedule_options(opt.schedule)
     schedule = opt.schedule
     _check_enum("optimizer.schedule.kind", schedule.kind, pb.ScheduleKind.DESCRIPTOR)
     gamma = schedule.gamma
@@ -380,6 +418,30 @@ def _check_optimizer(opt: pb.OptimizerSpec) -> None:
             "optimizer.schedule.min_learning_rate",
             f"got {_num(low)}; must be between 0 and the learning rate ({_num(opt.learning_rate)})",
         )
+
+
+def _check_schedule_options(schedule: pb.ScheduleSpec) -> None:
+    path = "optimizer.schedule"
+    milestones = list(schedule.milestones)
+    if schedule.kind == pb.MULTI_STEP and not milestones:
+        raise InvalidSpec(f"{path}.milestones", "empty; MULTI_STEP needs epochs such as [30, 60]")
+    for i, epoch in enumerate(milestones):
+        if epoch < 1 or (i and epoch <= milestones[i - 1]):
+            raise InvalidSpec(
+                f"{path}.milestones[{i}]", f"got {epoch}; milestones must be increasing epochs >= 1"
+            )
+    pct = schedule.pct_start
+    if not (math.isfinite(pct) and 0 < pct < 1):
+        raise InvalidSpec(f"{path}.pct_start", f"got {_num(pct)}; must be in (0, 1)")
+    for name in ("div_factor", "final_div_factor"):
+        value = getattr(schedule, name)
+        if not (math.isfinite(value) and value >= 1):
+            raise InvalidSpec(f"{path}.{name}", f"got {_num(value)}; must be >= 1 and finite")
+
+
+def _check_non_negative(path: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidSpec(path, f"got {_num(value)}; must be >= 0 and finite")
 
 
 def _check_range(path: str, value: int, low: int, high: int) -> None:

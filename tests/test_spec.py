@@ -416,3 +416,117 @@ def test_valid_specs_round_trip_and_defaults_are_idempotent(
     validate_spec(spec)
     assert with_defaults(spec) == spec
     assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+NEW_OPTION_INVALID = [
+    (
+        "slope-one",
+        {"layers.0.activation": "LEAKY_RELU", "layers.0.slope": 1.0},
+        "layers[0].slope",
+        "got 1; must be in [0, 1)",
+    ),
+    ("dropout-one", {"layers.1.dropout": 1.0}, "layers[1].dropout", "got 1; must be in [0, 1)"),
+    ("dropout-negative", {"layers.0.dropout": -0.1}, "layers[0].dropout", "got -0.1; must be in [0, 1)"),
+    ("dropout-last", {"layers.2.dropout": 0.5}, "layers[2].dropout", "must be 0 on the last layer"),
+    ("init-number", {"layers.0.init": 9}, "layers[0].init", "got 9; must be one of HE_NORMAL"),
+    ("smoothing-one", {"label_smoothing": 1.0}, "label_smoothing", "got 1; must be in [0, 1)"),
+    ("huber-zero", {"huber_delta": 0}, "huber_delta", "got 0; must be > 0"),
+    ("top-k-zero", {"eval_top_k": 0}, "eval_top_k", "got 0; must be between 1 and"),
+    (
+        "decay-negative",
+        {"optimizer.weight_decay": -1e-4},
+        "optimizer.weight_decay",
+        "got -0.0001; must be >= 0",
+    ),
+    ("clip-inf", {"optimizer.clip_norm": "Infinity"}, "optimizer.clip_norm", "got inf; must be >= 0"),
+    ("rho-one", {"optimizer.rho": 1}, "optimizer.rho", "got 1; must be in [0, 1)"),
+    (
+        "milestones-missing",
+        {"optimizer.schedule.kind": "MULTI_STEP"},
+        "optimizer.schedule.milestones",
+        "empty; MULTI_STEP needs epochs",
+    ),
+    (
+        "milestones-decreasing",
+        {"optimizer.schedule.kind": "MULTI_STEP", "optimizer.schedule.milestones": [5, 3]},
+        "optimizer.schedule.milestones[1]",
+        "got 3; milestones must be increasing epochs >= 1",
+    ),
+    (
+        "pct-start-one",
+        {"optimizer.schedule.pct_start": 1},
+        "optimizer.schedule.pct_start",
+        "must be in (0, 1)",
+    ),
+    (
+        "div-factor-small",
+        {"optimizer.schedule.div_factor": 0.5},
+        "optimizer.schedule.div_factor",
+        "must be >= 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"),
+    [r[1:] for r in NEW_OPTION_INVALID],
+    ids=[r[0] for r in NEW_OPTION_INVALID],
+)
+def test_validate_rejects_invalid_engine_options(changes: dict, field: str, fragment: str) -> None:
+    """It rejects each out-of-range engine option, naming the field and the allowed range."""
+    err = _invalid(_spec(**changes))
+    assert (err.field, err.message.startswith(f"{field}: ")) == (field, True)
+    assert fragment in err.message
+
+
+def test_defaults_fill_the_engine_options() -> None:
+    """with_defaults picks He or Glorot per activation, slope 0.01 for leaky_relu, no dropout, no decay,
+    no clipping, no warmup, top-5 evaluation and PyTorch's one-cycle shape."""
+    spec = with_defaults(
+        _spec(
+            **{
+                "layers.0.activation": "LEAKY_RELU",
+                "layers.1.activation": "TANH",
+                "layers.2.activation": "GELU",
+            }
+        )
+    )
+    assert [layer.init for layer in spec.layers] == [pb.HE_NORMAL, pb.GLOROT_UNIFORM, pb.HE_NORMAL]
+    assert spec.layers[0].slope == 0.01 and not spec.layers[1].HasField("slope")
+    assert all(layer.HasField("dropout") and layer.dropout == 0 for layer in spec.layers)
+    assert (spec.label_smoothing, spec.huber_delta, spec.eval_top_k) == (0.0, 1.0, 5)
+    opt, schedule = spec.optimizer, spec.optimizer.schedule
+    assert (opt.weight_decay, opt.clip_norm, opt.rho) == (0.0, 0.0, 0.9)
+    assert (schedule.warmup_steps, schedule.pct_start, schedule.div_factor, schedule.final_div_factor) == (
+        0,
+        0.3,
+        25.0,
+        1e4,
+    )
+    validate_spec(spec)
+    assert with_defaults(spec) == spec
+
+
+def test_every_engine_option_is_accepted_from_yaml_names() -> None:
+    """A spec naming every new activation, initialiser, loss, optimizer and schedule validates."""
+    for activation, init in zip(
+        ("LEAKY_RELU", "ELU", "GELU", "SOFTPLUS"),
+        ("HE_UNIFORM", "GLOROT_NORMAL", "HE_NORMAL", "GLOROT_UNIFORM"),
+        strict=True,
+    ):
+        for loss in ("BINARY_CROSS_ENTROPY", "MEAN_ABSOLUTE_ERROR", "HUBER"):
+            for kind in ("NESTEROV", "ADAMW", "RMSPROP", "ADAGRAD"):
+                for schedule in ("MULTI_STEP", "EXPONENTIAL", "ONE_CYCLE"):
+                    spec = _spec(
+                        **{
+                            "layers.0.activation": activation,
+                            "layers.0.init": init,
+                            "layers.0.dropout": 0.5,
+                            "loss": loss,
+                            "optimizer.kind": kind,
+                            "optimizer.schedule.kind": schedule,
+                            "optimizer.schedule.milestones": [2, 4],
+                            "optimizer.schedule.warmup_steps": 10,
+                        }
+                    )
+                    validate_spec(with_defaults(spec))

@@ -15,7 +15,7 @@ import ray
 from threadpoolctl import threadpool_limits
 
 from workers.batches import batch_indices, epoch_permutation
-from workers.nn import Network, assign_microshards, microshard_bounds, shard_gradients
+from workers.nn import Network, add_sums, assign_microshards, microshard_bounds, shard_gradients
 
 EVAL_CHUNK_ROWS = 4096  # bounds eval memory: activations of at most this many samples at once
 
@@ -30,9 +30,24 @@ class ModelPlan:
     batch_size: int
     num_microshards: int
     seed: int
+    slopes: tuple[float, ...] | None = None  # leaky_relu slope per layer; None: the default
+    dropout: tuple[float, ...] | None = None  # rate per layer; None: no dropout
+    initializers: tuple[str, ...] | None = None  # per layer; None: "auto"
+    label_smoothing: float = 0.0
+    huber_delta: float = 1.0
+    top_k: int = 5  # evaluation's top-k accuracy
 
     def network(self) -> Network:
-        return Network(list(self.layer_sizes), list(self.activations), self.loss)
+        return Network(
+            list(self.layer_sizes),
+            list(self.activations),
+            self.loss,
+            slopes=self.slopes,
+            dropout=self.dropout,
+            initializers=self.initializers,
+            label_smoothing=self.label_smoothing,
+            huber_delta=self.huber_delta,
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class EvalResult:
     correct: int
     count: int
     compute_seconds: float
+    sums: dict | None = None  # workers.nn.metrics sums of this worker's share; None if empty
 
 
 class GradientWorkerCore:
@@ -133,6 +149,7 @@ class GradientWorkerCore:
             lo,
             hi,
             self._grad_scratch,
+            dropout_key=(self.plan.seed, command.epoch, command.batch_index),
         )
         return TrainResult(nodes, time.perf_counter() - start)
 
@@ -143,15 +160,16 @@ class GradientWorkerCore:
         n = len(self.y_test)
         first = n * self.rank // command.num_workers
         last = n * (self.rank + 1) // command.num_workers
-        loss_sum, correct = 0.0, 0
+        loss_sum, sums = 0.0, None
         for a in range(first, last, EVAL_CHUNK_ROWS):
             b = min(a + EVAL_CHUNK_ROWS, last)
-            chunk_loss, chunk_correct = self.net.evaluate(
-                command.params, self._inputs(self.x_test[a:b]), self.y_test[a:b]
+            chunk_loss, chunk_sums = self.net.evaluate_sums(
+                command.params, self._inputs(self.x_test[a:b]), self.y_test[a:b], self.plan.top_k
             )
             loss_sum += chunk_loss
-            correct += chunk_correct
-        return EvalResult(loss_sum, correct, last - first, time.perf_counter() - start)
+            sums = add_sums(sums, chunk_sums)
+        correct = int(sums["correct"]) if sums else 0
+        return EvalResult(loss_sum, correct, last - first, time.perf_counter() - start, sums)
 
 
 @ray.remote(num_cpus=1, max_restarts=0)

@@ -17,6 +17,14 @@ class Preprocessing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STANDARDIZE: _ClassVar[Preprocessing]
     NONE: _ClassVar[Preprocessing]
 
+class Initializer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INITIALIZER_UNSPECIFIED: _ClassVar[Initializer]
+    HE_NORMAL: _ClassVar[Initializer]
+    HE_UNIFORM: _ClassVar[Initializer]
+    GLOROT_NORMAL: _ClassVar[Initializer]
+    GLOROT_UNIFORM: _ClassVar[Initializer]
+
 class Activation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ACTIVATION_UNSPECIFIED: _ClassVar[Activation]
@@ -24,12 +32,19 @@ class Activation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIGMOID: _ClassVar[Activation]
     TANH: _ClassVar[Activation]
     IDENTITY: _ClassVar[Activation]
+    LEAKY_RELU: _ClassVar[Activation]
+    ELU: _ClassVar[Activation]
+    GELU: _ClassVar[Activation]
+    SOFTPLUS: _ClassVar[Activation]
 
 class Loss(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LOSS_UNSPECIFIED: _ClassVar[Loss]
     SOFTMAX_CROSS_ENTROPY: _ClassVar[Loss]
     MEAN_SQUARED_ERROR: _ClassVar[Loss]
+    BINARY_CROSS_ENTROPY: _ClassVar[Loss]
+    MEAN_ABSOLUTE_ERROR: _ClassVar[Loss]
+    HUBER: _ClassVar[Loss]
 
 class OptimizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +52,10 @@ class OptimizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SGD: _ClassVar[OptimizerKind]
     MOMENTUM: _ClassVar[OptimizerKind]
     ADAM: _ClassVar[OptimizerKind]
+    NESTEROV: _ClassVar[OptimizerKind]
+    ADAMW: _ClassVar[OptimizerKind]
+    RMSPROP: _ClassVar[OptimizerKind]
+    ADAGRAD: _ClassVar[OptimizerKind]
 
 class ScheduleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +63,9 @@ class ScheduleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONSTANT: _ClassVar[ScheduleKind]
     STEP: _ClassVar[ScheduleKind]
     COSINE: _ClassVar[ScheduleKind]
+    MULTI_STEP: _ClassVar[ScheduleKind]
+    EXPONENTIAL: _ClassVar[ScheduleKind]
+    ONE_CYCLE: _ClassVar[ScheduleKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,22 +79,41 @@ PREPROCESSING_UNSPECIFIED: Preprocessing
 SCALE: Preprocessing
 STANDARDIZE: Preprocessing
 NONE: Preprocessing
+INITIALIZER_UNSPECIFIED: Initializer
+HE_NORMAL: Initializer
+HE_UNIFORM: Initializer
+GLOROT_NORMAL: Initializer
+GLOROT_UNIFORM: Initializer
 ACTIVATION_UNSPECIFIED: Activation
 RELU: Activation
 SIGMOID: Activation
 TANH: Activation
 IDENTITY: Activation
+LEAKY_RELU: Activation
+ELU: Activation
+GELU: Activation
+SOFTPLUS: Activation
 LOSS_UNSPECIFIED: Loss
 SOFTMAX_CROSS_ENTROPY: Loss
 MEAN_SQUARED_ERROR: Loss
+BINARY_CROSS_ENTROPY: Loss
+MEAN_ABSOLUTE_ERROR: Loss
+HUBER: Loss
 OPTIMIZER_UNSPECIFIED: OptimizerKind
 SGD: OptimizerKind
 MOMENTUM: OptimizerKind
 ADAM: OptimizerKind
+NESTEROV: OptimizerKind
+ADAMW: OptimizerKind
+RMSPROP: OptimizerKind
+ADAGRAD: OptimizerKind
 SCHEDULE_UNSPECIFIED: ScheduleKind
 CONSTANT: ScheduleKind
 STEP: ScheduleKind
 COSINE: ScheduleKind
+MULTI_STEP: ScheduleKind
+EXPONENTIAL: ScheduleKind
+ONE_CYCLE: ScheduleKind
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 RUNNING: JobState
@@ -81,7 +122,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "dataset", "layers", "loss", "optimizer", "batch_size", "epochs", "num_workers", "seed", "eval_every_steps", "micro_shards")
+    __slots__ = ("name", "dataset", "layers", "loss", "optimizer", "batch_size", "epochs", "num_workers", "seed", "eval_every_steps", "micro_shards", "label_smoothing", "huber_delta", "eval_top_k")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +134,9 @@ class JobSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     MICRO_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    HUBER_DELTA_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TOP_K_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: DatasetSpec
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
@@ -104,7 +148,10 @@ class JobSpec(_message.Message):
     seed: int
     eval_every_steps: int
     micro_shards: int
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[_Union[Loss, str]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., num_workers: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every_steps: _Optional[int] = ..., micro_shards: _Optional[int] = ...) -> None: ...
+    label_smoothing: float
+    huber_delta: float
+    eval_top_k: int
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[_Union[Loss, str]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., num_workers: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every_steps: _Optional[int] = ..., micro_shards: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., eval_top_k: _Optional[int] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("uri", "preprocessing", "max_train_samples", "max_test_samples")
@@ -119,15 +166,21 @@ class DatasetSpec(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, str]] = ..., max_train_samples: _Optional[int] = ..., max_test_samples: _Optional[int] = ...) -> None: ...
 
 class LayerSpec(_message.Message):
-    __slots__ = ("units", "activation")
+    __slots__ = ("units", "activation", "slope", "init", "dropout")
     UNITS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
     units: int
     activation: Activation
-    def __init__(self, units: _Optional[int] = ..., activation: _Optional[_Union[Activation, str]] = ...) -> None: ...
+    slope: float
+    init: Initializer
+    dropout: float
+    def __init__(self, units: _Optional[int] = ..., activation: _Optional[_Union[Activation, str]] = ..., slope: _Optional[float] = ..., init: _Optional[_Union[Initializer, str]] = ..., dropout: _Optional[float] = ...) -> None: ...
 
 class OptimizerSpec(_message.Message):
-    __slots__ = ("kind", "learning_rate", "momentum", "beta1", "beta2", "epsilon", "schedule")
+    __slots__ = ("kind", "learning_rate", "momentum", "beta1", "beta2", "epsilon", "schedule", "weight_decay", "clip_norm", "rho")
     KIND_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +188,9 @@ class OptimizerSpec(_message.Message):
     BETA2_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
     kind: OptimizerKind
     learning_rate: float
     momentum: float
@@ -142,22 +198,35 @@ class OptimizerSpec(_message.Message):
     beta2: float
     epsilon: float
     schedule: ScheduleSpec
-    def __init__(self, kind: _Optional[_Union[OptimizerKind, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
+    weight_decay: float
+    clip_norm: float
+    rho: float
+    def __init__(self, kind: _Optional[_Union[OptimizerKind, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., weight_decay: _Optional[float] = ..., clip_norm: _Optional[float] = ..., rho: _Optional[float] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
-    __slots__ = ("kind", "gamma", "step_epochs", "min_learning_rate")
+    __slots__ = ("kind", "gamma", "step_epochs", "min_learning_rate", "milestones", "warmup_steps", "pct_start", "div_factor", "final_div_factor")
     KIND_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     STEP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MIN_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    MILESTONES_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PCT_START_FIELD_NUMBER: _ClassVar[int]
+    DIV_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    FINAL_DIV_FACTOR_FIELD_NUMBER: _ClassVar[int]
     kind: ScheduleKind
     gamma: float
     step_epochs: int
     min_learning_rate: float
-    def __init__(self, kind: _Optional[_Union[ScheduleKind, str]] = ..., gamma: _Optional[float] = ..., step_epochs: _Optional[int] = ..., min_learning_rate: _Optional[float] = ...) -> None: ...
+    milestones: _containers.RepeatedScalarFieldContainer[int]
+    warmup_steps: int
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+    def __init__(self, kind: _Optional[_Union[ScheduleKind, str]] = ..., gamma: _Optional[float] = ..., step_epochs: _Optional[int] = ..., min_learning_rate: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., warmup_steps: _Optional[int] = ..., pct_start: _Optional[float] = ..., div_factor: _Optional[float] = ..., final_div_factor: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate")
+    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate", "eval_top_k_accuracy", "eval_mse", "eval_mae", "eval_r2")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +237,10 @@ class Progress(_message.Message):
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     HAS_EVAL_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TOP_K_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MSE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MAE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_R2_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     step: int
     total_steps: int
@@ -178,7 +251,11 @@ class Progress(_message.Message):
     samples_per_second: float
     has_eval: bool
     learning_rate: float
-    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ...) -> None: ...
+    eval_top_k_accuracy: float
+    eval_mse: float
+    eval_mae: float
+    eval_r2: float
+    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., eval_top_k_accuracy: _Optional[float] = ..., eval_mse: _Optional[float] = ..., eval_mae: _Optional[float] = ..., eval_r2: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "progress", "message", "created_at", "started_at", "finished_at")

@@ -82,7 +82,7 @@ def _random_problem(sizes, activations, loss, batch, seed):
     return net, flat, x, y
 
 
-def _distributed_step(net, flat, x, y, num_microshards, num_workers):
+def _distributed_step(net, flat, x, y, num_microshards, num_workers, dropout_key=None):
     """Every worker's shard_gradients on its own rows only, then tree_reduce of everything."""
     bounds = microshard_bounds(len(x), num_microshards)
     grads, losses, count = {}, {}, 0
@@ -92,7 +92,9 @@ def _distributed_step(net, flat, x, y, num_microshards, num_workers):
         first, last = bounds[lo][0], bounds[hi - 1][1]
         local_bounds = [(start - first, end - first) for start, end in bounds]
         scratch = np.empty_like(flat)
-        results = shard_gradients(net, flat, x[first:last], y[first:last], local_bounds, lo, hi, scratch)
+        results = shard_gradients(
+            net, flat, x[first:last], y[first:last], local_bounds, lo, hi, scratch, dropout_key
+        )
         for node, grad_sum, loss_sum, _correct, node_count in results:
             grads[node], losses[node] = grad_sum, loss_sum
             count += node_count
@@ -185,3 +187,29 @@ def test_tree_reduce_creates_no_reference_cycles():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@given(
+    rates=st.lists(st.sampled_from([0.0, 0.2, 0.5]), min_size=2, max_size=2),
+    batch=st.integers(1, 48),
+    num_microshards=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+@settings(derandomize=True, deadline=None, max_examples=40)
+def test_dropout_steps_are_bit_identical_for_any_worker_count(
+    rates: list[float], batch: int, num_microshards: int, seed: int
+) -> None:
+    """With dropout seeded per (seed, epoch, step, micro-shard), 1..4 workers give the same bits,
+    and another step key gives other masks."""
+    net = Network([5, 9, 7, 3], ["relu", "gelu", "identity"], "softmax_cross_entropy", dropout=[*rates, 0.0])
+    _, flat, x, y = _random_problem(
+        [5, 9, 7, 3], ["relu", "gelu", "identity"], "softmax_cross_entropy", batch, seed
+    )
+    key = (seed, 1, 3)
+    reference, loss, _ = full_batch_step_gradient(net, flat, x, y, num_microshards, key)
+    for num_workers in range(1, 5):
+        grad, loss_sum, _ = _distributed_step(net, flat, x, y, num_microshards, num_workers, key)
+        assert np.array_equal(grad, reference) and loss_sum == loss
+    if any(rates) and batch >= 8:
+        other, _, _ = full_batch_step_gradient(net, flat, x, y, num_microshards, (seed, 1, 4))
+        assert not np.array_equal(other, reference)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from workers.nn import Network
+from workers.nn import Network, add_sums, summarize
 
 
 def _mlp() -> Network:
@@ -167,3 +167,52 @@ def test_invalid_call_arguments_are_rejected() -> None:
         net.loss_and_grad(flat, x, y, np.empty(flat.shape, dtype=np.float64))
     with pytest.raises(ValueError, match="needs integer labels"):
         net.loss_and_grad(flat, x, np.array([0.0, 1.0]), np.empty_like(flat))
+
+
+@pytest.mark.parametrize(
+    ("initializer", "check"),
+    [
+        ("he_normal", lambda w, fi, fo: abs(w.std() - np.sqrt(2 / fi)) < 0.05 * np.sqrt(2 / fi)),
+        ("he_uniform", lambda w, fi, fo: abs(w).max() <= np.sqrt(6 / fi) and w.std() > 0.9 * np.sqrt(2 / fi)),
+        (
+            "glorot_normal",
+            lambda w, fi, fo: abs(w.std() - np.sqrt(2 / (fi + fo))) < 0.05 * np.sqrt(2 / (fi + fo)),
+        ),
+        ("glorot_uniform", lambda w, fi, fo: abs(w).max() <= np.sqrt(6 / (fi + fo))),
+    ],
+)
+def test_each_initializer_draws_its_distribution(initializer: str, check) -> None:
+    """Each selectable initialiser gives weights with its published scale; biases start at 0."""
+    net = Network(
+        [400, 300, 2], ["tanh", "identity"], "softmax_cross_entropy", initializers=[initializer, "auto"]
+    )
+    named = net.named_parameters(net.init_params(np.random.default_rng(0)))
+    assert check(named["layer_0_weight"], 400, 300), initializer
+    assert not named["layer_0_bias"].any()
+
+
+def test_auto_initializer_is_he_for_relu_like_and_glorot_otherwise() -> None:
+    """ "auto" resolves to he_normal for relu, leaky_relu, elu, gelu, softplus, else glorot_uniform."""
+    activations = ["relu", "leaky_relu", "elu", "gelu", "softplus", "tanh", "sigmoid", "identity"]
+    net = Network([2] * 9, activations, "mean_squared_error")
+    assert net.initializers == ("he_normal",) * 5 + ("glorot_uniform",) * 3
+
+
+def test_evaluate_sums_give_top_k_and_regression_metrics() -> None:
+    """Summed metric sums of two halves give the metrics of the whole: top-k, MSE, MAE and R^2."""
+    net = Network([3, 2], ["identity"], "mean_squared_error")
+    rng = np.random.default_rng(2)
+    flat = net.init_params(rng, np.float64)
+    x, t = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
+    halves = [net.evaluate_sums(flat, x[a:b], t[a:b])[1] for a, b in ((0, 7), (7, 20))]
+    metrics = summarize(add_sums(add_sums(None, halves[0]), halves[1]), 2)
+    z = net.forward(flat, x)
+    residual, spread = ((z - t) ** 2).sum(), ((t - t.mean(axis=0)) ** 2).sum()
+    assert metrics["mse"] == pytest.approx(np.mean((z - t) ** 2))
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(z - t)))
+    assert metrics["r2"] == pytest.approx(1 - residual / spread)
+    logits = np.array([[0.1, 0.5, 0.2], [0.9, 0.0, 0.3]])
+    classifier = Network([3, 3], ["identity"], "softmax_cross_entropy")
+    weights = np.concatenate([np.eye(3).ravel(), np.zeros(3)])
+    _, sums = classifier.evaluate_sums(weights, logits, np.array([2, 2]), top_k=2)
+    assert (sums["correct"], sums["top_k_correct"]) == (0, 2)

@@ -5,7 +5,18 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from workers.nn import SGD, Adam, Momentum, make_optimizer
+from workers.nn import (
+    OPTIMIZERS,
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    Momentum,
+    Nesterov,
+    RMSProp,
+    clip_by_global_norm,
+    make_optimizer,
+)
 
 TARGET = np.array([1.0, -2.0, 0.5])
 
@@ -77,7 +88,7 @@ def test_steps_allocate_no_parameter_sized_arrays() -> None:
     """A step of each optimizer on 1M float32 parameters allocates far less than one 4 MB array."""
     size = 1_000_000
     params, grad = np.zeros(size, np.float32), np.full(size, 0.5, np.float32)
-    for kind in ("sgd", "momentum", "adam"):
+    for kind in OPTIMIZERS:
         optimizer = make_optimizer(kind, size, np.float32)
         optimizer.step(params, grad, 0.01)
         tracemalloc.start()
@@ -119,8 +130,8 @@ def test_invalid_arguments_are_rejected() -> None:
         optimizer.step(np.zeros(3, np.float32), np.zeros(3, np.float32), float("nan"))
     with pytest.raises(ValueError, match=r"grad must be float32 of shape \(3,\)"):
         optimizer.step(np.zeros(3, np.float32), np.zeros(4, np.float32), 0.1)
-    with pytest.raises(ValueError, match="Unknown optimizer: 'rmsprop'"):
-        make_optimizer("rmsprop", 3, np.float32)
+    with pytest.raises(ValueError, match="Unknown optimizer: 'lion'"):
+        make_optimizer("lion", 3, np.float32)
     with pytest.raises(ValueError, match=r"Invalid hyperparameters for 'sgd': \['momentum'\]"):
         make_optimizer("sgd", 3, np.float32, momentum=0.9)
     with pytest.raises(ValueError, match=r"Invalid beta2: 1\.0"):
@@ -132,3 +143,123 @@ def test_make_optimizer_passes_hyperparameters() -> None:
     optimizer = make_optimizer("momentum", 5, np.float64, momentum=0.5)
     assert isinstance(optimizer, Momentum) and optimizer.momentum == 0.5
     assert optimizer.velocity.shape == (5,) and optimizer.velocity.dtype == np.float64
+
+
+def test_nesterov_follows_sutskevers_look_ahead_form() -> None:
+    """Nesterov's parameters equal the look-ahead point theta + mu V of Sutskever et al. (2013):
+    V = mu V - lr grad(theta + mu V), theta += V, for several steps."""
+    mu, lr = 0.9, 0.1
+    theta, velocity = np.zeros(3), np.zeros(3)
+    for _ in range(6):
+        look_ahead = theta + mu * velocity
+        velocity = mu * velocity - lr * (look_ahead - TARGET)
+        theta = theta + velocity
+    expected = theta + mu * velocity
+    np.testing.assert_allclose(_run(Nesterov(3, np.float64, momentum=mu), 6, lr), expected, rtol=1e-13)
+
+
+def test_adamw_decouples_weight_decay_from_the_adaptive_step() -> None:
+    """AdamW shrinks p by lr * wd * p outside Adam's moments (Loshchilov & Hutter, Algorithm 2)."""
+    beta1, beta2, eps, lr, wd = 0.9, 0.99, 1e-8, 0.05, 0.1
+    params, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    for t in range(1, 6):
+        g = params - TARGET  # the gradient holds no decay term
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        params = params - lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * params)
+    optimizer = AdamW(3, np.float64, beta1=beta1, beta2=beta2, epsilon=eps, weight_decay=wd)
+    np.testing.assert_allclose(_run(optimizer, 5, lr), params, rtol=1e-13)
+
+
+def test_adam_weight_decay_is_l2_in_the_gradient() -> None:
+    """Adam (not W) with weight decay equals Adam on the gradient g + wd * p."""
+    wd = 0.1
+    decayed = _run(Adam(3, np.float64, weight_decay=wd), 4, 0.05)
+    manual, optimizer = np.zeros(3), Adam(3, np.float64)
+    for _ in range(4):
+        optimizer.step(manual, _quadratic_grad(manual) + wd * manual, 0.05)
+    np.testing.assert_array_equal(decayed, manual)
+
+
+def test_rmsprop_matches_hand_computed_updates() -> None:
+    """RMSProp applies s = rho s + (1 - rho) g^2, p -= lr g / (sqrt(s) + eps)."""
+    rho, eps, lr = 0.8, 1e-8, 0.01
+    params, square = np.zeros(3), np.zeros(3)
+    for _ in range(5):
+        g = params - TARGET
+        square = rho * square + (1 - rho) * g**2
+        params = params - lr * g / (np.sqrt(square) + eps)
+    optimizer = RMSProp(3, np.float64, rho=rho, epsilon=eps)
+    np.testing.assert_allclose(_run(optimizer, 5, lr), params, rtol=1e-13)
+
+
+def test_adagrad_with_weight_decay_matches_hand_computed_updates() -> None:
+    """Adagrad with L2 decay applies g' = g + wd p, s += g'^2, p -= lr g' / (sqrt(s) + eps)."""
+    eps, lr, wd = 1e-8, 0.1, 0.01
+    params, total = np.zeros(3), np.zeros(3)
+    for _ in range(5):
+        g = params - TARGET + wd * params
+        total = total + g**2
+        params = params - lr * g / (np.sqrt(total) + eps)
+    optimizer = Adagrad(3, np.float64, epsilon=eps, weight_decay=wd)
+    np.testing.assert_allclose(_run(optimizer, 5, lr), params, rtol=1e-13)
+
+
+def test_sgd_and_momentum_weight_decay_is_l2() -> None:
+    """SGD with weight decay applies p -= lr (g + wd p); the caller's gradient is not written."""
+    params, grad = np.ones(3), np.full(3, 0.5)
+    SGD(3, np.float64, weight_decay=0.1).step(params, grad, 0.1)
+    np.testing.assert_allclose(params, 1 - 0.1 * (0.5 + 0.1))
+    assert np.array_equal(grad, np.full(3, 0.5))
+
+
+def test_clip_by_global_norm_scales_only_long_gradients() -> None:
+    """A gradient of norm 5 is scaled to norm 2; one of norm 1 is left alone; the norm is returned."""
+    long, short = np.array([3.0, 4.0]), np.array([0.6, 0.8])
+    assert clip_by_global_norm(long, 2.0) == 5.0
+    np.testing.assert_allclose(long, [1.2, 1.6])
+    assert clip_by_global_norm(short, 2.0) == pytest.approx(1.0)
+    np.testing.assert_array_equal(short, [0.6, 0.8])
+
+
+def test_every_decaying_state_is_flushed() -> None:
+    """Momentum, Nesterov and RMSProp flush subnormal state to zero like Adam."""
+    for optimizer, state in (
+        (Momentum(2, np.float32, flush_every=1), "velocity"),
+        (Nesterov(2, np.float32, flush_every=1), "velocity"),
+        (RMSProp(2, np.float32, flush_every=1), "square_average"),
+    ):
+        getattr(optimizer, state)[:] = [1e-39, 1.0]
+        optimizer.step(np.zeros(2, np.float32), np.zeros(2, np.float32), 0.1)
+        values = getattr(optimizer, state)
+        assert values[0] == 0.0 and values[1] > 0.5, type(optimizer).__name__
+
+
+def test_weight_decay_steps_allocate_no_parameter_sized_arrays() -> None:
+    """With weight decay every optimizer still allocates nothing parameter-sized per step."""
+    size = 1_000_000
+    params, grad = np.zeros(size, np.float32), np.full(size, 0.5, np.float32)
+    for kind in OPTIMIZERS:
+        optimizer = make_optimizer(kind, size, np.float32, weight_decay=1e-4)
+        optimizer.step(params, grad, 0.01)
+        tracemalloc.start()
+        for _ in range(16):
+            optimizer.step(params, grad, 0.01)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 100_000, kind
+
+
+@pytest.mark.parametrize("kind", ["nesterov", "adamw", "rmsprop", "adagrad"])
+def test_new_optimizers_state_round_trip(kind: str) -> None:
+    """The new optimizers restored from state_dict take bit-identical further steps."""
+    original = make_optimizer(kind, 3, np.float32, weight_decay=0.01)
+    params = _run(original, 3, 0.1, dtype=np.float32)
+    restored = make_optimizer(kind, 3, np.float32, weight_decay=0.01)
+    restored.load_state_dict(original.state_dict())
+    other = params.copy()
+    for _ in range(2):
+        original.step(params, _quadratic_grad(params), 0.1)
+        restored.step(other, _quadratic_grad(other), 0.1)
+    assert np.array_equal(params, other)

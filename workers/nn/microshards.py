@@ -11,7 +11,7 @@ order, the root sum is bit-identical for any number of workers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -99,6 +99,7 @@ def shard_gradients(
     lo: int,
     hi: int,
     grad_scratch: np.ndarray,
+    dropout_key: Sequence[int] | None = None,
 ) -> list[NodeResult]:
     """A worker's share of a step: one ``(node, grad_sum, loss_sum, correct_count, sample_count)``
     per node of ``tree_nodes(lo, hi, M)`` with ``M = len(bounds)``.
@@ -108,6 +109,8 @@ def shard_gradients(
     ``bounds[i]`` are the rows of micro-shard ``i`` within ``x_batch``/``y_batch``; only those of
     ``[lo, hi)`` are read, so a worker may pass just its own rows with shifted bounds.
     ``grad_scratch`` (``flat``'s shape and dtype) is reused as temporary space.
+    ``dropout_key`` (e.g. ``(seed, epoch, batch_index)``) turns dropout on: micro-shard ``i`` draws
+    its masks from ``default_rng([*dropout_key, i])``, so they never depend on the worker count.
     """
     _check_shard_rows(bounds, lo, hi, len(x_batch), len(y_batch))
 
@@ -116,7 +119,10 @@ def shard_gradients(
             return None
         start, end = bounds[node[0]]
         rows = slice(start, end)
-        loss, correct = net.loss_grad_and_correct(flat, x_batch[rows], y_batch[rows], target)
+        rng = None
+        if dropout_key is not None and net.has_dropout:
+            rng = np.random.default_rng([*dropout_key, node[0]])
+        loss, correct = net.loss_grad_and_correct(flat, x_batch[rows], y_batch[rows], target, rng)
         return (loss, correct, end - start)
 
     pool = _ScratchPool(flat, first=grad_scratch)
@@ -129,13 +135,18 @@ def shard_gradients(
 
 
 def full_batch_step_gradient(
-    net: Network, flat: np.ndarray, x: np.ndarray, y: np.ndarray, num_microshards: int
+    net: Network,
+    flat: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_microshards: int,
+    dropout_key: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, float, int]:
     """Single-process reference: ``(grad_sum, loss_sum, sample_count)`` of the whole batch, reduced
     along the same tree as a distributed step (all micro-shards on one worker)."""
     bounds = microshard_bounds(len(x), num_microshards)
     [(_, grad_sum, loss_sum, _, count)] = shard_gradients(
-        net, flat, x, y, bounds, 0, num_microshards, np.empty_like(flat)
+        net, flat, x, y, bounds, 0, num_microshards, np.empty_like(flat), dropout_key
     )
     return grad_sum, loss_sum, count
 

@@ -1,0 +1,64 @@
+"""The parameter server's update rule and failure detection, run in one process without Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.errors import TrainingFailed
+from service.param_server import ParameterServer, ParameterServerCore
+from workers.nn import SGD, make_schedule
+from workers.worker import GradientWorkerCore, ModelPlan
+
+
+class InProcessGroup:
+    """Stands in for WorkerGroup: one GradientWorkerCore answering each command directly."""
+
+    def __init__(self, plan: ModelPlan, x: np.ndarray, y: np.ndarray) -> None:
+        self.plan, self.size = plan, 1
+        ones = np.ones(x.shape[1], np.float32)
+        self.core = GradientWorkerCore(plan, 0, x, y, x, y, np.zeros_like(ones), ones)
+
+    def run(self, command, timeout_s: float) -> list:
+        return [self.core.handle(command)]
+
+
+def _constant(lr: float):
+    return make_schedule("constant", lr, steps_per_epoch=1, total_steps=1)
+
+
+def test_apply_clips_the_averaged_gradient_to_the_global_norm() -> None:
+    """A summed gradient [30, 40] over 10 samples (norm 5) is clipped to norm 1 before SGD."""
+    server = ParameterServer(np.zeros(2), SGD(2, np.float64), _constant(1.0), clip_norm=1.0)
+    server.apply(np.array([30.0, 40.0]), 10)
+    np.testing.assert_allclose(server.params, [-0.6, -0.8])
+
+
+def test_a_diverging_job_fails_with_a_clear_message() -> None:
+    """A learning rate that blows the weights up stops training with a message naming the problem."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    plan = ModelPlan((4, 8, 3), ("relu", "identity"), "softmax_cross_entropy", 32, 2, 0)
+    net = plan.network()
+    server = ParameterServer(net.init_params(rng), SGD(net.num_params, np.float32), _constant(1e38))
+    core = ParameterServerCore(InProcessGroup(plan, x, y), server, 64, epochs=5, step_timeout_s=10)
+    with pytest.raises(TrainingFailed, match=r"became (NaN|infinite) at epoch"), np.errstate(all="ignore"):
+        core.train(until_step=10, max_seconds=10)
+
+
+def test_evaluate_reports_top_k_and_regression_metrics() -> None:
+    """Evaluation returns accuracy <= top-k accuracy and the regression metrics of the outputs."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    plan = ModelPlan((4, 3), ("identity",), "mean_squared_error", 8, 1, 0, top_k=2)
+    net = plan.network()
+    params = net.init_params(rng)
+    server = ParameterServer(params, SGD(net.num_params, np.float32), _constant(0.1))
+    loss, accuracy, count, other = ParameterServerCore(
+        InProcessGroup(plan, x, y), server, 40, epochs=1, step_timeout_s=10
+    ).evaluate()
+    outputs = net.forward(params, x)
+    onehot = np.eye(3)[y]
+    assert count == 40 and accuracy <= other["top_k_accuracy"]
+    assert other["mse"] == pytest.approx(np.mean((outputs - onehot) ** 2))
+    assert loss == pytest.approx(np.mean((outputs - onehot) ** 2), rel=1e-5)

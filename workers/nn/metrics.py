@@ -1,0 +1,74 @@
+"""Evaluation metrics as additive sums, so workers' shares of a test set combine by addition.
+
+``metric_sums`` gives, for outputs ``z`` ``(n, k)`` and targets (labels ``(n,)`` or float
+``(n, k)``; labels count as one-hot rows for the regression sums), the sums below; ``summarize``
+turns summed sums into metrics:
+
+- ``accuracy = correct / n`` and ``top_k_accuracy = top_k_correct / n`` (0 for float targets);
+- ``mse = sum (z - t)^2 / (n k)``, ``mae = sum |z - t| / (n k)``;
+- ``r2 = 1 - sum (z - t)^2 / sum_j sum_i (t_ij - mean_i t_ij)^2`` (sklearn's variance-weighted
+  R^2 over outputs), from per-output sums of ``t`` and ``t^2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .losses import count_correct
+
+Sums = dict[str, float | np.ndarray]
+
+
+def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int) -> Sums:
+    """Additive sums for ``summarize`` (see the module docstring); all in float64."""
+    n, k = z.shape
+    labels = targets.ndim == 1
+    dense = np.zeros((n, k)) if labels else targets.astype(np.float64)
+    if labels:
+        dense[np.arange(n), targets] = 1.0
+    diff = z.astype(np.float64) - dense
+    return {
+        "count": float(n),
+        "correct": float(count_correct(z, targets)),
+        "top_k_correct": float(_top_k_hits(z, targets, top_k)) if labels else 0.0,
+        "squared_error": float(np.vdot(diff, diff)),
+        "absolute_error": float(np.abs(diff).sum()),
+        "target_sum": dense.sum(axis=0),
+        "target_square_sum": np.square(dense).sum(axis=0),
+    }
+
+
+def add_sums(total: Sums | None, part: Sums) -> Sums:
+    """Return ``total + part`` key by key (``total`` None means nothing yet)."""
+    if total is None:
+        return {
+            key: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+            for key, value in part.items()
+        }
+    return {key: total[key] + part[key] for key in total}
+
+
+def summarize(sums: Sums, num_outputs: int) -> dict[str, float]:
+    """Metrics from summed ``metric_sums``; NaN where undefined (no samples, constant targets)."""
+    n = float(sums["count"])
+    if n == 0:
+        return {name: math.nan for name in ("accuracy", "top_k_accuracy", "mse", "mae", "r2")}
+    elements = n * num_outputs
+    spread = float(np.sum(sums["target_square_sum"] - np.square(sums["target_sum"]) / n))
+    residual = float(sums["squared_error"])
+    return {
+        "accuracy": float(sums["correct"]) / n,
+        "top_k_accuracy": float(sums["top_k_correct"]) / n,
+        "mse": residual / elements,
+        "mae": float(sums["absolute_error"]) / elements,
+        "r2": 1.0 - residual / spread if spread > 0 else math.nan,
+    }
+
+
+def _top_k_hits(z: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Rows whose label is among the ``k`` largest outputs (ties counted against the label)."""
+    picked = z[np.arange(len(labels)), labels]
+    higher = np.count_nonzero(z > picked[:, None], axis=1)
+    return int(np.count_nonzero(higher < k))
