@@ -26,6 +26,7 @@ class Scheduler:
         self._queue: queue.Queue[str] = queue.Queue()
         self._slots = threading.Semaphore(config.max_running_jobs)
         self._running: dict[str, JobRunner] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
@@ -97,12 +98,17 @@ class Scheduler:
                 if self._stopping.is_set():
                     return
             with self._lock:
+                if self._stopping.is_set():  # a slot freed by the shutdown itself: start nothing new
+                    self._slots.release()
+                    return
                 if self.store.get(job_id).state != pb.QUEUED:
                     self._slots.release()
                     continue
                 runner = JobRunner(job_id, self.store, self.metrics, self.config, self.cache)
                 self._running[job_id] = runner
-            threading.Thread(target=self._run, args=(runner,), name=f"job-{job_id}", daemon=True).start()
+                thread = threading.Thread(target=self._run, args=(runner,), name=f"job-{job_id}", daemon=True)
+                self._threads[job_id] = thread
+                thread.start()
 
     def _run(self, runner: JobRunner) -> None:
         try:
@@ -110,21 +116,21 @@ class Scheduler:
         finally:
             with self._lock:
                 self._running.pop(runner.job_id, None)
+                self._threads.pop(runner.job_id, None)
             self._slots.release()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop dispatching; cancel running jobs and wait for them to release their workers."""
         self._stopping.set()
+        self._dispatcher.join(timeout=2)  # after this no new runner starts
         with self._lock:
             runners = list(self._running.values())
+            threads = list(self._threads.values())
         for runner in runners:
             runner.shutting_down.set()
             runner.cancel_requested.set()
-        self._dispatcher.join(timeout=2)
-        for runner in runners:
-            thread = next((t for t in threading.enumerate() if t.name == f"job-{runner.job_id}"), None)
-            if thread is not None:
-                thread.join(timeout=timeout_s)
+        for thread in threads:
+            thread.join(timeout=timeout_s)
 
 
 def _requeue(job: pb.Job, note: str) -> None:
