@@ -112,6 +112,7 @@ class Metrics:
             registry=registry,
         )
         registry.register(_JobStateCollector(job_counts))
+        self._declare_recovery_metrics(registry)
         self._per_job = [
             self.job_loss,
             self.job_eval_loss,
@@ -184,6 +185,21 @@ class Metrics:
         for phase in STEP_PHASES:
             with contextlib.suppress(KeyError):
                 self.job_step_phase_seconds.remove(job_id, phase)
+
+    def _declare_recovery_metrics(self, registry: CollectorRegistry) -> None:
+        self.checkpoints_written = Counter(
+            "gradfleet_checkpoints_written", "Job checkpoints written to the state folder.", registry=registry
+        )
+        self.worker_replacements = Counter(
+            "gradfleet_worker_replacements",
+            "Dead worker or parameter-server actors replaced while a job ran.",
+            registry=registry,
+        )
+        self.divergence_rollbacks = Counter(
+            "gradfleet_divergence_rollbacks",
+            "Rollbacks to a checkpoint after a non-finite loss or gradient (on_divergence: ROLLBACK).",
+            registry=registry,
+        )
 
     def close(self) -> None:
         for timer in self._timers:

@@ -8,6 +8,7 @@ coordinator only hears from it a few times a second.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import ray
 
 from service.errors import TrainingFailed
 from workers.batches import steps_per_epoch
-from workers.group import WorkerGroup
+from workers.group import WorkerGroup, WorkerLost
 from workers.nn import Optimizer, tree_reduce
 from workers.worker import StepCommand
 
@@ -30,9 +31,23 @@ class ParameterServer:
         self.optimizer = optimizer
         self.schedule = schedule
         self.step = 0  # optimizer steps applied so far
+        self.lr_scale = 1.0  # divergence rollbacks lower the whole schedule by this factor
 
     def learning_rate(self) -> float:
-        return float(self.schedule(self.step))
+        return float(self.schedule(self.step)) * self.lr_scale
+
+    def state(self) -> TrainingState:
+        """A copy of everything that decides the next updates."""
+        return TrainingState(self.step, self.params.copy(), self.optimizer.state_dict(), self.lr_scale)
+
+    def restore(self, state: TrainingState, fresh_optimizer: Optimizer) -> None:
+        """Continue from `state`; an empty optimizer state means a freshly built optimizer."""
+        np.copyto(self.params, state.params)
+        self.optimizer = fresh_optimizer
+        if state.optimizer:
+            self.optimizer.load_state_dict(state.optimizer)
+        self.step = state.step
+        self.lr_scale = state.lr_scale
 
     def apply(self, grad_sum: np.ndarray, count: int) -> float:
         """Divide the summed gradient by the total sample count (in place), step; return the rate."""
@@ -41,6 +56,20 @@ class ParameterServer:
         self.optimizer.step(self.params, grad_sum, lr)
         self.step += 1
         return lr
+
+
+@dataclass
+class TrainingState:
+    """What the parameter server hands out for a checkpoint and takes back to resume."""
+
+    step: int
+    params: np.ndarray
+    optimizer: dict  # Optimizer.state_dict(); {} = a fresh optimizer
+    lr_scale: float = 1.0
+
+
+class Diverged(TrainingFailed):
+    """The loss or gradient became non-finite; nothing was applied for that step."""
 
 
 @dataclass
@@ -68,6 +97,10 @@ class StepStats:
 class TrainReport:
     steps: list[StepStats] = field(default_factory=list)
     finished: bool = False  # all epochs done
+    # Why training stopped early: WorkerLost or Diverged, raised before that step's update was
+    # applied, so the parameters are those after the last step in `steps`.
+    failure: Exception | None = None
+    failed_step: int = 0  # the 1-based step that was being computed
 
 
 def reduce_results(results: list, num_microshards: int, out: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -113,7 +146,11 @@ class ParameterServerCore:
         deadline = time.perf_counter() + max_seconds
         until_step = min(until_step, self.total_steps)
         while self.server.step < until_step:
-            stats = self._one_step()
+            try:
+                stats = self._one_step()
+            except (WorkerLost, Diverged) as exc:
+                report.failure, report.failed_step = exc, self.server.step + 1
+                break
             report.steps.append(stats)
             if self.server.step % self.steps_per_epoch == 0 or time.perf_counter() > deadline:
                 break
@@ -150,7 +187,7 @@ class ParameterServerCore:
             return
         what = "loss" if not math.isfinite(loss_sum) else "gradient"
         value = loss_sum if what == "loss" else grad_norm
-        raise TrainingFailed(
+        raise Diverged(
             f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} "
             f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
             "lower the learning rate or enable clipping"
@@ -183,10 +220,28 @@ class ParameterServerActor:
         num_train: int,
         epochs: int,
         step_timeout_s: float,
+        state: TrainingState | None = None,
     ) -> None:
         # Arrays arrive as read-only views of the object store: own a writable copy.
         server = ParameterServer(params.copy(), make_optimizer(), schedule)
+        self.make_optimizer = make_optimizer
+        if state is not None:
+            server.restore(state, make_optimizer())
         self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s)
+        group.compile()
+
+    def state(self) -> TrainingState:
+        return self.core.server.state()
+
+    def restore(self, state: TrainingState) -> int:
+        """Roll back to `state` (a checkpoint); returns the step it resumes after."""
+        self.core.server.restore(state, self.make_optimizer())
+        return self.core.server.step
+
+    def set_group(self, group: WorkerGroup) -> None:
+        """Drive a group with replaced workers: the old graph is torn down, a new one compiled."""
+        self.core.group.release_graph()
+        self.core.group = group
         group.compile()
 
     def train(self, until_step: int, max_seconds: float) -> TrainReport:
@@ -197,6 +252,10 @@ class ParameterServerActor:
 
     def params(self) -> np.ndarray:
         return self.core.server.params
+
+    def pid(self) -> int:
+        """The actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.core.group.release_graph()

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 class WorkerLost(RuntimeError):
     """A worker died or stopped answering; the message names it and the cause."""
 
+    def __reduce__(self):  # crosses from the parameter-server actor to the coordinator
+        return (type(self), self.args)
+
 
 @dataclass
 class WorkerGroup:
@@ -29,31 +32,42 @@ class WorkerGroup:
 
     plan: ModelPlan
     actors: list = field(default_factory=list)
+    data_refs: dict = field(default_factory=dict)
+    pids: list = field(default_factory=list)  # process id of each rank's actor, for messages
     _graph: object = None
 
     @classmethod
     def start(cls, plan: ModelPlan, num_workers: int, data_refs: dict, ready_timeout_s: float = 120.0):
         """Create `num_workers` actors holding refs to the data already in the object store."""
-        actors = [
-            GradientWorker.remote(
-                plan,
-                rank,
-                data_refs["x_train"],
-                data_refs["y_train"],
-                data_refs["x_test"],
-                data_refs["y_test"],
-                data_refs["offset"],
-                data_refs["scale"],
-            )
-            for rank in range(num_workers)
-        ]
-        group = cls(plan, actors)
+        actors = [_new_worker(plan, rank, data_refs) for rank in range(num_workers)]
+        group = cls(plan, actors, data_refs)
         try:
-            ray.get([a.ready.remote() for a in actors], timeout=ready_timeout_s)
+            group.pids = ray.get([a.pid.remote() for a in actors], timeout=ready_timeout_s)
         except Exception:
             group.shutdown()
             raise
         return group
+
+    def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
+        """Ranks whose actor no longer answers a ping within `timeout_s` (bounded, never hangs)."""
+        refs = [actor.pid.remote() for actor in self.actors]
+        dead = []
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(rank)
+        return dead
+
+    def replace(self, ranks: list[int], ready_timeout_s: float = 120.0) -> None:
+        """Start a new actor for each of `ranks`; it takes over that rank's micro-shards."""
+        self.release_graph()
+        for rank in ranks:
+            ray.kill(self.actors[rank], no_restart=True)  # a hung actor must not linger
+            self.actors[rank] = _new_worker(self.plan, rank, self.data_refs)
+        pids = ray.get([self.actors[rank].pid.remote() for rank in ranks], timeout=ready_timeout_s)
+        for rank, pid in zip(ranks, pids, strict=True):
+            self.pids[rank] = pid
 
     @property
     def size(self) -> int:
@@ -93,4 +107,9 @@ class WorkerGroup:
 
     def __getstate__(self):
         # The compiled graph lives in one process only; a copy sent to another actor starts without it.
-        return {"plan": self.plan, "actors": self.actors, "_graph": None}
+        return {**self.__dict__, "_graph": None}
+
+
+def _new_worker(plan: ModelPlan, rank: int, data_refs: dict):
+    keys = ("x_train", "y_train", "x_test", "y_test", "offset", "scale")
+    return GradientWorker.remote(plan, rank, *(data_refs[k] for k in keys))
