@@ -116,7 +116,7 @@ def encode(ckpt: Checkpoint) -> bytes:
 def decode(blob: bytes) -> Checkpoint:
     """Parse and verify a checkpoint file's bytes; ValueError says what is wrong."""
     if len(blob) < _HEADER_BYTES or not blob.startswith(MAGIC):
-        raise ValueError(f"not a gradfleet checkpoint ({len(blob)} bytes, bad header)")
+        raise ValueError(f"bad header: truncated to {len(blob)} bytes or not a gradfleet checkpoint")
     expected = blob[len(MAGIC) : _HEADER_BYTES - 1].decode("ascii", "replace")
     payload = blob[_HEADER_BYTES:]
     if hashlib.sha256(payload).hexdigest() != expected:

@@ -491,9 +491,9 @@ class JobRunner:
                 raise cause from None
             raise
         except ray.exceptions.GetTimeoutError as exc:
-            raise ParameterServerLost("the parameter server did not answer in time") from exc
+            raise ParameterServerLost("it did not answer in time (GetTimeoutError)") from exc
         except ray.exceptions.RayActorError as exc:
-            raise ParameterServerLost(f"the parameter server died ({type(exc).__name__})") from exc
+            raise ParameterServerLost(f"its actor is gone ({type(exc).__name__})") from exc
 
     def _check_cancel(self) -> None:
         if self.cancel_requested.is_set():

@@ -88,7 +88,7 @@ class WorkerGroup:
         except TimeoutError as exc:  # GetTimeoutError and RayChannelTimeoutError both are
             raise WorkerLost(f"a worker did not answer within {timeout_s:.0f} s") from exc
         except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as exc:
-            raise WorkerLost(f"a worker died: {exc}") from exc
+            raise WorkerLost(f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
     def release_graph(self) -> None:
         if self._graph is not None:
@@ -108,6 +108,12 @@ class WorkerGroup:
     def __getstate__(self):
         # The compiled graph lives in one process only; a copy sent to another actor starts without it.
         return {**self.__dict__, "_graph": None}
+
+
+def _first_line(exc: Exception, limit: int = 160) -> str:
+    """Ray's actor errors run to many lines; their first one says what happened."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _new_worker(plan: ModelPlan, rank: int, data_refs: dict):

@@ -1,0 +1,155 @@
+"""Checkpoint files and idempotent job records, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import checkpoints
+from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
+from service.errors import InvalidRequest, JobNotReady
+from service.jobs import JobStore
+from service.spec import with_defaults
+from tests.helpers import small_spec
+from workers.nn import Adam, Network
+
+
+def make_checkpoint(step: int, spec: pb.JobSpec) -> Checkpoint:
+    net = Network([4, 5, 3], ["relu", "identity"], "softmax_cross_entropy")
+    params = net.init_params(np.random.default_rng(step))
+    adam = Adam(net.num_params, np.float32)
+    adam.step(params, np.ones_like(params), 0.01)
+    return Checkpoint(
+        step=step,
+        params=params,
+        optimizer=adam.state_dict(),
+        samples_trained=step * 50,
+        epoch=1 + step // 10,
+        spec_hash=spec_hash(spec),
+        seed=7,
+        layer_sizes=(4, 5, 3),
+        activations=("relu", "identity"),
+        loss="softmax_cross_entropy",
+        input_offset=np.zeros(4, np.float32),
+        input_scale=np.ones(4, np.float32),
+        lr_scale=0.5,
+        rollbacks=1,
+    )
+
+
+@pytest.fixture
+def spec() -> pb.JobSpec:
+    return with_defaults(small_spec("npz:blobs.npz"))
+
+
+def test_a_checkpoint_round_trips_exactly(tmp_path: Path, spec) -> None:
+    """Parameters, Adam moments and step count, counters and the rollback state come back bit for bit."""
+    store = CheckpointStore(tmp_path, "job1")
+    saved = make_checkpoint(20, spec)
+    store.save(saved)
+    loaded, skipped = store.latest(spec_hash(spec))
+    assert skipped == []
+    assert loaded.step == 20 and loaded.samples_trained == 1000 and loaded.epoch == 3
+    assert loaded.params.tobytes() == saved.params.tobytes()
+    assert loaded.optimizer["step_count"] == 1
+    for key in ("first_moment", "second_moment"):
+        assert loaded.optimizer[key].tobytes() == saved.optimizer[key].tobytes()
+    assert (loaded.lr_scale, loaded.rollbacks) == (0.5, 1)
+    restored = Adam(len(saved.params), np.float32)
+    restored.load_state_dict(loaded.optimizer)  # what the parameter server does on resume
+    assert restored.step_count == 1
+
+
+def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path, spec) -> None:
+    """After four saves the folder holds the two newest checkpoints and no temporary files."""
+    store = CheckpointStore(tmp_path, "job1")
+    for step in (10, 20, 30, 40):
+        store.save(make_checkpoint(step, spec))
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "step-000000000030.ckpt",
+        "step-000000000040.ckpt",
+    ]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path: Path, spec, damage) -> None:
+    """A truncated or bit-flipped newest checkpoint fails its checksum; the one before it is used."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.save(make_checkpoint(10, spec))
+    newest = store.save(make_checkpoint(20, spec))
+    blob = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[-100] ^= 0x01
+    newest.write_bytes(bytes(blob))
+    loaded, skipped = store.latest(spec_hash(spec))
+    assert loaded.step == 10
+    assert len(skipped) == 1 and "step-000000000020.ckpt" in skipped[0] and "checksum" in skipped[0]
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path: Path, spec) -> None:
+    """When every checkpoint is damaged, latest() raises naming each file instead of returning None."""
+    store = CheckpointStore(tmp_path, "job1")
+    path = store.save(make_checkpoint(10, spec))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"step-000000000010\.ckpt: .*checksum"):
+        store.latest(spec_hash(spec))
+    assert CheckpointStore(tmp_path, "other").latest() == (None, [])
+
+
+def test_a_checkpoint_of_another_spec_is_not_used(tmp_path: Path, spec) -> None:
+    """A checkpoint whose spec hash differs (another seed) is refused; the name and worker count do not matter."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.save(make_checkpoint(10, spec))
+    renamed = with_defaults(small_spec("npz:blobs.npz", name="other", numWorkers=3))
+    assert spec_hash(renamed) == spec_hash(spec)
+    reseeded = with_defaults(small_spec("npz:blobs.npz", seed=8))
+    with pytest.raises(CheckpointError, match="different spec"):
+        store.latest(spec_hash(reseeded))
+
+
+def test_a_running_job_downloads_its_latest_checkpoint(tmp_path: Path, spec) -> None:
+    """Download of a job without a final model serves the checkpoint's weights; with none it is refused."""
+    job = pb.Job(id="job1", spec=spec, state=pb.RUNNING)
+    with pytest.raises(JobNotReady, match="no checkpoint yet"):
+        downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
+    saved = make_checkpoint(10, spec)
+    CheckpointStore(tmp_path, "job1").save(saved)
+    blob = downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
+    (tmp_path / "model.npz").write_bytes(blob)
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as model:
+        assert model["layer_0_weight"].shape == (4, 5)
+        flat = np.concatenate([model[n].ravel() for n in ("layer_0_weight", "layer_0_bias")])
+    assert flat.tobytes() == saved.params[: 4 * 5 + 5].tobytes()
+
+
+def test_the_header_names_the_format(spec) -> None:
+    """A checkpoint file starts with the magic line and a 64-digit sha256."""
+    blob = checkpoints.encode(make_checkpoint(1, spec))
+    assert blob.startswith(checkpoints.MAGIC)
+    digest = blob[len(checkpoints.MAGIC) : len(checkpoints.MAGIC) + 64]
+    assert len(digest) == 64 and all(c in b"0123456789abcdef" for c in digest)
+
+
+def test_a_request_id_makes_submission_idempotent_across_restarts(tmp_path: Path, spec) -> None:
+    """The same request id returns the same job, also after reopening the store; another spec is refused."""
+    spec.request_id = "req-1"
+    store = JobStore(tmp_path)
+    first, created = store.create(spec)
+    again, created_again = store.create(spec)
+    assert created and not created_again and again.id == first.id
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert reopened.create(spec)[0].id == first.id
+    other = with_defaults(small_spec("npz:blobs.npz", seed=99))
+    other.request_id = "req-1"
+    with pytest.raises(InvalidRequest, match="request_id"):
+        reopened.create(other)
+    plain, _ = reopened.create(with_defaults(small_spec("npz:blobs.npz")))
+    plain2, _ = reopened.create(with_defaults(small_spec("npz:blobs.npz")))
+    assert plain.id != plain2.id  # no request id: every submission is a new job
+    assert len(reopened.list()[0]) == 3
