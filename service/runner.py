@@ -9,6 +9,7 @@ import functools
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,10 @@ class JobRunner:
         self._step = 0  # optimizer steps applied (as the parameter server last reported)
         self._samples = 0  # samples trained up to _step; never counts a redone step twice
         self._counted_step = 0  # highest step already added to the Prometheus counters
-        self._checkpoint_step = 0
+        self._checkpoint_step = 0  # step of the newest checkpoint on disk
+        self._queued_step = 0  # step of the newest checkpoint handed to the writer
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
+        self._pending_write: Future | None = None
         self._lr_scale, self._rollbacks = 1.0, 0
         self._worker_restarts = 0
 
@@ -200,6 +204,7 @@ class JobRunner:
             self._finish(pb.FAILED, f"internal error: {type(exc).__name__}: {exc}; see the server log")
         finally:
             self._release()
+            self._writer.shutdown(wait=True)
 
     def _train(self, spec: pb.JobSpec) -> None:
         data = prepare_data(spec, self.cache)
@@ -235,6 +240,7 @@ class JobRunner:
         net = self._setup.plan.network()
         arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
         write_model(self.model_path(self.config, self.job_id), arrays)
+        self._flush_checkpoints()
         self._finish(pb.SUCCEEDED, "")
         self.checkpoints.remove()  # the final model supersedes them
 
@@ -268,7 +274,7 @@ class JobRunner:
         """Take the counters of the state training continues from."""
         self._step = ckpt.step if ckpt else 0
         self._samples = ckpt.samples_trained if ckpt else 0
-        self._checkpoint_step = self._step
+        self._checkpoint_step = self._queued_step = self._step
         self._lr_scale = ckpt.lr_scale if ckpt else 1.0
         self._rollbacks = ckpt.rollbacks if ckpt else 0
 
@@ -374,21 +380,37 @@ class JobRunner:
             lr_scale=state.lr_scale,
             rollbacks=self._rollbacks,
         )
+        # Written on a thread while training goes on (the fsync is most of the cost); one at a
+        # time and in order, and always waited for before a checkpoint is read back.
+        self._flush_checkpoints()
+        self._queued_step = state.step
+        self._pending_write = self._writer.submit(self._write_checkpoint, ckpt)
+
+    def _write_checkpoint(self, ckpt: Checkpoint) -> None:
         self.checkpoints.save(ckpt)
-        self._checkpoint_step = state.step
+        self._checkpoint_step = ckpt.step
         self.metrics.checkpoints_written.inc()
-        self.store.update(self.job_id, _set_checkpoint(state.step), kind=pb.JobEvent.CHECKPOINT)
+        self.store.update(self.job_id, _set_checkpoint(ckpt.step), kind=pb.JobEvent.CHECKPOINT)
+
+    def _flush_checkpoints(self) -> None:
+        """Wait for the checkpoint being written; its errors (a full disk) surface here."""
+        pending, self._pending_write = self._pending_write, None
+        if pending is not None:
+            pending.result()
 
     def _checkpoint_quietly(self) -> None:
         """On shutdown: save progress made since the last checkpoint, within a bounded time."""
-        if self._ps is None or self._setup is None or self._step == self._checkpoint_step:
+        if self._ps is None or self._setup is None or self._step == self._queued_step:
+            self._flush_checkpoints()
             return
         try:
             self._checkpoint(timeout_s=SHUTDOWN_CHECKPOINT_TIMEOUT_S)
+            self._flush_checkpoints()
         except Exception:
             log.warning("job %s: no checkpoint at shutdown; it resumes from an older one", self.job_id)
 
     def _latest_checkpoint(self) -> Checkpoint | None:
+        self._flush_checkpoints()
         ckpt, skipped = self.checkpoints.latest(self._setup.spec_hash)
         for note in skipped:
             log.warning("job %s: skipped checkpoint %s", self.job_id, note)

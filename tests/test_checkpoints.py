@@ -102,7 +102,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path: Path, s
 
 
 def test_a_checkpoint_of_another_spec_is_not_used(tmp_path: Path, spec) -> None:
-    """A checkpoint whose spec hash differs (another seed) is refused; the name and worker count do not matter."""
+    """A checkpoint of another spec (seed) is refused; the name and worker count do not matter."""
     store = CheckpointStore(tmp_path, "job1")
     store.save(make_checkpoint(10, spec))
     renamed = with_defaults(small_spec("npz:blobs.npz", name="other", numWorkers=3))

@@ -91,7 +91,8 @@ def test_a_killed_actor_is_replaced_and_the_weights_are_bit_identical(
     assert done.progress.worker_restarts == 1
     assert done.progress.step == done.progress.total_steps == 15 * 20
     assert done.progress.samples_trained == 15 * N_TRAIN  # redone steps are not counted twice
-    assert_identical(weights(client, job.id, tmp_path / "killed.npz"), reference_weights(client, spec, tmp_path))
+    got = weights(client, job.id, tmp_path / "killed.npz")
+    assert_identical(got, reference_weights(client, spec, tmp_path))
     assert "gradfleet_worker_replacements_total 1.0" in metrics_text(coordinator)
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,70 +13,17 @@ import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
-from service.client import CoordinatorClient
 from service.jobs import JobStore
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import ServeProcess, small_spec, wait_for, write_blobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN = 20000  # 400 steps per epoch at batch 50: long enough to stop in the middle
 STEPS_PER_EPOCH = 400
 
 
-def descendants(pid: int) -> list[int]:
-    """Process ids below `pid` (Ray's head processes started by the coordinator), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-class Coordinator:
-    """A `gradfleet serve` subprocess on a free loopback port."""
-
-    def __init__(self, state_dir: Path, data_root: Path, log: Path) -> None:
-        env = os.environ | {"PYTHONPATH": str(ROOT), "GRADFLEET_RAY_NUM_CPUS": "4", "RAY_AUTH_MODE": "disabled"}
-        args = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "-1"]
-        args += ["--state-dir", str(state_dir), "--data-root", str(data_root)]
-        self.log = open(log, "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd=ROOT)
-        line = self.proc.stdout.readline().decode()
-        assert "listening on" in line, f"the coordinator did not start; see {log}"
-        self.address = line.split("listening on ")[1].split(",")[0].strip()
-        self.client = CoordinatorClient(self.address)
-        self.client.wait_ready(timeout=60)
-
-    def stop(self, sig: int, timeout_s: float) -> float:
-        """Send `sig`; wait for the exit; kill leftover children (Ray's head). Returns seconds to exit."""
-        family = descendants(self.proc.pid)
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=timeout_s)
-        took = time.monotonic() - start
-        self.client.close()
-        time.sleep(1.0)  # let Ray's processes notice their driver is gone
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
-        return took
-
-
 @contextmanager
-def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    server = Coordinator(tmp_path / "state", tmp_path / "data", tmp_path / "server.log")
+def coordinator(tmp_path: Path) -> Iterator[ServeProcess]:
+    server = ServeProcess(tmp_path / "state", tmp_path / "data", tmp_path / "server.log")
     try:
         yield server
     finally:
