@@ -149,7 +149,10 @@ class ParameterServerCore:
             try:
                 stats = self._one_step()
             except (WorkerLost, Diverged) as exc:
-                report.failure, report.failed_step = exc, self.server.step + 1
+                # Without its traceback: the frames hold views of the graph's channel buffers,
+                # and a view that outlives its step blocks the workers (see workers/group.py).
+                exc.__context__ = exc.__cause__ = None
+                report.failure, report.failed_step = exc.with_traceback(None), self.server.step + 1
                 break
             report.steps.append(stats)
             if self.server.step % self.steps_per_epoch == 0 or time.perf_counter() > deadline:

@@ -127,9 +127,11 @@ def test_divergence_rolls_back_with_a_lower_learning_rate(client, coordinator, b
         rollbackLrFactor=1e-31,
         maxRollbacks=2,
     )
+    start = time.monotonic()
     job = client.submit(spec)
     events = list(client.watch(job.id))
     done = events[-1].job
+    assert time.monotonic() - start < 60  # no stalled worker after the rollback (step timeout 120 s)
     assert done.state == pb.SUCCEEDED, done.message
     assert done.progress.rollbacks == 1
     assert done.progress.learning_rate == pytest.approx(0.1)

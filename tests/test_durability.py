@@ -1,18 +1,20 @@
-"""Checkpoint files and idempotent job records, without Ray."""
+"""Checkpoint files, idempotent submission and the recovery spec fields, without Ray."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
-from service.errors import InvalidRequest, JobNotReady
+from service.client import CoordinatorClient
+from service.errors import InvalidRequest, InvalidSpec, JobNotReady
 from service.jobs import JobStore
-from service.spec import with_defaults
+from service.spec import validate_spec, with_defaults
 from tests.helpers import small_spec
 from workers.nn import Adam, Network
 
@@ -153,3 +155,49 @@ def test_a_request_id_makes_submission_idempotent_across_restarts(tmp_path: Path
     plain2, _ = reopened.create(with_defaults(small_spec("npz:blobs.npz")))
     assert plain.id != plain2.id  # no request id: every submission is a new job
     assert len(reopened.list()[0]) == 3
+
+
+def test_recovery_fields_get_defaults_and_are_validated() -> None:
+    """Checkpoints every 500 steps, FAIL on divergence and 3 worker restarts by default; a rollback
+    factor outside (0, 1) and an over-long request id are rejected naming the field."""
+    spec = with_defaults(small_spec("npz:blobs.npz"))
+    assert (spec.checkpoint_every_steps, spec.on_divergence, spec.max_worker_restarts) == (500, pb.FAIL, 3)
+    assert (spec.rollback_lr_factor, spec.max_rollbacks) == (0.5, 3)
+    assert with_defaults(small_spec("npz:blobs.npz", checkpointEverySteps=0)).checkpoint_every_steps == 0
+    with pytest.raises(InvalidSpec, match="rollback_lr_factor: got 1"):
+        validate_spec(with_defaults(small_spec("npz:blobs.npz", rollbackLrFactor=1.0)))
+    with pytest.raises(InvalidSpec, match="request_id: got 129 characters"):
+        validate_spec(with_defaults(small_spec("npz:blobs.npz", requestId="x" * 129)))
+
+
+class _FlakyStub:
+    """A SubmitJob stub that is unreachable `failures` times, then answers; records each request."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.requests = failures, []
+
+    def SubmitJob(self, spec: pb.JobSpec, timeout: float) -> pb.Job:
+        self.requests.append(spec)
+        if len(self.requests) <= self.failures:
+            raise _Unavailable()
+        return pb.Job(id="job1", spec=spec)
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_client_retries_a_submission_with_one_request_id() -> None:
+    """An unreachable server is retried, every attempt carrying the same generated request id."""
+    client = CoordinatorClient("127.0.0.1:1")
+    client._stub = _FlakyStub(failures=2)
+    job = client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0, 0))
+    ids = {r.request_id for r in client._stub.requests}
+    assert len(client._stub.requests) == 3 and len(ids) == 1 and len(ids.pop()) == 32
+    assert job.spec.request_id == client._stub.requests[0].request_id
+    client._stub = _FlakyStub(failures=5)
+    with pytest.raises(grpc.RpcError):
+        client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0))
+    assert len(client._stub.requests) == 3
+    client.close()
