@@ -171,7 +171,8 @@ class CheckpointStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.folder)
-        for old in self.files()[KEEP:]:
+        # Older checkpoints, and temporary files a killed coordinator left half written.
+        for old in [*self.files()[KEEP:], *self.folder.glob(".step-*.tmp")]:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
         return path

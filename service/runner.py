@@ -25,6 +25,7 @@ from service.export import model_arrays, write_model
 from service.jobs import JobStore
 from service.metrics import Metrics
 from service.param_server import Diverged, ParameterServerActor, StepStats, TrainingState
+from service.recovery import FaultPolicy
 from service.spec import spec_to_json, validate_against_dataset
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
@@ -176,12 +177,11 @@ class JobRunner:
         self._queued_step = 0  # step of the newest checkpoint handed to the writer
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending_write: Future | None = None
-        self._lr_scale, self._rollbacks = 1.0, 0
-        self._worker_restarts = 0
+        self._policy = FaultPolicy(0, False, 0, 1.0)  # set from the spec in run()
 
     def run(self) -> None:
         job = self.store.get(self.job_id)
-        self._worker_restarts = job.progress.worker_restarts
+        self._policy = FaultPolicy.for_spec(job.spec, restarts=job.progress.worker_restarts)
         self.store.update(self.job_id, _set_state(pb.RUNNING, "preparing data and workers"))
         try:
             self._train(job.spec)
@@ -270,13 +270,15 @@ class JobRunner:
             state,
         )
 
-    def _adopt(self, ckpt: Checkpoint | None) -> None:
-        """Take the counters of the state training continues from."""
+    def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
+        """Take the counters of the state training continues from (a rollback keeps its own
+        count and learning-rate scale: they are what changed)."""
         self._step = ckpt.step if ckpt else 0
         self._samples = ckpt.samples_trained if ckpt else 0
         self._checkpoint_step = self._queued_step = self._step
-        self._lr_scale = ckpt.lr_scale if ckpt else 1.0
-        self._rollbacks = ckpt.rollbacks if ckpt else 0
+        if not keep_policy:
+            self._policy.lr_scale = ckpt.lr_scale if ckpt else 1.0
+            self._policy.rollbacks = ckpt.rollbacks if ckpt else 0
 
     # -- the step loop --------------------------------------------------------------------------
 
@@ -378,7 +380,7 @@ class JobRunner:
             input_offset=setup.data.offset,
             input_scale=setup.data.scale,
             lr_scale=state.lr_scale,
-            rollbacks=self._rollbacks,
+            rollbacks=self._policy.rollbacks,
         )
         # Written on a thread while training goes on (the fsync is most of the cost); one at a
         # time and in order, and always waited for before a checkpoint is read back.
@@ -425,14 +427,8 @@ class JobRunner:
             self._replace_workers(failure, failed_step)
 
     def _count_restart(self, what: str, failed_step: int, cause: Exception) -> None:
-        self._worker_restarts += 1
-        limit = self._setup.spec.max_worker_restarts
-        if self._worker_restarts > limit:
-            epoch = _epoch_of(failed_step, self._setup.steps_per_epoch)
-            raise WorkerLost(
-                f"{what} died at step {failed_step} (epoch {epoch}): {cause}; "
-                f"gave up after {limit} replacements (max_worker_restarts)"
-            )
+        epoch = _epoch_of(failed_step, self._setup.steps_per_epoch)
+        self._policy.actor_died(what, failed_step, epoch, cause)
 
     def _replace_workers(self, cause: Exception, failed_step: int) -> None:
         """Replace dead workers; the failed step is redone from the same parameters."""
@@ -445,7 +441,7 @@ class JobRunner:
         self.metrics.worker_replacements.inc(len(dead))
         note = f"{names} died at step {failed_step}: {cause}; replaced, the step is redone"
         log.warning("job %s: %s", self.job_id, note)
-        self.store.update(self.job_id, _recovered(note, self._worker_restarts), kind=pb.JobEvent.RECOVERED)
+        self.store.update(self.job_id, _recovered(note, self._policy.restarts), kind=pb.JobEvent.RECOVERED)
 
     def _restart_from_checkpoint(self, cause: Exception) -> None:
         """The parameter server is gone: new actors from the last checkpoint."""
@@ -466,20 +462,15 @@ class JobRunner:
         spec = self._setup.spec
         ckpt = self._latest_checkpoint()
         where = f"the checkpoint at step {ckpt.step}" if ckpt else "the initial weights"
-        if spec.on_divergence != pb.ROLLBACK or self._rollbacks >= spec.max_rollbacks:
-            tried = f" after {self._rollbacks} rollbacks" if spec.on_divergence == pb.ROLLBACK else ""
-            keep = f"; {where} stays downloadable" if ckpt else ""
-            raise TrainingFailed(f"{diverged.message}{tried}{keep}")
-        scale = self._lr_scale * spec.rollback_lr_factor
-        rollbacks = self._rollbacks + 1
+        scale = self._policy.diverged(diverged.message, where if ckpt else None)
+        rollbacks = self._policy.rollbacks
         if ckpt is None:
             net = self._setup.plan.network()
             state = TrainingState(0, net.init_params(np.random.default_rng(spec.seed)), {}, scale)
         else:
             state = TrainingState(ckpt.step, ckpt.params, ckpt.optimizer, scale)
         self._call(self._ps.restore.remote(state))
-        self._adopt(ckpt)
-        self._lr_scale, self._rollbacks = scale, rollbacks
+        self._adopt(ckpt, keep_policy=True)
         self.metrics.divergence_rollbacks.inc()
         note = (
             f"{diverged.message}; rolled back to {where} with the learning rate scaled by {scale:.3g} "
@@ -490,7 +481,7 @@ class JobRunner:
 
     def _progress_change(self, message: str):
         step, samples, ckpt_step = self._step, self._samples, self._checkpoint_step
-        total, rollbacks, restarts = self._setup.total_steps, self._rollbacks, self._worker_restarts
+        total, rollbacks, restarts = self._setup.total_steps, self._policy.rollbacks, self._policy.restarts
         epoch = _epoch_of(step, self._setup.steps_per_epoch)
 
         def change(job: pb.Job) -> None:

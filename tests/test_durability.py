@@ -12,10 +12,12 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
 from service.client import CoordinatorClient
-from service.errors import InvalidRequest, InvalidSpec, JobNotReady
+from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
 from service.jobs import JobStore
+from service.recovery import FaultPolicy
 from service.spec import validate_spec, with_defaults
 from tests.helpers import small_spec
+from workers.group import WorkerLost
 from workers.nn import Adam, Network
 
 
@@ -66,8 +68,10 @@ def test_a_checkpoint_round_trips_exactly(tmp_path: Path, spec) -> None:
 
 
 def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path, spec) -> None:
-    """After four saves the folder holds the two newest checkpoints and no temporary files."""
+    """After four saves the folder holds the two newest checkpoints and no leftover temporary file."""
     store = CheckpointStore(tmp_path, "job1")
+    store.folder.mkdir(parents=True)
+    (store.folder / ".step-000000000005.ckpt.999.tmp").write_bytes(b"half written by a killed process")
     for step in (10, 20, 30, 40):
         store.save(make_checkpoint(step, spec))
     assert sorted(p.name for p in store.folder.iterdir()) == [
@@ -201,3 +205,20 @@ def test_the_client_retries_a_submission_with_one_request_id() -> None:
         client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0))
     assert len(client._stub.requests) == 3
     client.close()
+
+
+def test_the_fault_policy_gives_up_after_its_limits() -> None:
+    """Replacements past max_worker_restarts fail naming the worker, step and cause; rollbacks scale
+    the rate by the factor each time and fail once used up, naming the checkpoint kept."""
+    spec = with_defaults(small_spec("npz:blobs.npz", maxWorkerRestarts=1, onDivergence="ROLLBACK"))
+    policy = FaultPolicy.for_spec(spec)
+    policy.actor_died("worker 1 (pid 42)", 7, 1, RuntimeError("gone"))
+    expected = r"worker 1 \(pid 42\) died at step 9 \(epoch 1\): gone; gave up after 1"
+    with pytest.raises(WorkerLost, match=expected):
+        policy.actor_died("worker 1 (pid 42)", 9, 1, RuntimeError("gone"))
+    assert [policy.diverged("loss became NaN", None) for _ in range(3)] == [0.5, 0.25, 0.125]
+    with pytest.raises(TrainingFailed, match="NaN after 3 rollbacks; the checkpoint at step 20 stays"):
+        policy.diverged("loss became NaN", "the checkpoint at step 20")
+    failing = FaultPolicy.for_spec(with_defaults(small_spec("npz:blobs.npz")))
+    with pytest.raises(TrainingFailed, match=r"^loss became NaN$"):
+        failing.diverged("loss became NaN", None)
