@@ -7,8 +7,10 @@ coordinator only hears from it a few times a second.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,12 @@ from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
 from workers.nn import Optimizer, tree_reduce
 from workers.worker import StepCommand
+
+# A step whose gradient norm is this many times the median of the last steps' is treated like a
+# non-finite one: generous, so healthy training (whose norms drift slowly) never trips it.
+SPIKE_FACTOR = 1000.0
+SPIKE_HISTORY_STEPS = 100
+SPIKE_MIN_HISTORY = 20
 
 
 class ParameterServer:
@@ -135,6 +143,7 @@ class ParameterServerCore:
         self.total_steps = self.steps_per_epoch * epochs
         self.step_timeout_s = step_timeout_s
         self._grad = np.empty_like(server.params)
+        self._recent_norms: collections.deque[float] = collections.deque(maxlen=SPIKE_HISTORY_STEPS)
 
     def _position(self) -> tuple[int, int]:
         step = self.server.step
@@ -170,6 +179,7 @@ class ParameterServerCore:
         norm = math.sqrt(float(np.dot(grad, grad))) / count
         apply_start = time.perf_counter()
         self._check_finite(loss_sum, norm, epoch)
+        self._check_spike(norm, epoch)
         lr = self.server.apply(grad, count)
         end = time.perf_counter()
         return StepStats(
@@ -195,6 +205,23 @@ class ParameterServerCore:
             f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
             "lower the learning rate or enable clipping"
         )
+
+    def forget_history(self) -> None:
+        """After a rollback the norms of the abandoned steps are no reference."""
+        self._recent_norms.clear()
+
+    def _check_spike(self, grad_norm: float, epoch: int) -> None:
+        """A gradient norm SPIKE_FACTOR times the recent median is a blow-up in the making."""
+        history = self._recent_norms
+        if len(history) >= SPIKE_MIN_HISTORY:
+            median = statistics.median(history)
+            if median > 0 and grad_norm > SPIKE_FACTOR * median:
+                raise Diverged(
+                    f"gradient norm {grad_norm:.3g} is {grad_norm / median:.0f} times its recent median "
+                    f"at epoch {epoch} step {self.server.step + 1} (learning rate "
+                    f"{self.server.learning_rate():.3g}); lower the learning rate or enable clipping"
+                )
+        history.append(grad_norm)
 
     def evaluate(self) -> tuple[float, float, int]:
         """Test-set (mean loss, accuracy, samples) with the current parameters."""
@@ -239,6 +266,7 @@ class ParameterServerActor:
     def restore(self, state: TrainingState) -> int:
         """Roll back to `state` (a checkpoint); returns the step it resumes after."""
         self.core.server.restore(state, self.make_optimizer())
+        self.core.forget_history()
         return self.core.server.step
 
     def set_group(self, group: WorkerGroup) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -14,11 +15,12 @@ from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, do
 from service.client import CoordinatorClient
 from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
 from service.jobs import JobStore
+from service.param_server import Diverged, ParameterServer, ParameterServerCore
 from service.recovery import FaultPolicy
 from service.spec import validate_spec, with_defaults
 from tests.helpers import small_spec
 from workers.group import WorkerLost
-from workers.nn import Adam, Network
+from workers.nn import SGD, Adam, Network
 
 
 def make_checkpoint(step: int, spec: pb.JobSpec) -> Checkpoint:
@@ -222,3 +224,30 @@ def test_the_fault_policy_gives_up_after_its_limits() -> None:
     failing = FaultPolicy.for_spec(with_defaults(small_spec("npz:blobs.npz")))
     with pytest.raises(TrainingFailed, match=r"^loss became NaN$"):
         failing.diverged("loss became NaN", None)
+
+
+def test_a_gradient_norm_spike_is_caught_before_the_update() -> None:
+    """A norm 1000 times the recent median raises Diverged naming the step; steady norms do not."""
+    server = ParameterServer(np.zeros(4, np.float32), SGD(4, np.float32), lambda step: 0.1)
+    core = ParameterServerCore(SimpleNamespace(plan=SimpleNamespace(batch_size=10)), server, 100, 1, 1.0)
+    for norm in np.linspace(1.0, 3.0, 30):  # drifting norms, as in healthy training
+        core._check_spike(float(norm), 1)
+    core._check_spike(500.0, 1)  # large, but under the factor
+    spike = r"gradient norm 1e\+04 is \d+ times its recent median at epoch 1 step 1"
+    with pytest.raises(Diverged, match=spike):
+        core._check_spike(1e4, 1)
+    core.forget_history()
+    core._check_spike(1e4, 1)  # no history after a rollback: nothing to compare with
+
+
+def test_a_finished_model_is_served_after_a_restart(tmp_path: Path, spec) -> None:
+    """A SUCCEEDED job's final model is read from the state folder by a freshly opened store."""
+    store = JobStore(tmp_path)
+    job, _ = store.create(spec)
+    store.update(job.id, lambda j: setattr(j, "state", pb.SUCCEEDED))
+    final = tmp_path / "models" / f"{job.id}.npz"
+    final.parent.mkdir()
+    final.write_bytes(b"the final model")
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert downloadable_model(tmp_path, final, reopened.get(job.id)) == b"the final model"
