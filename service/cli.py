@@ -129,6 +129,12 @@ def _add_client_commands(
     p.add_argument("file", metavar="FILE", help="job spec, .yaml/.yml or .json")
     p.add_argument("--watch", "-w", action="store_true", help="follow the job until it ends")
     p.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key: submitting again with the same ID returns the same job "
+        "(default: a fresh UUID, reused by automatic retries)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -185,6 +191,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file, overrides=args.set)
+    if args.request_id:
+        spec.request_id = args.request_id
     with CoordinatorClient(args.server) as client:
         job = client.submit(spec)
         if not args.watch:

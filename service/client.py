@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +19,10 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a JobEvent carries a whole Job; leave plenty of room
+# Submissions retried on these codes: the server may or may not have seen the request, and the
+# request id makes a second attempt return the job the first one created.
+_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+SUBMIT_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)  # about 4 s before giving up
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -51,8 +56,19 @@ class CoordinatorClient:
     def close(self) -> None:
         self._channel.close()
 
-    def submit(self, spec: pb.JobSpec) -> pb.Job:
-        return self._stub.SubmitJob(spec, timeout=self.timeout)
+    def submit(self, spec: pb.JobSpec, *, retry_delays: Iterable[float] = SUBMIT_RETRY_DELAYS_S) -> pb.Job:
+        """Submit, retrying while the server is unreachable; every attempt carries the same
+        request id (a fresh UUID unless the spec has one), so at most one job is created."""
+        if not spec.HasField("request_id"):
+            spec = _with_request_id(spec, uuid.uuid4().hex)
+        for delay in (*retry_delays, None):
+            try:
+                return self._stub.SubmitJob(spec, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if delay is None or exc.code() not in _RETRY_CODES:
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> pb.Job:
         return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)
@@ -100,6 +116,13 @@ class CoordinatorClient:
                     raise
             time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
         raise TimeoutError(f"the coordinator at {self.address} was not ready within {timeout:g} s")
+
+
+def _with_request_id(spec: pb.JobSpec, request_id: str) -> pb.JobSpec:
+    copy = pb.JobSpec()
+    copy.CopyFrom(spec)
+    copy.request_id = request_id
+    return copy
 
 
 def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:

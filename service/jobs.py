@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     record BLOB NOT NULL
 )
 """
+# Idempotent submission: one job per client request id (NULLs, jobs without one, never clash).
+_MIGRATIONS = (("request_id", "ALTER TABLE jobs ADD COLUMN request_id TEXT"),)
+_REQUEST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id)"
 
 
 def now_timestamp() -> Timestamp:
@@ -49,6 +52,12 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, statement in _MIGRATIONS:
+            if column not in columns:
+                self._db.execute(statement)
+        self._db.execute(_REQUEST_INDEX)
+        self._db.commit()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, pb.Job] = {}
@@ -64,19 +73,45 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def create(self, spec: pb.JobSpec) -> pb.Job:
-        job = pb.Job(id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp())
+    def create(self, spec: pb.JobSpec) -> tuple[pb.Job, bool]:
+        """Create a QUEUED job; returns (job, True). A spec whose request_id names a job already
+        created returns (that job, False): a retried SubmitJob never makes a second job."""
         with self._lock:
+            existing = self._by_request(spec)
+            if existing is not None:
+                return _copy(existing), False
+            job = pb.Job(id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp())
             cursor = self._db.execute(
-                "INSERT INTO jobs (id, state, record) VALUES (?, ?, ?)",
-                (job.id, job.state, job.SerializeToString()),
+                "INSERT INTO jobs (id, state, record, request_id) VALUES (?, ?, ?, ?)",
+                (job.id, job.state, job.SerializeToString(), _request_id(spec)),
             )
             self._db.commit()
             self._jobs[job.id] = job
             self._seq[job.id] = cursor.lastrowid
             self._events[job.id] = collections.deque(maxlen=EVENT_HISTORY)
             self._record_event(job, pb.JobEvent.STATE)
-            return _copy(job)
+            return _copy(job), True
+
+    def find_request(self, spec: pb.JobSpec) -> pb.Job | None:
+        """The job already created for `spec.request_id`, or None."""
+        with self._lock:
+            job = self._by_request(spec)
+            return None if job is None else _copy(job)
+
+    def _by_request(self, spec: pb.JobSpec) -> pb.Job | None:
+        request_id = _request_id(spec)
+        if request_id is None:
+            return None
+        row = self._db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        job = self._jobs[row[0]]
+        if job.spec != spec:
+            raise InvalidRequest(
+                f"request_id: {request_id!r} was already used for job {job.id} with a different spec; "
+                "send a new request id for a new job"
+            )
+        return job
 
     def get(self, job_id: str) -> pb.Job:
         with self._lock:
@@ -170,6 +205,10 @@ class JobStore:
         """Wake every waiting watcher (a client went away, or the server is stopping)."""
         with self._lock:
             self._changed.notify_all()
+
+
+def _request_id(spec: pb.JobSpec) -> str | None:
+    return spec.request_id if spec.HasField("request_id") else None
 
 
 def _copy(job: pb.Job) -> pb.Job:

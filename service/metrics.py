@@ -137,6 +137,7 @@ class Metrics:
             registry=registry,
         )
         registry.register(_JobStateCollector(job_counts))
+        self._declare_recovery_metrics(registry)
         self._per_job = [
             self.job_loss,
             self.job_eval_loss,
@@ -148,6 +149,7 @@ class Metrics:
             self.job_gradient_norm,
             self.job_workers,
             self.job_step_seconds,
+            self.job_checkpoint_time,
         ]
         self._timers: list[threading.Timer] = []
 
@@ -223,6 +225,31 @@ class Metrics:
         for phase in STEP_PHASES:
             with contextlib.suppress(KeyError):
                 self.job_step_phase_seconds.remove(job_id, phase)
+
+    def _declare_recovery_metrics(self, registry: CollectorRegistry) -> None:
+        self.job_checkpoint_time = Gauge(
+            "gradfleet_job_checkpoint_timestamp_seconds",
+            "Unix time of the job's latest complete checkpoint; time() minus it is the checkpoint age.",
+            ["job_id"],
+            registry=registry,
+        )
+        self.checkpoints_written = Counter(
+            "gradfleet_checkpoints_written", "Job checkpoints written to the state folder.", registry=registry
+        )
+        self.worker_replacements = Counter(
+            "gradfleet_worker_replacements",
+            "Dead worker or parameter-server actors replaced while a job ran.",
+            registry=registry,
+        )
+        self.divergence_rollbacks = Counter(
+            "gradfleet_divergence_rollbacks",
+            "Rollbacks to a checkpoint after a non-finite loss or gradient (on_divergence: ROLLBACK).",
+            registry=registry,
+        )
+
+    def record_checkpoint(self, job_id: str) -> None:
+        self.checkpoints_written.inc()
+        self.job_checkpoint_time.labels(job_id).set_to_current_time()
 
     def close(self) -> None:
         """Cancel pending retirements (the coordinator is stopping)."""

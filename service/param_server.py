@@ -7,7 +7,10 @@ coordinator only hears from it a few times a second.
 
 from __future__ import annotations
 
+import collections
 import math
+import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +20,15 @@ import ray
 
 from service.errors import TrainingFailed
 from workers.batches import steps_per_epoch
-from workers.group import WorkerGroup
+from workers.group import WorkerGroup, WorkerLost
 from workers.nn import Optimizer, add_sums, clip_by_global_norm, summarize, tree_reduce
 from workers.worker import StepCommand
+
+# A step whose gradient norm is this many times the median of the last steps' is treated like a
+# non-finite one: generous, so healthy training (whose norms drift slowly) never trips it.
+SPIKE_FACTOR = 1000.0
+SPIKE_HISTORY_STEPS = 100
+SPIKE_MIN_HISTORY = 20
 
 
 class ParameterServer:
@@ -31,9 +40,23 @@ class ParameterServer:
         self.schedule = schedule
         self.clip_norm = clip_norm  # max global L2 norm of the averaged gradient; 0 = no clipping
         self.step = 0  # optimizer steps applied so far
+        self.lr_scale = 1.0  # divergence rollbacks lower the whole schedule by this factor
 
     def learning_rate(self) -> float:
-        return float(self.schedule(self.step))
+        return float(self.schedule(self.step)) * self.lr_scale
+
+    def state(self) -> TrainingState:
+        """A copy of everything that decides the next updates."""
+        return TrainingState(self.step, self.params.copy(), self.optimizer.state_dict(), self.lr_scale)
+
+    def restore(self, state: TrainingState, fresh_optimizer: Optimizer) -> None:
+        """Continue from `state`; an empty optimizer state means a freshly built optimizer."""
+        np.copyto(self.params, state.params)
+        self.optimizer = fresh_optimizer
+        if state.optimizer:
+            self.optimizer.load_state_dict(state.optimizer)
+        self.step = state.step
+        self.lr_scale = state.lr_scale
 
     def apply(self, grad_sum: np.ndarray, count: int) -> float:
         """Divide the summed gradient by the total sample count (in place), clip it to `clip_norm`,
@@ -45,6 +68,20 @@ class ParameterServer:
         self.optimizer.step(self.params, grad_sum, lr)
         self.step += 1
         return lr
+
+
+@dataclass
+class TrainingState:
+    """What the parameter server hands out for a checkpoint and takes back to resume."""
+
+    step: int
+    params: np.ndarray
+    optimizer: dict  # Optimizer.state_dict(); {} = a fresh optimizer
+    lr_scale: float = 1.0
+
+
+class Diverged(TrainingFailed):
+    """The loss or gradient became non-finite; nothing was applied for that step."""
 
 
 @dataclass
@@ -72,6 +109,10 @@ class StepStats:
 class TrainReport:
     steps: list[StepStats] = field(default_factory=list)
     finished: bool = False  # all epochs done
+    # Why training stopped early: WorkerLost or Diverged, raised before that step's update was
+    # applied, so the parameters are those after the last step in `steps`.
+    failure: Exception | None = None
+    failed_step: int = 0  # the 1-based step that was being computed
 
 
 def reduce_results(results: list, num_microshards: int, out: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -106,6 +147,7 @@ class ParameterServerCore:
         self.total_steps = self.steps_per_epoch * epochs
         self.step_timeout_s = step_timeout_s
         self._grad = np.empty_like(server.params)
+        self._recent_norms: collections.deque[float] = collections.deque(maxlen=SPIKE_HISTORY_STEPS)
 
     def _position(self) -> tuple[int, int]:
         step = self.server.step
@@ -117,7 +159,14 @@ class ParameterServerCore:
         deadline = time.perf_counter() + max_seconds
         until_step = min(until_step, self.total_steps)
         while self.server.step < until_step:
-            stats = self._one_step()
+            try:
+                stats = self._one_step()
+            except (WorkerLost, Diverged) as exc:
+                # Without its traceback: the frames hold views of the graph's channel buffers,
+                # and a view that outlives its step blocks the workers (see workers/group.py).
+                exc.__context__ = exc.__cause__ = None
+                report.failure, report.failed_step = exc.with_traceback(None), self.server.step + 1
+                break
             report.steps.append(stats)
             if self.server.step % self.steps_per_epoch == 0 or time.perf_counter() > deadline:
                 break
@@ -134,6 +183,7 @@ class ParameterServerCore:
         norm = math.sqrt(float(np.dot(grad, grad))) / count
         apply_start = time.perf_counter()
         self._check_finite(loss_sum, norm, epoch)
+        self._check_spike(norm, epoch)
         lr = self.server.apply(grad, count)
         end = time.perf_counter()
         return StepStats(
@@ -154,11 +204,28 @@ class ParameterServerCore:
             return
         what = "loss" if not math.isfinite(loss_sum) else "gradient"
         value = loss_sum if what == "loss" else grad_norm
-        raise TrainingFailed(
+        raise Diverged(
             f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} "
             f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
             "lower the learning rate or enable clipping"
         )
+
+    def forget_history(self) -> None:
+        """After a rollback the norms of the abandoned steps are no reference."""
+        self._recent_norms.clear()
+
+    def _check_spike(self, grad_norm: float, epoch: int) -> None:
+        """A gradient norm SPIKE_FACTOR times the recent median is a blow-up in the making."""
+        history = self._recent_norms
+        if len(history) >= SPIKE_MIN_HISTORY:
+            median = statistics.median(history)
+            if median > 0 and grad_norm > SPIKE_FACTOR * median:
+                raise Diverged(
+                    f"gradient norm {grad_norm:.3g} is {grad_norm / median:.0f} times its recent median "
+                    f"at epoch {epoch} step {self.server.step + 1} (learning rate "
+                    f"{self.server.learning_rate():.3g}); lower the learning rate or enable clipping"
+                )
+        history.append(grad_norm)
 
     def evaluate(self) -> tuple[float, float, int, dict[str, float]]:
         """Test-set (mean loss, accuracy, samples, other metrics) with the current parameters;
@@ -195,10 +262,29 @@ class ParameterServerActor:
         epochs: int,
         step_timeout_s: float,
         clip_norm: float = 0.0,
+        state: TrainingState | None = None,
     ) -> None:
         # Arrays arrive as read-only views of the object store: own a writable copy.
         server = ParameterServer(params.copy(), make_optimizer(), schedule, clip_norm)
+        self.make_optimizer = make_optimizer
+        if state is not None:
+            server.restore(state, make_optimizer())
         self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s)
+        group.compile()
+
+    def state(self) -> TrainingState:
+        return self.core.server.state()
+
+    def restore(self, state: TrainingState) -> int:
+        """Roll back to `state` (a checkpoint); returns the step it resumes after."""
+        self.core.server.restore(state, self.make_optimizer())
+        self.core.forget_history()
+        return self.core.server.step
+
+    def set_group(self, group: WorkerGroup) -> None:
+        """Drive a group with replaced workers: the old graph is torn down, a new one compiled."""
+        self.core.group.release_graph()
+        self.core.group = group
         group.compile()
 
     def train(self, until_step: int, max_seconds: float) -> TrainReport:
@@ -209,6 +295,10 @@ class ParameterServerActor:
 
     def params(self) -> np.ndarray:
         return self.core.server.params
+
+    def pid(self) -> int:
+        """The actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.core.group.release_graph()

@@ -53,6 +53,10 @@ def format_event(event: pb.JobEvent) -> str:
         )
     if event.kind == pb.JobEvent.PROGRESS:
         return format_progress(job)
+    if event.kind == pb.JobEvent.CHECKPOINT:
+        return f"checkpoint at step {job.progress.checkpoint_step}"
+    if event.kind in (pb.JobEvent.ROLLBACK, pb.JobEvent.RECOVERED):
+        return f"job {job.id} {pb.JobEvent.Kind.Name(event.kind).lower()}: {job.message}"
     line = f"job {job.id} {state_name(job.state)}"
     return f"{line}: {job.message}" if job.message else line
 

@@ -9,6 +9,7 @@ import functools
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +17,15 @@ import numpy as np
 import ray
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, spec_hash
 from service.config import ServerConfig
 from service.datasets import Dataset, DatasetError, compute_normalization, load_dataset
 from service.errors import GradfleetError, TrainingFailed
 from service.export import model_arrays, write_model
 from service.jobs import JobStore
 from service.metrics import Metrics
-from service.param_server import ParameterServerActor, StepStats
+from service.param_server import Diverged, ParameterServerActor, StepStats, TrainingState
+from service.recovery import FaultPolicy
 from service.spec import spec_to_json, validate_against_dataset
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.5  # how often the parameter server reports back (progress, cancel checks)
 THROUGHPUT_WINDOW_S = 5.0
+SHUTDOWN_CHECKPOINT_TIMEOUT_S = 15.0  # a SIGTERM'd coordinator exits in bounded time
 
 
 class JobCancelled(Exception):
@@ -155,8 +159,26 @@ def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
     return PreparedData(ds, norm.offset, norm.scale)
 
 
+class ParameterServerLost(WorkerLost):
+    """The parameter-server actor died or stopped answering."""
+
+
+@dataclass
+class _JobSetup:
+    """What a job's actors are built from; kept to rebuild them after a fault."""
+
+    spec: pb.JobSpec
+    plan: ModelPlan
+    data: PreparedData
+    refs: dict
+    total_steps: int
+    steps_per_epoch: int
+    spec_hash: str
+
+
 class JobRunner:
-    """Trains one job; `run` returns when the job reached a terminal state."""
+    """Trains one job; `run` returns when the job reached a terminal state (or was re-queued by a
+    coordinator shutdown, after a checkpoint)."""
 
     def __init__(
         self,
@@ -173,8 +195,18 @@ class JobRunner:
         self.cache = cache
         self.cancel_requested = threading.Event()
         self.shutting_down = threading.Event()  # set with cancel_requested: re-queue, not cancel
+        self.checkpoints = CheckpointStore(config.state_dir, job_id)
         self._group: WorkerGroup | None = None
         self._ps = None
+        self._setup: _JobSetup | None = None
+        self._step = 0  # optimizer steps applied (as the parameter server last reported)
+        self._samples = 0  # samples trained up to _step; never counts a redone step twice
+        self._counted_step = 0  # highest step already added to the Prometheus counters
+        self._checkpoint_step = 0  # step of the newest checkpoint on disk
+        self._queued_step = 0  # step of the newest checkpoint handed to the writer
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
+        self._pending_write: Future | None = None
+        self._policy = FaultPolicy(0, False, 0, 1.0)  # set from the spec in run()
 
     @property
     def num_workers(self) -> int:
@@ -183,30 +215,33 @@ class JobRunner:
         return group.size if group is not None else 0
 
     def run(self) -> None:
-        spec = self.store.get(self.job_id).spec
+        job = self.store.get(self.job_id)
+        self._policy = FaultPolicy.for_spec(job.spec, restarts=job.progress.worker_restarts)
         self.store.update(self.job_id, _set_state(pb.RUNNING, "preparing data and workers"))
         try:
-            self._train(spec)
+            self._train(job.spec)
         except JobCancelled:
             if self.shutting_down.is_set():
-                note = "interrupted by a coordinator shutdown; it restarts when the coordinator does"
+                self._checkpoint_quietly()
+                note = "interrupted by a coordinator shutdown; it resumes from its last checkpoint"
                 self.store.update(self.job_id, _set_state(pb.QUEUED, note))
                 self.metrics.retire_job(self.job_id)
             else:
                 self._finish(pb.CANCELLED, "cancelled by request")
         except GradfleetError as exc:
             self._finish(pb.FAILED, exc.message)
-        except DatasetError as exc:
+        except (DatasetError, CheckpointError) as exc:
             self._finish(pb.FAILED, str(exc))
         except Unplaceable as exc:
             self._finish(pb.FAILED, str(exc))
         except WorkerLost as exc:
-            self._finish(pb.FAILED, f"{exc}; the job stopped (worker recovery arrives with checkpoints)")
+            self._finish(pb.FAILED, str(exc))
         except Exception as exc:  # the coordinator must survive anything a job does
             log.exception("job %s failed unexpectedly", self.job_id)
             self._finish(pb.FAILED, f"internal error: {type(exc).__name__}: {exc}; see the server log")
         finally:
             self._release()
+            self._writer.shutdown(wait=True)
 
     def _train(self, spec: pb.JobSpec) -> None:
         data = prepare_data(spec, self.cache)
@@ -214,39 +249,66 @@ class JobRunner:
         validate_against_dataset(
             spec, ds.x_train.shape[1], ds.num_classes, len(ds.y_train), self.config.max_params
         )
-        plan = model_plan(spec, ds.x_train.shape[1])
-        net = plan.network()
-        params = net.init_params(np.random.default_rng(spec.seed))
-        optimizer, schedule = build_optimizer(spec, net.num_params, len(ds.y_train))
+        resume, skipped = self.checkpoints.latest(spec_hash(spec))
         self._check_cancel()
-        refs = {
-            "x_train": ray.put(ds.x_train),
-            "y_train": ray.put(ds.y_train),
-            "x_test": ray.put(ds.x_test),
-            "y_test": ray.put(ds.y_test),
-            "offset": ray.put(data.offset),
-            "scale": ray.put(data.scale),
-        }
-        self._group = WorkerGroup.start(plan, spec.num_workers, refs, placement_group=self._reserve(spec))
+        per_epoch = steps_per_epoch(len(ds.y_train), spec.batch_size)
+        self._setup = _JobSetup(
+            spec=spec,
+            plan=model_plan(spec, ds.x_train.shape[1]),
+            data=data,
+            refs={
+                "x_train": ray.put(ds.x_train),
+                "y_train": ray.put(ds.y_train),
+                "x_test": ray.put(ds.x_test),
+                "y_test": ray.put(ds.y_test),
+                "offset": ray.put(data.offset),
+                "scale": ray.put(data.scale),
+            },
+            total_steps=per_epoch * spec.epochs,
+            steps_per_epoch=per_epoch,
+            spec_hash=spec_hash(spec),
+        )
+        self._start_actors(resume)
+        self.metrics.start_job(self.job_id, spec.num_workers)
+        note = _resume_note(resume, skipped)
+        self.store.update(self.job_id, self._progress_change(note))
+        self._loop(has_test=ds.y_test is not None and len(ds.y_test) > 0)
+        final = self._call(self._ps.params.remote())
+        net = self._setup.plan.network()
+        arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
+        write_model(self.model_path(self.config, self.job_id), arrays)
+        self._flush_checkpoints()
+        self._finish(pb.SUCCEEDED, "")
+        self.checkpoints.remove()  # the final model supersedes them
+
+    # -- actors ---------------------------------------------------------------------------------
+
+    def _start_actors(self, ckpt: Checkpoint | None) -> None:
+        """Start workers and a parameter server at `ckpt` (None: the spec's initial weights)."""
+        setup = self._setup
+        spec = setup.spec
+        net = setup.plan.network()
+        optimizer, schedule = build_optimizer(spec, net.num_params, len(setup.data.dataset.y_train))
+        if ckpt is None:
+            params, state = net.init_params(np.random.default_rng(spec.seed)), None
+        else:
+            params, state = ckpt.params, TrainingState(ckpt.step, ckpt.params, ckpt.optimizer, ckpt.lr_scale)
+        self._adopt(ckpt)
+        self._group = WorkerGroup.start(
+            setup.plan, spec.num_workers, setup.refs, placement_group=self._reserve(spec)
+        )
         self._check_cancel()
         self._ps = ParameterServerActor.remote(
             self._group,
             params,
             optimizer,
             schedule,
-            len(ds.y_train),
+            len(setup.data.dataset.y_train),
             spec.epochs,
             self.config.step_timeout_s,
             clip_norm=spec.optimizer.clip_norm,
+            state=state,
         )
-        self.metrics.start_job(self.job_id, spec.num_workers)
-        total = steps_per_epoch(len(ds.y_train), spec.batch_size) * spec.epochs
-        self.store.update(self.job_id, _set_progress_total(total, ""))
-        self._loop(spec, total, has_test=ds.y_test is not None and len(ds.y_test) > 0)
-        final = self._call(self._ps.params.remote())
-        arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
-        write_model(self.model_path(self.config, self.job_id), arrays)
-        self._finish(pb.SUCCEEDED, "")
 
     def _reserve(self, spec: pb.JobSpec):
         """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason."""
@@ -268,25 +330,73 @@ class JobRunner:
             self.store.update(self.job_id, _set_state(pb.RUNNING, "starting workers"))
         return group
 
-    def _loop(self, spec: pb.JobSpec, total: int, has_test: bool) -> None:
-        per_epoch = total // spec.epochs
-        every = spec.eval_every_steps
-        step, window = 0, []  # window: (time, samples) for throughput
-        while step < total:
+    def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
+        """Take the counters of the state training continues from (a rollback keeps its own
+        count and learning-rate scale: they are what changed)."""
+        self._step = ckpt.step if ckpt else 0
+        self._samples = ckpt.samples_trained if ckpt else 0
+        self._checkpoint_step = self._queued_step = self._step
+        if not keep_policy:
+            self._policy.lr_scale = ckpt.lr_scale if ckpt else 1.0
+            self._policy.rollbacks = ckpt.rollbacks if ckpt else 0
+
+    # -- the step loop --------------------------------------------------------------------------
+
+    def _loop(self, has_test: bool) -> None:
+        self._window: list = []  # (time, samples) for throughput
+        while self._step < self._setup.total_steps:
             self._check_cancel()
-            next_eval = step + every - step % every if every else total
-            report = self._call(self._ps.train.remote(next_eval, REPORT_INTERVAL_S))
-            if not report.steps:
-                raise TrainingFailed("the parameter server made no progress; see the server log")
-            now = time.monotonic()
-            window = [(t, n) for t, n in window if now - t <= THROUGHPUT_WINDOW_S]
-            window.append((now, sum(s.samples for s in report.steps)))
-            step = report.steps[-1].step
-            rate = self._throughput(window, report.steps)
-            self.metrics.record_steps(self.job_id, report.steps, rate)
-            self.store.update(self.job_id, _add_steps(report.steps, rate))
-            if has_test and (step % per_epoch == 0 or (every and step % every == 0) or step >= total):
-                self._evaluate()
+            try:
+                self._advance(has_test)
+            except ParameterServerLost as exc:
+                self._restart_from_checkpoint(exc)
+
+    def _advance(self, has_test: bool) -> None:
+        """Train to the next stop, then handle a fault, or checkpoint and evaluate as due."""
+        report = self._call(self._ps.train.remote(self._next_stop(), REPORT_INTERVAL_S))
+        if report.steps:
+            self._record(report.steps)
+        if report.failure is not None:
+            self._handle_failure(report.failure, report.failed_step)
+            return
+        if not report.steps:
+            raise TrainingFailed("the parameter server made no progress; see the server log")
+        if self._at_checkpoint():
+            self._checkpoint()
+        if has_test and self._at_eval():
+            self._evaluate()
+
+    def _next_stop(self) -> int:
+        """The next step where the runner must act: an evaluation, a checkpoint or the end."""
+        spec, step, total = self._setup.spec, self._step, self._setup.total_steps
+        stops = [total]
+        for every in (spec.eval_every_steps, spec.checkpoint_every_steps):
+            if every:
+                stops.append(step + every - step % every)
+        return min(stops)  # epoch ends: the parameter server stops there by itself
+
+    def _at_checkpoint(self) -> bool:
+        every, step = self._setup.spec.checkpoint_every_steps, self._step
+        at_epoch_end = step % self._setup.steps_per_epoch == 0
+        return step < self._setup.total_steps and (at_epoch_end or (every and step % every == 0))
+
+    def _at_eval(self) -> bool:
+        every, step, total = self._setup.spec.eval_every_steps, self._step, self._setup.total_steps
+        return step % self._setup.steps_per_epoch == 0 or bool(every and step % every == 0) or step >= total
+
+    def _record(self, steps: list[StepStats]) -> None:
+        now = time.monotonic()
+        window = [(t, n) for t, n in self._window if now - t <= THROUGHPUT_WINDOW_S]
+        window.append((now, sum(s.samples for s in steps)))
+        self._window = window
+        rate = self._throughput(window, steps)
+        self._step = steps[-1].step
+        self._samples += sum(s.samples for s in steps)
+        fresh = [s for s in steps if s.step > self._counted_step]  # redone steps count once
+        if fresh:
+            self.metrics.record_steps(self.job_id, fresh, rate)
+            self._counted_step = fresh[-1].step
+        self.store.update(self.job_id, _add_steps(steps, self._samples, rate))
 
     @staticmethod
     def _throughput(window: list, steps: list[StepStats]) -> float:
@@ -298,14 +408,156 @@ class JobRunner:
         return sum(s.samples for s in steps) / busy if busy > 0 else 0.0
 
     def _evaluate(self) -> None:
-        loss, accuracy, _count, other = self._call(self._ps.evaluate.remote())
+        while True:  # each lost worker is replaced (or the restart limit fails the job)
+            try:
+                loss, accuracy, _count, other = self._call(self._ps.evaluate.remote())
+                break
+            except ParameterServerLost:
+                raise
+            except WorkerLost as exc:
+                self._replace_workers(exc, self._step)
         self.metrics.record_eval(self.job_id, loss, accuracy)
         self.store.update(self.job_id, _set_eval(loss, accuracy, other), kind=pb.JobEvent.EVAL)
 
-    def _call(self, ref):
-        """ray.get with a bound: a stuck cluster fails the job instead of hanging it."""
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _checkpoint(self, timeout_s: float | None = None) -> None:
+        """Fetch the parameter server's state and write it with the job's counters."""
+        state: TrainingState = self._call(self._ps.state.remote(), timeout_s)
+        setup = self._setup
+        plan = setup.plan
+        ckpt = Checkpoint(
+            step=state.step,
+            params=state.params,
+            optimizer=state.optimizer,
+            samples_trained=self._samples,
+            epoch=_epoch_of(state.step, setup.steps_per_epoch),
+            spec_hash=setup.spec_hash,
+            seed=setup.spec.seed,
+            layer_sizes=plan.layer_sizes,
+            activations=plan.activations,
+            loss=plan.loss,
+            input_offset=setup.data.offset,
+            input_scale=setup.data.scale,
+            lr_scale=state.lr_scale,
+            rollbacks=self._policy.rollbacks,
+        )
+        # Written on a thread while training goes on (the fsync is most of the cost); one at a
+        # time and in order, and always waited for before a checkpoint is read back.
+        self._flush_checkpoints()
+        self._queued_step = state.step
+        self._pending_write = self._writer.submit(self._write_checkpoint, ckpt)
+
+    def _write_checkpoint(self, ckpt: Checkpoint) -> None:
+        self.checkpoints.save(ckpt)
+        self._checkpoint_step = ckpt.step
+        self.metrics.record_checkpoint(self.job_id)
+        self.store.update(self.job_id, _set_checkpoint(ckpt.step), kind=pb.JobEvent.CHECKPOINT)
+
+    def _flush_checkpoints(self) -> None:
+        """Wait for the checkpoint being written; its errors (a full disk) surface here."""
+        pending, self._pending_write = self._pending_write, None
+        if pending is not None:
+            pending.result()
+
+    def _checkpoint_quietly(self) -> None:
+        """On shutdown: save progress made since the last checkpoint, within a bounded time."""
+        if self._ps is None or self._setup is None or self._step == self._queued_step:
+            self._flush_checkpoints()
+            return
         try:
-            return ray.get(ref, timeout=self.config.step_timeout_s * 2 + 60)
+            self._checkpoint(timeout_s=SHUTDOWN_CHECKPOINT_TIMEOUT_S)
+            self._flush_checkpoints()
+        except Exception:
+            log.warning("job %s: no checkpoint at shutdown; it resumes from an older one", self.job_id)
+
+    def _latest_checkpoint(self) -> Checkpoint | None:
+        self._flush_checkpoints()
+        ckpt, skipped = self.checkpoints.latest(self._setup.spec_hash)
+        for note in skipped:
+            log.warning("job %s: skipped checkpoint %s", self.job_id, note)
+        return ckpt
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _handle_failure(self, failure: Exception, failed_step: int) -> None:
+        if isinstance(failure, Diverged):
+            self._rollback(failure)
+        else:
+            self._replace_workers(failure, failed_step)
+
+    def _count_restart(self, what: str, failed_step: int, cause: Exception) -> None:
+        epoch = _epoch_of(failed_step, self._setup.steps_per_epoch)
+        self._policy.actor_died(what, failed_step, epoch, cause)
+
+    def _replace_workers(self, cause: Exception, failed_step: int) -> None:
+        """Replace dead workers; the failed step is redone from the same parameters."""
+        self._call(self._ps.close.remote())  # frees the live workers from the broken graph
+        dead = self._group.dead_ranks() or list(range(self._group.size))
+        names = ", ".join(f"worker {r} (pid {self._group.pids[r]})" for r in dead)
+        self._count_restart(names, failed_step, cause)
+        self._group.replace(dead)
+        self._call(self._ps.set_group.remote(self._group))
+        self.metrics.worker_replacements.inc(len(dead))
+        note = f"{names} died at step {failed_step}: {cause}; replaced, the step is redone"
+        log.warning("job %s: %s", self.job_id, note)
+        self.store.update(self.job_id, _recovered(note, self._policy.restarts), kind=pb.JobEvent.RECOVERED)
+
+    def _restart_from_checkpoint(self, cause: Exception) -> None:
+        """The parameter server is gone: new actors from the last checkpoint."""
+        failed_step = self._step + 1
+        self._count_restart("the parameter server", failed_step, cause)
+        self._release()
+        ckpt = self._latest_checkpoint()
+        self._start_actors(ckpt)
+        self.metrics.worker_replacements.inc()
+        note = (
+            f"the parameter server died at step {failed_step}: {cause}; "
+            f"restarted from {'the checkpoint at step ' + str(ckpt.step) if ckpt else 'the initial weights'}"
+        )
+        log.warning("job %s: %s", self.job_id, note)
+        self.store.update(self.job_id, self._progress_change(note), kind=pb.JobEvent.RECOVERED)
+
+    def _rollback(self, diverged: Diverged) -> None:
+        spec = self._setup.spec
+        ckpt = self._latest_checkpoint()
+        where = f"the checkpoint at step {ckpt.step}" if ckpt else "the initial weights"
+        scale = self._policy.diverged(diverged.message, where if ckpt else None)
+        rollbacks = self._policy.rollbacks
+        if ckpt is None:
+            net = self._setup.plan.network()
+            state = TrainingState(0, net.init_params(np.random.default_rng(spec.seed)), {}, scale)
+        else:
+            state = TrainingState(ckpt.step, ckpt.params, ckpt.optimizer, scale)
+        self._call(self._ps.restore.remote(state))
+        self._adopt(ckpt, keep_policy=True)
+        self.metrics.divergence_rollbacks.inc()
+        note = (
+            f"{diverged.message}; rolled back to {where} with the learning rate scaled by {scale:.3g} "
+            f"(rollback {rollbacks} of {spec.max_rollbacks})"
+        )
+        log.warning("job %s: %s", self.job_id, note)
+        self.store.update(self.job_id, self._progress_change(note), kind=pb.JobEvent.ROLLBACK)
+
+    def _progress_change(self, message: str):
+        step, samples, ckpt_step = self._step, self._samples, self._checkpoint_step
+        total, rollbacks, restarts = self._setup.total_steps, self._policy.rollbacks, self._policy.restarts
+        epoch = _epoch_of(step, self._setup.steps_per_epoch)
+
+        def change(job: pb.Job) -> None:
+            p = job.progress
+            p.total_steps, p.step, p.samples_trained, p.epoch = total, step, samples, epoch
+            p.checkpoint_step, p.rollbacks, p.worker_restarts = ckpt_step, rollbacks, restarts
+            job.message = message
+
+        return change
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(self, ref, timeout_s: float | None = None):
+        """ray.get with a bound: a stuck cluster fails or restarts the job instead of hanging it."""
+        try:
+            return ray.get(ref, timeout=timeout_s or self.config.step_timeout_s * 2 + 60)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if hasattr(exc, "cause") else None
             if isinstance(cause, (GradfleetError, WorkerLost)):
@@ -316,9 +568,9 @@ class JobRunner:
                 f"internal error on the cluster: {type(cause).__name__}: {cause}; see the server log"
             ) from None
         except ray.exceptions.GetTimeoutError as exc:
-            raise WorkerLost("the parameter server did not answer in time") from exc
+            raise ParameterServerLost("it did not answer in time (GetTimeoutError)") from exc
         except ray.exceptions.RayActorError as exc:
-            raise WorkerLost(f"the parameter server died: {exc}") from exc
+            raise ParameterServerLost(f"its actor is gone ({type(exc).__name__})") from exc
 
     def _check_cancel(self) -> None:
         if self.cancel_requested.is_set():
@@ -341,9 +593,31 @@ class JobRunner:
             self._group.shutdown()
             self._group = None
 
+    def actor_pids(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """{"worker-RANK": pid, "parameter-server": pid} of the running actors (for fault tests)."""
+        if self._group is None or self._ps is None:
+            return {}
+        pids = {f"worker-{rank}": pid for rank, pid in enumerate(self._group.pids)}
+        pids["parameter-server"] = ray.get(self._ps.pid.remote(), timeout=timeout_s)
+        return pids
+
     @staticmethod
     def model_path(config: ServerConfig, job_id: str) -> Path:
         return config.state_dir / "models" / f"{job_id}.npz"
+
+
+def _epoch_of(step: int, per_epoch: int) -> int:
+    """The 1-based epoch of the 1-based `step` (0 before any step)."""
+    return (step - 1) // per_epoch + 1 if step else 0
+
+
+def _resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:
+    if ckpt is None:
+        return ""
+    note = f"resumed from the checkpoint at step {ckpt.step}"
+    if skipped:
+        note += " (skipped unusable newer ones: " + "; ".join(skipped) + ")"
+    return note
 
 
 def _set_state(state: int, message: str):
@@ -362,16 +636,31 @@ def _set_progress_total(total: int, message: str):
     return change
 
 
-def _add_steps(steps: list[StepStats], rate: float):
+def _add_steps(steps: list[StepStats], samples_trained: int, rate: float):
     def change(job: pb.Job) -> None:
         last = steps[-1]
         p = job.progress
         p.epoch = last.epoch
         p.step = last.step
-        p.samples_trained += sum(s.samples for s in steps)
+        p.samples_trained = samples_trained
         p.loss = last.loss
         p.learning_rate = last.learning_rate
         p.samples_per_second = rate
+
+    return change
+
+
+def _set_checkpoint(step: int):
+    def change(job: pb.Job) -> None:
+        job.progress.checkpoint_step = step
+
+    return change
+
+
+def _recovered(message: str, restarts: int):
+    def change(job: pb.Job) -> None:
+        job.message = message
+        job.progress.worker_restarts = restarts
 
     return change
 

@@ -34,20 +34,29 @@ class Scheduler:
     def start(self) -> None:
         """Re-queue what a previous coordinator left unfinished, then start dispatching."""
         for job in self.store.unfinished():
-            note = "re-queued after a coordinator restart" if job.state == pb.RUNNING else job.message
+            note = (
+                "re-queued after a coordinator restart; it resumes from its last checkpoint"
+                if job.state == pb.RUNNING
+                else job.message
+            )
             self.store.update(job.id, lambda j, note=note: _requeue(j, note))
             self._queue.put(job.id)
         self._dispatcher.start()
 
     def submit(self, spec: pb.JobSpec) -> pb.Job:
+        """Queue a new job; a retried submission (same request_id) returns the job it created."""
+        existing = self.store.find_request(spec)
+        if existing is not None:
+            return existing
         if self._queue.qsize() >= self.config.max_queued_jobs:
             raise LimitExceeded(
                 f"the queue holds {self.config.max_queued_jobs} jobs, the limit "
                 "(--max-queued-jobs); wait for some to finish or cancel some"
             )
-        job = self.store.create(spec)
-        self.metrics.jobs_submitted.inc()
-        self._queue.put(job.id)
+        job, created = self.store.create(spec)
+        if created:
+            self.metrics.jobs_submitted.inc()
+            self._queue.put(job.id)
         return job
 
     def cancel(self, job_id: str) -> pb.Job:
@@ -63,6 +72,11 @@ class Scheduler:
         if runner is not None:
             runner.cancel_requested.set()
         return self.store.get(job_id)
+
+    def runner(self, job_id: str) -> JobRunner | None:
+        """The runner of a running job, or None."""
+        with self._lock:
+            return self._running.get(job_id)
 
     def queue_length(self) -> int:
         return self._queue.qsize()
@@ -135,8 +149,7 @@ class Scheduler:
 
 def _requeue(job: pb.Job, note: str) -> None:
     job.state = pb.QUEUED
-    job.message = note
-    job.progress.Clear()
+    job.message = note  # progress stays: the runner resets it to the checkpoint it resumes from
 
 
 def _cancel(job: pb.Job, message: str) -> None:

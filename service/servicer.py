@@ -10,8 +10,8 @@ import threading
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.checkpoints import downloadable_model
 from service.config import DOWNLOAD_CHUNK_BYTES, ServerConfig
-from service.errors import JobNotReady
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.runner import JobRunner
 from service.scheduler import Scheduler
@@ -61,17 +61,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def DownloadModel(self, request: pb.DownloadModelRequest, context):
         job = self.store.get(request.job_id)
-        if job.state != pb.SUCCEEDED:
-            raise JobNotReady(
-                f"job {job.id} is {pb.JobState.Name(job.state)}; a model can be downloaded once it "
-                "has SUCCEEDED (`gradfleet watch` waits for it)"
-            )
-        path = JobRunner.model_path(self.config, job.id)
-        if not path.exists():
-            raise JobNotReady(f"job {job.id} succeeded but its model file {path} is missing")
-        total = path.stat().st_size
-        with open(path, "rb") as f:
-            offset = 0
-            while chunk := f.read(DOWNLOAD_CHUNK_BYTES):
-                yield pb.Chunk(data=chunk, offset=offset, total_size=total)
-                offset += len(chunk)
+        final = JobRunner.model_path(self.config, job.id)
+        data = downloadable_model(self.config.state_dir, final, job)
+        total = len(data)
+        for offset in range(0, total, DOWNLOAD_CHUNK_BYTES):
+            yield pb.Chunk(data=data[offset : offset + DOWNLOAD_CHUNK_BYTES], offset=offset, total_size=total)

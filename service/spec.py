@@ -252,6 +252,7 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
         _fill_layer(layer)
     _default(out, label_smoothing=0.0, huber_delta=1.0, eval_top_k=5)
     _fill_optimizer(out.optimizer)
+    _fill_recovery(out)
     return out
 
 
@@ -264,6 +265,17 @@ def _fill_layer(layer: pb.LayerSpec) -> None:
     if layer.activation == pb.LEAKY_RELU:
         _default(layer, slope=0.01)
     _default(layer, dropout=0.0)
+
+
+DEFAULT_CHECKPOINT_EVERY_STEPS = 500
+MAX_REQUEST_ID_CHARS = 128
+
+
+def _fill_recovery(spec: pb.JobSpec) -> None:
+    _default(spec, checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS, max_worker_restarts=3)
+    _default(spec, rollback_lr_factor=0.5, max_rollbacks=3)
+    if spec.on_divergence == pb.DIVERGENCE_POLICY_UNSPECIFIED:
+        spec.on_divergence = pb.FAIL
 
 
 def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
@@ -315,6 +327,18 @@ def validate_spec(
     _check_range("epochs", spec.epochs, 1, max_epochs)
     _check_range("num_workers", spec.num_workers, 1, max_workers)
     _check_range("micro_shards", spec.micro_shards, 1, MAX_MICRO_SHARDS)
+    _check_recovery(spec)
+
+
+def _check_recovery(spec: pb.JobSpec) -> None:
+    if spec.HasField("request_id") and not 1 <= len(spec.request_id) <= MAX_REQUEST_ID_CHARS:
+        raise InvalidSpec(
+            "request_id", f"got {len(spec.request_id)} characters; must be 1-{MAX_REQUEST_ID_CHARS}"
+        )
+    _check_enum("on_divergence", spec.on_divergence, pb.DivergencePolicy.DESCRIPTOR)
+    factor = spec.rollback_lr_factor
+    if not (math.isfinite(factor) and 0 < factor < 1):
+        raise InvalidSpec("rollback_lr_factor", f"got {_num(factor)}; must be in (0, 1), e.g. 0.5")
 
 
 def validate_against_dataset(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
 from service.jobs import TERMINAL_STATES
 from service.spec import spec_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(client, job_id: str, states=TERMINAL_STATES, timeout_s: float = 240.0) -> pb.Job:
@@ -55,3 +63,53 @@ def small_spec(uri: str, **overrides) -> pb.JobSpec:
     }
     spec.update(overrides)
     return spec_from_dict(spec)
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (Ray's head processes started by the coordinator), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class ServeProcess:
+    """A `gradfleet serve` subprocess on a free loopback port."""
+
+    def __init__(self, state_dir: Path, data_root: Path, log: Path) -> None:
+        env = os.environ | {"PYTHONPATH": str(ROOT), "GRADFLEET_RAY_NUM_CPUS": "4"}
+        env["RAY_AUTH_MODE"] = "disabled"
+        args = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "-1"]
+        args += ["--state-dir", str(state_dir), "--data-root", str(data_root)]
+        self.log = open(log, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd=ROOT)
+        line = self.proc.stdout.readline().decode()
+        assert "listening on" in line, f"the coordinator did not start; see {log}"
+        self.address = line.split("listening on ")[1].split(",")[0].strip()
+        self.client = CoordinatorClient(self.address)
+        self.client.wait_ready(timeout=60)
+
+    def stop(self, sig: int, timeout_s: float) -> float:
+        """Send `sig`; wait for the exit; kill leftover children (Ray's head). Returns seconds to exit."""
+        family = descendants(self.proc.pid)
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=timeout_s)
+        took = time.monotonic() - start
+        self.client.close()
+        time.sleep(1.0)  # let Ray's processes notice their driver is gone
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.log.close()
+        return took

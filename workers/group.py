@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class WorkerLost(RuntimeError):
     """A worker died or stopped answering; the message names it and the cause."""
 
+    def __reduce__(self):  # crosses from the parameter-server actor to the coordinator
+        return (type(self), self.args)
+
 
 @dataclass
 class WorkerGroup:
@@ -31,6 +34,8 @@ class WorkerGroup:
 
     plan: ModelPlan
     actors: list = field(default_factory=list)
+    data_refs: dict = field(default_factory=dict)
+    pids: list = field(default_factory=list)  # process id of each rank's actor, for messages
     _graph: object = None
     _placement: object = None  # the placement group reserving the workers' CPUs; the group owns it
 
@@ -48,26 +53,35 @@ class WorkerGroup:
         With `placement_group` (one bundle per worker, see workers.placement) worker `rank` runs in
         bundle `rank`, and the group removes the placement group on shutdown.
         """
-        actors = [
-            GradientWorker.options(scheduling_strategy=_in_bundle(placement_group, rank)).remote(
-                plan,
-                rank,
-                data_refs["x_train"],
-                data_refs["y_train"],
-                data_refs["x_test"],
-                data_refs["y_test"],
-                data_refs["offset"],
-                data_refs["scale"],
-            )
-            for rank in range(num_workers)
-        ]
-        group = cls(plan, actors, _placement=placement_group)
+        actors = [_new_worker(plan, rank, data_refs, placement_group) for rank in range(num_workers)]
+        group = cls(plan, actors, data_refs, _placement=placement_group)
         try:
-            ray.get([a.ready.remote() for a in actors], timeout=ready_timeout_s)
+            group.pids = ray.get([a.pid.remote() for a in actors], timeout=ready_timeout_s)
         except Exception:
             group.shutdown()
             raise
         return group
+
+    def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
+        """Ranks whose actor no longer answers a ping within `timeout_s` (bounded, never hangs)."""
+        refs = [actor.pid.remote() for actor in self.actors]
+        dead = []
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(rank)
+        return dead
+
+    def replace(self, ranks: list[int], ready_timeout_s: float = 120.0) -> None:
+        """Start a new actor for each of `ranks`; it takes over that rank's micro-shards."""
+        self.release_graph()
+        for rank in ranks:
+            ray.kill(self.actors[rank], no_restart=True)  # a hung actor must not linger
+            self.actors[rank] = _new_worker(self.plan, rank, self.data_refs, self._placement)
+        pids = ray.get([self.actors[rank].pid.remote() for rank in ranks], timeout=ready_timeout_s)
+        for rank, pid in zip(ranks, pids, strict=True):
+            self.pids[rank] = pid
 
     @property
     def size(self) -> int:
@@ -88,7 +102,7 @@ class WorkerGroup:
         except TimeoutError as exc:  # GetTimeoutError and RayChannelTimeoutError both are
             raise WorkerLost(f"a worker did not answer within {timeout_s:.0f} s") from exc
         except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as exc:
-            raise WorkerLost(f"a worker died: {exc}") from exc
+            raise WorkerLost(f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
     def release_graph(self) -> None:
         if self._graph is not None:
@@ -110,10 +124,24 @@ class WorkerGroup:
     def __getstate__(self):
         # The compiled graph lives in one process only; a copy sent to another actor starts without it.
         # The placement group stays with the coordinator's copy, which owns the workers' lifecycle.
-        return {"plan": self.plan, "actors": self.actors, "_graph": None, "_placement": None}
+        return {**self.__dict__, "_graph": None, "_placement": None}
 
 
 def _in_bundle(group, rank: int):
     if group is None:
         return "DEFAULT"
     return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
+
+
+def _first_line(exc: Exception, limit: int = 160) -> str:
+    """Ray's actor errors run to many lines; their first one says what happened."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _new_worker(plan: ModelPlan, rank: int, data_refs: dict, placement_group=None):
+    keys = ("x_train", "y_train", "x_test", "y_test", "offset", "scale")
+    strategy = _in_bundle(placement_group, rank)
+    return GradientWorker.options(scheduling_strategy=strategy).remote(
+        plan, rank, *(data_refs[k] for k in keys)
+    )

@@ -7,6 +7,7 @@ loss sums and sample counts. It never divides by a count: the parameter server d
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -183,6 +184,10 @@ class GradientWorker:
 
     def ready(self) -> int:
         return self.core.rank
+
+    def pid(self) -> int:
+        """The actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
 
     def handle(self, command: StepCommand) -> TrainResult | EvalResult:
         return self.core.handle(command)

@@ -10,6 +10,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DivergencePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIVERGENCE_POLICY_UNSPECIFIED: _ClassVar[DivergencePolicy]
+    FAIL: _ClassVar[DivergencePolicy]
+    ROLLBACK: _ClassVar[DivergencePolicy]
+
 class Preprocessing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PREPROCESSING_UNSPECIFIED: _ClassVar[Preprocessing]
@@ -75,6 +81,9 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[JobState]
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
+DIVERGENCE_POLICY_UNSPECIFIED: DivergencePolicy
+FAIL: DivergencePolicy
+ROLLBACK: DivergencePolicy
 PREPROCESSING_UNSPECIFIED: Preprocessing
 SCALE: Preprocessing
 STANDARDIZE: Preprocessing
@@ -122,7 +131,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "dataset", "layers", "loss", "optimizer", "batch_size", "epochs", "num_workers", "seed", "eval_every_steps", "micro_shards", "label_smoothing", "huber_delta", "eval_top_k")
+    __slots__ = ("name", "dataset", "layers", "loss", "optimizer", "batch_size", "epochs", "num_workers", "seed", "eval_every_steps", "micro_shards", "label_smoothing", "huber_delta", "eval_top_k", "request_id", "checkpoint_every_steps", "on_divergence", "rollback_lr_factor", "max_rollbacks", "max_worker_restarts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +146,12 @@ class JobSpec(_message.Message):
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     HUBER_DELTA_FIELD_NUMBER: _ClassVar[int]
     EVAL_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ON_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_LR_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: DatasetSpec
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
@@ -151,7 +166,13 @@ class JobSpec(_message.Message):
     label_smoothing: float
     huber_delta: float
     eval_top_k: int
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[_Union[Loss, str]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., num_workers: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every_steps: _Optional[int] = ..., micro_shards: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., eval_top_k: _Optional[int] = ...) -> None: ...
+    request_id: str
+    checkpoint_every_steps: int
+    on_divergence: DivergencePolicy
+    rollback_lr_factor: float
+    max_rollbacks: int
+    max_worker_restarts: int
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[_Union[Loss, str]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., num_workers: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every_steps: _Optional[int] = ..., micro_shards: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., eval_top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., checkpoint_every_steps: _Optional[int] = ..., on_divergence: _Optional[_Union[DivergencePolicy, str]] = ..., rollback_lr_factor: _Optional[float] = ..., max_rollbacks: _Optional[int] = ..., max_worker_restarts: _Optional[int] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("uri", "preprocessing", "max_train_samples", "max_test_samples")
@@ -226,7 +247,7 @@ class ScheduleSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[ScheduleKind, str]] = ..., gamma: _Optional[float] = ..., step_epochs: _Optional[int] = ..., min_learning_rate: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., warmup_steps: _Optional[int] = ..., pct_start: _Optional[float] = ..., div_factor: _Optional[float] = ..., final_div_factor: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate", "eval_top_k_accuracy", "eval_mse", "eval_mae", "eval_r2")
+    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate", "eval_top_k_accuracy", "eval_mse", "eval_mae", "eval_r2", "checkpoint_step", "rollbacks", "worker_restarts")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +262,9 @@ class Progress(_message.Message):
     EVAL_MSE_FIELD_NUMBER: _ClassVar[int]
     EVAL_MAE_FIELD_NUMBER: _ClassVar[int]
     EVAL_R2_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     step: int
     total_steps: int
@@ -255,7 +279,10 @@ class Progress(_message.Message):
     eval_mse: float
     eval_mae: float
     eval_r2: float
-    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., eval_top_k_accuracy: _Optional[float] = ..., eval_mse: _Optional[float] = ..., eval_mae: _Optional[float] = ..., eval_r2: _Optional[float] = ...) -> None: ...
+    checkpoint_step: int
+    rollbacks: int
+    worker_restarts: int
+    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., eval_top_k_accuracy: _Optional[float] = ..., eval_mse: _Optional[float] = ..., eval_mae: _Optional[float] = ..., eval_r2: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., rollbacks: _Optional[int] = ..., worker_restarts: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "progress", "message", "created_at", "started_at", "finished_at")
@@ -327,10 +354,16 @@ class JobEvent(_message.Message):
         STATE: _ClassVar[JobEvent.Kind]
         PROGRESS: _ClassVar[JobEvent.Kind]
         EVAL: _ClassVar[JobEvent.Kind]
+        ROLLBACK: _ClassVar[JobEvent.Kind]
+        RECOVERED: _ClassVar[JobEvent.Kind]
+        CHECKPOINT: _ClassVar[JobEvent.Kind]
     KIND_UNSPECIFIED: JobEvent.Kind
     STATE: JobEvent.Kind
     PROGRESS: JobEvent.Kind
     EVAL: JobEvent.Kind
+    ROLLBACK: JobEvent.Kind
+    RECOVERED: JobEvent.Kind
+    CHECKPOINT: JobEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]

@@ -111,8 +111,9 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadModel(self, request, context):
-        """DownloadModel streams the trained model as .npz bytes in chunks.
-        FAILED_PRECONDITION if the job has not succeeded.
+        """DownloadModel streams the trained model as .npz bytes in chunks: the final
+        model of a SUCCEEDED job, else the weights of the job's latest checkpoint.
+        FAILED_PRECONDITION if the job has neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

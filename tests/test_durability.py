@@ -1,0 +1,253 @@
+"""Checkpoint files, idempotent submission and the recovery spec fields, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import checkpoints
+from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
+from service.client import CoordinatorClient
+from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
+from service.jobs import JobStore
+from service.param_server import Diverged, ParameterServer, ParameterServerCore
+from service.recovery import FaultPolicy
+from service.spec import validate_spec, with_defaults
+from tests.helpers import small_spec
+from workers.group import WorkerLost
+from workers.nn import SGD, Adam, Network
+
+
+def make_checkpoint(step: int, spec: pb.JobSpec) -> Checkpoint:
+    net = Network([4, 5, 3], ["relu", "identity"], "softmax_cross_entropy")
+    params = net.init_params(np.random.default_rng(step))
+    adam = Adam(net.num_params, np.float32)
+    adam.step(params, np.ones_like(params), 0.01)
+    return Checkpoint(
+        step=step,
+        params=params,
+        optimizer=adam.state_dict(),
+        samples_trained=step * 50,
+        epoch=1 + step // 10,
+        spec_hash=spec_hash(spec),
+        seed=7,
+        layer_sizes=(4, 5, 3),
+        activations=("relu", "identity"),
+        loss="softmax_cross_entropy",
+        input_offset=np.zeros(4, np.float32),
+        input_scale=np.ones(4, np.float32),
+        lr_scale=0.5,
+        rollbacks=1,
+    )
+
+
+@pytest.fixture
+def spec() -> pb.JobSpec:
+    return with_defaults(small_spec("npz:blobs.npz"))
+
+
+def test_a_checkpoint_round_trips_exactly(tmp_path: Path, spec) -> None:
+    """Parameters, Adam moments and step count, counters and the rollback state come back bit for bit."""
+    store = CheckpointStore(tmp_path, "job1")
+    saved = make_checkpoint(20, spec)
+    store.save(saved)
+    loaded, skipped = store.latest(spec_hash(spec))
+    assert skipped == []
+    assert loaded.step == 20 and loaded.samples_trained == 1000 and loaded.epoch == 3
+    assert loaded.params.tobytes() == saved.params.tobytes()
+    assert loaded.optimizer["step_count"] == 1
+    for key in ("first_moment", "second_moment"):
+        assert loaded.optimizer[key].tobytes() == saved.optimizer[key].tobytes()
+    assert (loaded.lr_scale, loaded.rollbacks) == (0.5, 1)
+    restored = Adam(len(saved.params), np.float32)
+    restored.load_state_dict(loaded.optimizer)  # what the parameter server does on resume
+    assert restored.step_count == 1
+
+
+def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path, spec) -> None:
+    """After four saves the folder holds the two newest checkpoints and no leftover temporary file."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.folder.mkdir(parents=True)
+    (store.folder / ".step-000000000005.ckpt.999.tmp").write_bytes(b"half written by a killed process")
+    for step in (10, 20, 30, 40):
+        store.save(make_checkpoint(step, spec))
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "step-000000000030.ckpt",
+        "step-000000000040.ckpt",
+    ]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path: Path, spec, damage) -> None:
+    """A truncated or bit-flipped newest checkpoint fails its checksum; the one before it is used."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.save(make_checkpoint(10, spec))
+    newest = store.save(make_checkpoint(20, spec))
+    blob = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[-100] ^= 0x01
+    newest.write_bytes(bytes(blob))
+    loaded, skipped = store.latest(spec_hash(spec))
+    assert loaded.step == 10
+    assert len(skipped) == 1 and "step-000000000020.ckpt" in skipped[0] and "checksum" in skipped[0]
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path: Path, spec) -> None:
+    """When every checkpoint is damaged, latest() raises naming each file instead of returning None."""
+    store = CheckpointStore(tmp_path, "job1")
+    path = store.save(make_checkpoint(10, spec))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"step-000000000010\.ckpt: .*checksum"):
+        store.latest(spec_hash(spec))
+    assert CheckpointStore(tmp_path, "other").latest() == (None, [])
+
+
+def test_a_checkpoint_of_another_spec_is_not_used(tmp_path: Path, spec) -> None:
+    """A checkpoint of another spec (seed) is refused; the name and worker count do not matter."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.save(make_checkpoint(10, spec))
+    renamed = with_defaults(small_spec("npz:blobs.npz", name="other", numWorkers=3))
+    assert spec_hash(renamed) == spec_hash(spec)
+    reseeded = with_defaults(small_spec("npz:blobs.npz", seed=8))
+    with pytest.raises(CheckpointError, match="different spec"):
+        store.latest(spec_hash(reseeded))
+
+
+def test_a_running_job_downloads_its_latest_checkpoint(tmp_path: Path, spec) -> None:
+    """Download of a job without a final model serves the checkpoint's weights; with none it is refused."""
+    job = pb.Job(id="job1", spec=spec, state=pb.RUNNING)
+    with pytest.raises(JobNotReady, match="no checkpoint yet"):
+        downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
+    saved = make_checkpoint(10, spec)
+    CheckpointStore(tmp_path, "job1").save(saved)
+    blob = downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
+    (tmp_path / "model.npz").write_bytes(blob)
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as model:
+        assert model["layer_0_weight"].shape == (4, 5)
+        flat = np.concatenate([model[n].ravel() for n in ("layer_0_weight", "layer_0_bias")])
+    assert flat.tobytes() == saved.params[: 4 * 5 + 5].tobytes()
+
+
+def test_the_header_names_the_format(spec) -> None:
+    """A checkpoint file starts with the magic line and a 64-digit sha256."""
+    blob = checkpoints.encode(make_checkpoint(1, spec))
+    assert blob.startswith(checkpoints.MAGIC)
+    digest = blob[len(checkpoints.MAGIC) : len(checkpoints.MAGIC) + 64]
+    assert len(digest) == 64 and all(c in b"0123456789abcdef" for c in digest)
+
+
+def test_a_request_id_makes_submission_idempotent_across_restarts(tmp_path: Path, spec) -> None:
+    """The same request id returns the same job, also after reopening the store; another spec is refused."""
+    spec.request_id = "req-1"
+    store = JobStore(tmp_path)
+    first, created = store.create(spec)
+    again, created_again = store.create(spec)
+    assert created and not created_again and again.id == first.id
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert reopened.create(spec)[0].id == first.id
+    other = with_defaults(small_spec("npz:blobs.npz", seed=99))
+    other.request_id = "req-1"
+    with pytest.raises(InvalidRequest, match="request_id"):
+        reopened.create(other)
+    plain, _ = reopened.create(with_defaults(small_spec("npz:blobs.npz")))
+    plain2, _ = reopened.create(with_defaults(small_spec("npz:blobs.npz")))
+    assert plain.id != plain2.id  # no request id: every submission is a new job
+    assert len(reopened.list()[0]) == 3
+
+
+def test_recovery_fields_get_defaults_and_are_validated() -> None:
+    """Checkpoints every 500 steps, FAIL on divergence and 3 worker restarts by default; a rollback
+    factor outside (0, 1) and an over-long request id are rejected naming the field."""
+    spec = with_defaults(small_spec("npz:blobs.npz"))
+    assert (spec.checkpoint_every_steps, spec.on_divergence, spec.max_worker_restarts) == (500, pb.FAIL, 3)
+    assert (spec.rollback_lr_factor, spec.max_rollbacks) == (0.5, 3)
+    assert with_defaults(small_spec("npz:blobs.npz", checkpointEverySteps=0)).checkpoint_every_steps == 0
+    with pytest.raises(InvalidSpec, match="rollback_lr_factor: got 1"):
+        validate_spec(with_defaults(small_spec("npz:blobs.npz", rollbackLrFactor=1.0)))
+    with pytest.raises(InvalidSpec, match="request_id: got 129 characters"):
+        validate_spec(with_defaults(small_spec("npz:blobs.npz", requestId="x" * 129)))
+
+
+class _FlakyStub:
+    """A SubmitJob stub that is unreachable `failures` times, then answers; records each request."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.requests = failures, []
+
+    def SubmitJob(self, spec: pb.JobSpec, timeout: float) -> pb.Job:
+        self.requests.append(spec)
+        if len(self.requests) <= self.failures:
+            raise _Unavailable()
+        return pb.Job(id="job1", spec=spec)
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_client_retries_a_submission_with_one_request_id() -> None:
+    """An unreachable server is retried, every attempt carrying the same generated request id."""
+    client = CoordinatorClient("127.0.0.1:1")
+    client._stub = _FlakyStub(failures=2)
+    job = client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0, 0))
+    ids = {r.request_id for r in client._stub.requests}
+    assert len(client._stub.requests) == 3 and len(ids) == 1 and len(ids.pop()) == 32
+    assert job.spec.request_id == client._stub.requests[0].request_id
+    client._stub = _FlakyStub(failures=5)
+    with pytest.raises(grpc.RpcError):
+        client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0))
+    assert len(client._stub.requests) == 3
+    client.close()
+
+
+def test_the_fault_policy_gives_up_after_its_limits() -> None:
+    """Replacements past max_worker_restarts fail naming the worker, step and cause; rollbacks scale
+    the rate by the factor each time and fail once used up, naming the checkpoint kept."""
+    spec = with_defaults(small_spec("npz:blobs.npz", maxWorkerRestarts=1, onDivergence="ROLLBACK"))
+    policy = FaultPolicy.for_spec(spec)
+    policy.actor_died("worker 1 (pid 42)", 7, 1, RuntimeError("gone"))
+    expected = r"worker 1 \(pid 42\) died at step 9 \(epoch 1\): gone; gave up after 1"
+    with pytest.raises(WorkerLost, match=expected):
+        policy.actor_died("worker 1 (pid 42)", 9, 1, RuntimeError("gone"))
+    assert [policy.diverged("loss became NaN", None) for _ in range(3)] == [0.5, 0.25, 0.125]
+    with pytest.raises(TrainingFailed, match="NaN after 3 rollbacks; the checkpoint at step 20 stays"):
+        policy.diverged("loss became NaN", "the checkpoint at step 20")
+    failing = FaultPolicy.for_spec(with_defaults(small_spec("npz:blobs.npz")))
+    with pytest.raises(TrainingFailed, match=r"^loss became NaN$"):
+        failing.diverged("loss became NaN", None)
+
+
+def test_a_gradient_norm_spike_is_caught_before_the_update() -> None:
+    """A norm 1000 times the recent median raises Diverged naming the step; steady norms do not."""
+    server = ParameterServer(np.zeros(4, np.float32), SGD(4, np.float32), lambda step: 0.1)
+    core = ParameterServerCore(SimpleNamespace(plan=SimpleNamespace(batch_size=10)), server, 100, 1, 1.0)
+    for norm in np.linspace(1.0, 3.0, 30):  # drifting norms, as in healthy training
+        core._check_spike(float(norm), 1)
+    core._check_spike(500.0, 1)  # large, but under the factor
+    spike = r"gradient norm 1e\+04 is \d+ times its recent median at epoch 1 step 1"
+    with pytest.raises(Diverged, match=spike):
+        core._check_spike(1e4, 1)
+    core.forget_history()
+    core._check_spike(1e4, 1)  # no history after a rollback: nothing to compare with
+
+
+def test_a_finished_model_is_served_after_a_restart(tmp_path: Path, spec) -> None:
+    """A SUCCEEDED job's final model is read from the state folder by a freshly opened store."""
+    store = JobStore(tmp_path)
+    job, _ = store.create(spec)
+    store.update(job.id, lambda j: setattr(j, "state", pb.SUCCEEDED))
+    final = tmp_path / "models" / f"{job.id}.npz"
+    final.parent.mkdir()
+    final.write_bytes(b"the final model")
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert downloadable_model(tmp_path, final, reopened.get(job.id)) == b"the final model"

@@ -1,0 +1,175 @@
+"""Faults that really kill processes, inside a real coordinator on a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+N_TRAIN = 1000  # 20 steps per epoch at batch 50
+_REFERENCE: dict[bytes, dict[str, np.ndarray]] = {}
+
+
+def recovery_spec(**overrides) -> pb.JobSpec:
+    values = {"epochs": 15, "checkpointEverySteps": 25} | overrides
+    return small_spec("npz:blobs.npz", **values)
+
+
+def weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
+    client.download(job_id, path)
+    with np.load(path, allow_pickle=False) as data:
+        return {n: data[n] for n in data.files if n != "spec_json"}
+
+
+def reference_weights(client, spec: pb.JobSpec, tmp_path: Path) -> dict[str, np.ndarray]:
+    """The weights of an uninterrupted run of `spec` (cached: every test's data is the same)."""
+    key = spec.SerializeToString(deterministic=True)
+    if key not in _REFERENCE:
+        ref = pb.JobSpec()
+        ref.CopyFrom(spec)
+        ref.name = "reference"
+        job = wait_for(client, client.submit(ref).id)
+        assert job.state == pb.SUCCEEDED, job.message
+        _REFERENCE[key] = weights(client, job.id, tmp_path / "reference.npz")
+    return _REFERENCE[key]
+
+
+def assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys() and len(a) == 6
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def wait_for_step(client, job_id: str, step: int, timeout_s: float = 120.0) -> pb.Job:
+    deadline = time.monotonic() + timeout_s
+    while (job := client.get(job_id)).progress.step < step:
+        assert job.state in (pb.QUEUED, pb.RUNNING), job.message
+        assert time.monotonic() < deadline, f"job never reached step {step}: {job}"
+        time.sleep(0.02)
+    return job
+
+
+def metrics_text(coordinator) -> str:
+    url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+def kill_actor(coordinator, job_id: str, name: str) -> int:
+    pid = coordinator.scheduler.runner(job_id).actor_pids()[name]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.fixture
+def blobs(coordinator) -> None:
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=N_TRAIN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["worker-1", "parameter-server"])
+def test_a_killed_actor_is_replaced_and_the_weights_are_bit_identical(
+    client, coordinator, blobs, tmp_path, victim
+) -> None:
+    """SIGKILL of a worker or the parameter server mid-job: the job recovers and ends with exactly
+    the weights of an uninterrupted run, with exact step and sample counters."""
+    spec = recovery_spec()
+    job = client.submit(spec)
+    wait_for_step(client, job.id, 60)
+    kill_actor(coordinator, job.id, victim)
+    done = wait_for(client, job.id)
+    assert done.state == pb.SUCCEEDED, done.message
+    assert done.progress.worker_restarts == 1
+    assert done.progress.step == done.progress.total_steps == 15 * 20
+    assert done.progress.samples_trained == 15 * N_TRAIN  # redone steps are not counted twice
+    got = weights(client, job.id, tmp_path / "killed.npz")
+    assert_identical(got, reference_weights(client, spec, tmp_path))
+    assert "gradfleet_worker_replacements_total 1.0" in metrics_text(coordinator)
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_dying_fails_the_job_naming_it(client, coordinator, blobs) -> None:
+    """With max_worker_restarts 1, a second worker death fails the job with the worker, step and cause."""
+    job = client.submit(recovery_spec(epochs=200, maxWorkerRestarts=1))
+    wait_for_step(client, job.id, 10)
+    kill_actor(coordinator, job.id, "worker-0")
+    deadline = time.monotonic() + 120
+    while client.get(job.id).progress.worker_restarts < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    step = client.get(job.id).progress.step
+    wait_for_step(client, job.id, step + 5)
+    pid = kill_actor(coordinator, job.id, "worker-0")
+    done = wait_for(client, job.id, timeout_s=120)
+    assert done.state == pb.FAILED
+    assert f"worker 0 (pid {pid}) died at step " in done.message
+    assert "ActorDiedError" in done.message or "RayChannelError" in done.message
+    assert "gave up after 1 replacements (max_worker_restarts)" in done.message
+
+
+@pytest.mark.slow
+def test_divergence_rolls_back_with_a_lower_learning_rate(client, coordinator, blobs) -> None:
+    """An exploding SGD run rolls back to its initial weights with the rate scaled down, reports a
+    ROLLBACK event and metric, and then trains to the end."""
+    spec = recovery_spec(
+        epochs=2,
+        optimizer={"kind": "SGD", "learningRate": 1e30},
+        onDivergence="ROLLBACK",
+        rollbackLrFactor=1e-31,
+        maxRollbacks=2,
+    )
+    start = time.monotonic()
+    job = client.submit(spec)
+    events = list(client.watch(job.id))
+    done = events[-1].job
+    assert time.monotonic() - start < 60  # no stalled worker after the rollback (step timeout 120 s)
+    assert done.state == pb.SUCCEEDED, done.message
+    assert done.progress.rollbacks == 1
+    assert done.progress.learning_rate == pytest.approx(0.1)
+    rollbacks = [e for e in events if e.kind == pb.JobEvent.ROLLBACK]
+    assert len(rollbacks) == 1
+    assert "rolled back to the initial weights" in rollbacks[0].job.message
+    assert "became" in rollbacks[0].job.message
+    assert "gradfleet_divergence_rollbacks_total 1.0" in metrics_text(coordinator)
+
+
+def test_divergence_fails_the_job_by_default(client, blobs) -> None:
+    """Without on_divergence, a non-finite loss fails the job naming the epoch, step and learning rate."""
+    spec = recovery_spec(epochs=2, optimizer={"kind": "SGD", "learningRate": 1e30})
+    done = wait_for(client, client.submit(spec).id, timeout_s=120)
+    assert done.state == pb.FAILED
+    assert "became" in done.message and "at epoch 1 step " in done.message
+    assert "(learning rate 1e+30); lower the learning rate or enable clipping" in done.message
+
+
+def test_a_running_job_downloads_its_latest_checkpoint(client, blobs, tmp_path) -> None:
+    """A running job's download serves the weights of its latest checkpoint."""
+    job = client.submit(recovery_spec(epochs=1000, checkpointEverySteps=10))
+    deadline = time.monotonic() + 120
+    while (running := client.get(job.id)).progress.checkpoint_step == 0:
+        assert time.monotonic() < deadline, running
+        time.sleep(0.05)
+    model = weights(client, job.id, tmp_path / "running.npz")
+    assert model["layer_0_weight"].shape == (20, 16) and np.isfinite(model["layer_0_weight"]).all()
+    client.cancel(job.id)
+    assert wait_for(client, job.id, timeout_s=30).state == pb.CANCELLED
+    assert weights(client, job.id, tmp_path / "cancelled.npz").keys() == model.keys()
+
+
+def test_a_retried_submit_returns_the_same_job(client, blobs) -> None:
+    """Two SubmitJob calls with the same request id create one job and return its id twice."""
+    spec = recovery_spec(epochs=1, requestId="retry-me")
+    first = client.submit(spec)
+    second = client.submit(spec)
+    assert first.id == second.id
+    assert [j.id for j in client.list()] == [first.id]
+    assert wait_for(client, first.id).state == pb.SUCCEEDED
