@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egradfleet/v1/coordinator.proto\x12\x0cgradfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x19.gradfleet.v1.DatasetSpec\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.gradfleet.v1.LayerSpec\x12 \n\x04loss\x18\x04 \x01(\x0e\x32\x12.gradfleet.v1.Loss\x12.\n\toptimizer\x18\x05 \x01(\x0b\x32\x1b.gradfleet.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x07 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0bnum_workers\x18\x08 \x01(\rH\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x18\n\x10\x65val_every_steps\x18\n \x01(\r\x12\x19\n\x0cmicro_shards\x18\x0b \x01(\rH\x03\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x0e\n\x0c_num_workersB\x0f\n\r_micro_shards\"\x83\x01\n\x0b\x44\x61tasetSpec\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x32\n\rpreprocessing\x18\x02 \x01(\x0e\x32\x1b.gradfleet.v1.Preprocessing\x12\x19\n\x11max_train_samples\x18\x03 \x01(\r\x12\x18\n\x10max_test_samples\x18\x04 \x01(\r\"H\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\r\x12,\n\nactivation\x18\x02 \x01(\x0e\x32\x18.gradfleet.v1.Activation\"\x81\x02\n\rOptimizerSpec\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.gradfleet.v1.OptimizerKind\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12,\n\x08schedule\x18\x07 \x01(\x0b\x32\x1a.gradfleet.v1.ScheduleSpecB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilon\"\xb6\x01\n\x0cScheduleSpec\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.gradfleet.v1.ScheduleKind\x12\x12\n\x05gamma\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bstep_epochs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1e\n\x11min_learning_rate\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x08\n\x06_gammaB\x0e\n\x0c_step_epochsB\x14\n\x12_min_learning_rate\"\xd2\x01\n\x08Progress\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12\x17\n\x0fsamples_trained\x18\x04 \x01(\x04\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x15\n\reval_accuracy\x18\x07 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x08 \x01(\x01\x12\x10\n\x08has_eval\x18\t \x01(\x08\x12\x15\n\rlearning_rate\x18\n \x01(\x01\"\xa9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.gradfleet.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.gradfleet.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.gradfleet.v1.Progress\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\x0fListJobsRequest\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.gradfleet.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.gradfleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc0\x01\n\x08JobEvent\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.gradfleet.v1.JobEvent.Kind\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.gradfleet.v1.Job\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05STATE\x10\x01\x12\x0c\n\x08PROGRESS\x10\x02\x12\x08\n\x04\x45VAL\x10\x03\"9\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04*T\n\rPreprocessing\x12\x1d\n\x19PREPROCESSING_UNSPECIFIED\x10\x00\x12\t\n\x05SCALE\x10\x01\x12\x0f\n\x0bSTANDARDIZE\x10\x02\x12\x08\n\x04NONE\x10\x03*W\n\nActivation\x12\x1a\n\x16\x41\x43TIVATION_UNSPECIFIED\x10\x00\x12\x08\n\x04RELU\x10\x01\x12\x0b\n\x07SIGMOID\x10\x02\x12\x08\n\x04TANH\x10\x03\x12\x0c\n\x08IDENTITY\x10\x04*O\n\x04Loss\x12\x14\n\x10LOSS_UNSPECIFIED\x10\x00\x12\x19\n\x15SOFTMAX_CROSS_ENTROPY\x10\x01\x12\x16\n\x12MEAN_SQUARED_ERROR\x10\x02*K\n\rOptimizerKind\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x07\n\x03SGD\x10\x01\x12\x0c\n\x08MOMENTUM\x10\x02\x12\x08\n\x04\x41\x44\x41M\x10\x03*L\n\x0cScheduleKind\x12\x18\n\x14SCHEDULE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43ONSTANT\x10\x01\x12\x08\n\x04STEP\x10\x02\x12\n\n\x06\x43OSINE\x10\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\x9a\x03\n\x0b\x43oordinator\x12\x35\n\tSubmitJob\x12\x15.gradfleet.v1.JobSpec\x1a\x11.gradfleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.gradfleet.v1.GetJobRequest\x1a\x11.gradfleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.gradfleet.v1.ListJobsRequest\x1a\x1e.gradfleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.gradfleet.v1.CancelJobRequest\x1a\x11.gradfleet.v1.Job\x12\x43\n\x08WatchJob\x12\x1d.gradfleet.v1.WatchJobRequest\x1a\x16.gradfleet.v1.JobEvent0\x01\x12J\n\rDownloadModel\x12\".gradfleet.v1.DownloadModelRequest\x1a\x13.gradfleet.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egradfleet/v1/coordinator.proto\x12\x0cgradfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x19.gradfleet.v1.DatasetSpec\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.gradfleet.v1.LayerSpec\x12 \n\x04loss\x18\x04 \x01(\x0e\x32\x12.gradfleet.v1.Loss\x12.\n\toptimizer\x18\x05 \x01(\x0b\x32\x1b.gradfleet.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x07 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0bnum_workers\x18\x08 \x01(\rH\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x18\n\x10\x65val_every_steps\x18\n \x01(\r\x12\x19\n\x0cmicro_shards\x18\x0b \x01(\rH\x03\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x0e\n\x0c_num_workersB\x0f\n\r_micro_shards\"\x83\x01\n\x0b\x44\x61tasetSpec\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x32\n\rpreprocessing\x18\x02 \x01(\x0e\x32\x1b.gradfleet.v1.Preprocessing\x12\x19\n\x11max_train_samples\x18\x03 \x01(\r\x12\x18\n\x10max_test_samples\x18\x04 \x01(\r\"H\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\r\x12,\n\nactivation\x18\x02 \x01(\x0e\x32\x18.gradfleet.v1.Activation\"\x81\x02\n\rOptimizerSpec\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.gradfleet.v1.OptimizerKind\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12,\n\x08schedule\x18\x07 \x01(\x0b\x32\x1a.gradfleet.v1.ScheduleSpecB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilon\"\xb6\x01\n\x0cScheduleSpec\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.gradfleet.v1.ScheduleKind\x12\x12\n\x05gamma\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bstep_epochs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1e\n\x11min_learning_rate\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x08\n\x06_gammaB\x0e\n\x0c_step_epochsB\x14\n\x12_min_learning_rate\"\xd2\x01\n\x08Progress\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12\x17\n\x0fsamples_trained\x18\x04 \x01(\x04\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x15\n\reval_accuracy\x18\x07 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x08 \x01(\x01\x12\x10\n\x08has_eval\x18\t \x01(\x08\x12\x15\n\rlearning_rate\x18\n \x01(\x01\"\xb8\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.gradfleet.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.gradfleet.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.gradfleet.v1.Progress\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\t \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\x0fListJobsRequest\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.gradfleet.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.gradfleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc0\x01\n\x08JobEvent\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.gradfleet.v1.JobEvent.Kind\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.gradfleet.v1.Job\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05STATE\x10\x01\x12\x0c\n\x08PROGRESS\x10\x02\x12\x08\n\x04\x45VAL\x10\x03\"9\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04*T\n\rPreprocessing\x12\x1d\n\x19PREPROCESSING_UNSPECIFIED\x10\x00\x12\t\n\x05SCALE\x10\x01\x12\x0f\n\x0bSTANDARDIZE\x10\x02\x12\x08\n\x04NONE\x10\x03*W\n\nActivation\x12\x1a\n\x16\x41\x43TIVATION_UNSPECIFIED\x10\x00\x12\x08\n\x04RELU\x10\x01\x12\x0b\n\x07SIGMOID\x10\x02\x12\x08\n\x04TANH\x10\x03\x12\x0c\n\x08IDENTITY\x10\x04*O\n\x04Loss\x12\x14\n\x10LOSS_UNSPECIFIED\x10\x00\x12\x19\n\x15SOFTMAX_CROSS_ENTROPY\x10\x01\x12\x16\n\x12MEAN_SQUARED_ERROR\x10\x02*K\n\rOptimizerKind\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x07\n\x03SGD\x10\x01\x12\x0c\n\x08MOMENTUM\x10\x02\x12\x08\n\x04\x41\x44\x41M\x10\x03*L\n\x0cScheduleKind\x12\x18\n\x14SCHEDULE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43ONSTANT\x10\x01\x12\x08\n\x04STEP\x10\x02\x12\n\n\x06\x43OSINE\x10\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\x9a\x03\n\x0b\x43oordinator\x12\x35\n\tSubmitJob\x12\x15.gradfleet.v1.JobSpec\x1a\x11.gradfleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.gradfleet.v1.GetJobRequest\x1a\x11.gradfleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.gradfleet.v1.ListJobsRequest\x1a\x1e.gradfleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.gradfleet.v1.CancelJobRequest\x1a\x11.gradfleet.v1.Job\x12\x43\n\x08WatchJob\x12\x1d.gradfleet.v1.WatchJobRequest\x1a\x16.gradfleet.v1.JobEvent0\x01\x12J\n\rDownloadModel\x12\".gradfleet.v1.DownloadModelRequest\x1a\x13.gradfleet.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradfleet.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREPROCESSING']._serialized_start=2211
-  _globals['_PREPROCESSING']._serialized_end=2295
-  _globals['_ACTIVATION']._serialized_start=2297
-  _globals['_ACTIVATION']._serialized_end=2384
-  _globals['_LOSS']._serialized_start=2386
-  _globals['_LOSS']._serialized_end=2465
-  _globals['_OPTIMIZERKIND']._serialized_start=2467
-  _globals['_OPTIMIZERKIND']._serialized_end=2542
-  _globals['_SCHEDULEKIND']._serialized_start=2544
-  _globals['_SCHEDULEKIND']._serialized_end=2620
-  _globals['_JOBSTATE']._serialized_start=2622
-  _globals['_JOBSTATE']._serialized_end=2726
+  _globals['_PREPROCESSING']._serialized_start=2226
+  _globals['_PREPROCESSING']._serialized_end=2310
+  _globals['_ACTIVATION']._serialized_start=2312
+  _globals['_ACTIVATION']._serialized_end=2399
+  _globals['_LOSS']._serialized_start=2401
+  _globals['_LOSS']._serialized_end=2480
+  _globals['_OPTIMIZERKIND']._serialized_start=2482
+  _globals['_OPTIMIZERKIND']._serialized_end=2557
+  _globals['_SCHEDULEKIND']._serialized_start=2559
+  _globals['_SCHEDULEKIND']._serialized_end=2635
+  _globals['_JOBSTATE']._serialized_start=2637
+  _globals['_JOBSTATE']._serialized_end=2741
   _globals['_JOBSPEC']._serialized_start=82
   _globals['_JOBSPEC']._serialized_end=470
   _globals['_DATASETSPEC']._serialized_start=473
@@ -57,25 +57,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_start=1126
   _globals['_PROGRESS']._serialized_end=1336
   _globals['_JOB']._serialized_start=1339
-  _globals['_JOB']._serialized_end=1636
-  _globals['_GETJOBREQUEST']._serialized_start=1638
-  _globals['_GETJOBREQUEST']._serialized_end=1669
-  _globals['_LISTJOBSREQUEST']._serialized_start=1671
-  _globals['_LISTJOBSREQUEST']._serialized_end=1766
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1768
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1844
-  _globals['_CANCELJOBREQUEST']._serialized_start=1846
-  _globals['_CANCELJOBREQUEST']._serialized_end=1880
-  _globals['_WATCHJOBREQUEST']._serialized_start=1882
-  _globals['_WATCHJOBREQUEST']._serialized_end=1915
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1917
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1955
-  _globals['_JOBEVENT']._serialized_start=1958
-  _globals['_JOBEVENT']._serialized_end=2150
-  _globals['_JOBEVENT_KIND']._serialized_start=2087
-  _globals['_JOBEVENT_KIND']._serialized_end=2150
-  _globals['_CHUNK']._serialized_start=2152
-  _globals['_CHUNK']._serialized_end=2209
-  _globals['_COORDINATOR']._serialized_start=2729
-  _globals['_COORDINATOR']._serialized_end=3139
+  _globals['_JOB']._serialized_end=1651
+  _globals['_GETJOBREQUEST']._serialized_start=1653
+  _globals['_GETJOBREQUEST']._serialized_end=1684
+  _globals['_LISTJOBSREQUEST']._serialized_start=1686
+  _globals['_LISTJOBSREQUEST']._serialized_end=1781
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1783
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1859
+  _globals['_CANCELJOBREQUEST']._serialized_start=1861
+  _globals['_CANCELJOBREQUEST']._serialized_end=1895
+  _globals['_WATCHJOBREQUEST']._serialized_start=1897
+  _globals['_WATCHJOBREQUEST']._serialized_end=1930
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1932
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1970
+  _globals['_JOBEVENT']._serialized_start=1973
+  _globals['_JOBEVENT']._serialized_end=2165
+  _globals['_JOBEVENT_KIND']._serialized_start=2102
+  _globals['_JOBEVENT_KIND']._serialized_end=2165
+  _globals['_CHUNK']._serialized_start=2167
+  _globals['_CHUNK']._serialized_end=2224
+  _globals['_COORDINATOR']._serialized_start=2744
+  _globals['_COORDINATOR']._serialized_end=3154
 # @@protoc_insertion_point(module_scope)
