@@ -111,8 +111,7 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         keys = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in archive.files]
         headers = {key: npz_header(archive, key, path) for key in keys}
         nbytes = sum(
-            math.prod(shape) * (4 if dtype.kind == "f" else dtype.itemsize)  # floats become float32
-            for shape, dtype in headers.values()
+            math.prod(shape) * _loaded_itemsize(key, dtype) for key, (shape, dtype) in headers.items()
         )
         _check_size(str(path), nbytes, max_bytes)
         origins = {key: f"{path} (array {key})" for key in keys}
@@ -120,6 +119,13 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         _check_shapes(shapes, origins)
         labels = {key: npz_array(archive, key, path) for key in ("y_train", "y_test") if key in keys}
     return _info(shapes, labels, origins, nbytes, (path,), allow_regression=True)
+
+
+def _loaded_itemsize(key: str, dtype: np.dtype) -> int:
+    """Bytes per element once loaded: labels as int64, float features as float32."""
+    if key.startswith("y"):
+        return _LABEL_BYTES
+    return 4 if dtype.kind == "f" else dtype.itemsize
 
 
 def _check_shapes(shapes: dict[str, tuple[int, ...]], origins: dict[str, str]) -> None:
