@@ -64,6 +64,9 @@ class CoordinatorClient:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Its own connection, not one shared with other clients in the process: the server
+            # counts WatchJob streams per connection.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls is None:
             self._channel = grpc.insecure_channel(address, options=options)
