@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint format protos bench clean
+.PHONY: setup data demo test lint format protos bench bench-load clean
 
 setup: $(STAMP) data
 
@@ -48,6 +48,9 @@ protos: $(STAMP)
 
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/e2e.py
+
+bench-load: setup
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) state/demo .pytest_cache

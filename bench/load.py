@@ -63,15 +63,24 @@ class ReadLoad:
 
 
 def read_load(
-    address: str, job_id: str, clients: int, during: Callable[[], float], end_job: Callable[[], None]
+    address: str,
+    job_id: str,
+    clients: int,
+    during: Callable[[], float],
+    end_job: Callable[[], None],
+    interval_s: float = 0.0,
 ) -> tuple[ReadLoad, float]:
     """N clients loop GetJob/ListJobs while each holds a WatchJob stream on `job_id`, for as long
     as `during()` runs (its result is returned too); then `end_job()` is called and every stream
-    must end with the job's terminal event."""
+    must end with the job's terminal event. Each client pauses `interval_s` between rounds
+    (0: back to back, a stress test)."""
     report = ReadLoad()
     stop = threading.Event()
     watchers = [threading.Thread(target=_watch, args=(address, job_id, report)) for _ in range(clients)]
-    pollers = [threading.Thread(target=_poll, args=(address, job_id, report, stop)) for _ in range(clients)]
+    pollers = [
+        threading.Thread(target=_poll, args=(address, job_id, report, stop, interval_s))
+        for _ in range(clients)
+    ]
     for thread in watchers + pollers:
         thread.start()
     result = during()
@@ -86,7 +95,7 @@ def read_load(
     return report, result
 
 
-def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event) -> None:
+def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event, interval_s: float) -> None:
     with CoordinatorClient(address, timeout=30) as client:
         calls = (("GetJob", lambda: client.get(job_id)), ("ListJobs", lambda: client.list()))
         while not stop.is_set():
@@ -98,6 +107,7 @@ def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event) ->
                     report.fail(f"{method}: {exc.code().name}: {exc.details()}")
                     continue
                 report.record(method, time.perf_counter() - start)
+            stop.wait(interval_s)
 
 
 def _watch(address: str, job_id: str, report: ReadLoad) -> None:
@@ -206,7 +216,7 @@ def _start_server(state: Path, data_root: Path, max_queued: int) -> tuple[subpro
     ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
-        if match := re.search(r"listening on (\S+?),", line + ","):
+        if match := re.search(r"listening on ([^\s,]+)", line):
             return proc, match.group(1)
     raise RuntimeError("the coordinator exited before listening")
 
@@ -236,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--interval", type=float, default=0.0, help="pause between a client's rounds, s")
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--max-queued-jobs", type=int, default=50)
     parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
@@ -267,6 +278,7 @@ def _run(address: str, uri: str, args: argparse.Namespace) -> int:
             args.clients,
             lambda: samples_per_second(client, job.id, args.seconds),
             lambda: client.cancel(job.id),
+            args.interval,
         )
     _print_read_load(report, args, alone, loaded)
     small = _spec(uri, epochs=1, numWorkers=1, dataset={"uri": uri, "maxTrainSamples": 512})
@@ -287,7 +299,8 @@ def _run(address: str, uri: str, args: argparse.Namespace) -> int:
 
 def _print_read_load(report: ReadLoad, args: argparse.Namespace, alone: float, loaded: float) -> None:
     calls, errors = report.calls(), len(report.errors)
-    print(f"read load: {args.clients} clients x {args.seconds:g} s, {calls} calls, {errors} errors")
+    pace = f"{args.interval:g} s apart" if args.interval else "back to back"
+    print(f"read load: {args.clients} clients x {args.seconds:g} s ({pace}), {calls} calls, {errors} errors")
     for method, values in report.latencies.items():
         p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
         print(f"  {method}: {len(values)} calls, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
