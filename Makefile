@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint format protos bench bench-recovery clean
+.PHONY: setup data demo test lint format protos bench bench-recovery bench-load clean
 
 setup: $(STAMP) data
 
@@ -51,6 +51,9 @@ bench: setup
 
 bench-recovery: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/recovery.py
+
+bench-load: setup
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) state/demo .pytest_cache

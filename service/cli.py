@@ -19,8 +19,22 @@ from google.protobuf import json_format
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import progress
-from service.client import DEFAULT_ADDRESS, CoordinatorClient, DownloadError
-from service.config import DEFAULT_DATA_ROOT, DEFAULT_HOST, DEFAULT_METRICS_PORT, DEFAULT_PORT
+from service.client import DEFAULT_ADDRESS, CoordinatorClient, DownloadError, TlsOptions
+from service.config import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_DATASET_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PARAMS,
+    DEFAULT_MAX_QUEUED_JOBS,
+    DEFAULT_MAX_WATCH_STREAMS,
+    DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
+    DEFAULT_MAX_WORKERS_PER_JOB,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+    DEFAULT_RPC_THREADS,
+    TOKENS_FILE_ENV,
+)
 from service.errors import GradfleetError
 from service.spec import load_spec_file
 
@@ -86,6 +100,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"coordinator address (default {server_default}; env GRADFLEET_SERVER)",
     )
+    _add_client_security(client, environ)
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--output", "-O", choices=("text", "json"), default="text")
 
@@ -116,7 +131,57 @@ def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--data-root", metavar="DIR", help=f"datasets (default {DEFAULT_DATA_ROOT})")
     p.add_argument("--state-dir", metavar="DIR", help="job records and models (default state)")
     p.add_argument("--max-running-jobs", type=int, metavar="N", help="jobs trained at once")
+    _add_serve_limits(p)
+    _add_serve_security(p)
     p.set_defaults(func=_cmd_serve)
+
+
+# (flag, help) of each limit; each flag also reads GRADFLEET_<NAME> from the environment.
+_SERVE_LIMITS = (
+    ("--max-queued-jobs", f"jobs waiting to run; more are refused (default {DEFAULT_MAX_QUEUED_JOBS})"),
+    ("--max-workers-per-job", f"num_workers allowed in a spec (default {DEFAULT_MAX_WORKERS_PER_JOB})"),
+    ("--max-params", f"parameters per model (default {DEFAULT_MAX_PARAMS:,})"),
+    ("--max-dataset-bytes", f"dataset arrays in memory, bytes (default {DEFAULT_MAX_DATASET_BYTES:,})"),
+    ("--max-message-bytes", f"gRPC message size, both ways (default {DEFAULT_MAX_MESSAGE_BYTES:,})"),
+    ("--max-watch-streams", f"WatchJob streams in all (default {DEFAULT_MAX_WATCH_STREAMS})"),
+    (
+        "--max-watch-streams-per-client",
+        f"WatchJob streams per connection (default {DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT})",
+    ),
+    ("--rpc-threads", f"threads serving calls (default {DEFAULT_RPC_THREADS})"),
+)
+
+
+def _add_serve_limits(p: argparse.ArgumentParser) -> None:
+    for flag, text in _SERVE_LIMITS:
+        p.add_argument(flag, type=int, metavar="N", help=text)
+
+
+def _add_serve_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate chain; with --tls-key, serve TLS only")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
+    p.add_argument(
+        "--tokens-file",
+        metavar="FILE",
+        help=f"require bearer tokens, `token principal [admin]` per line (env {TOKENS_FILE_ENV})",
+    )
+
+
+def _add_client_security(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    p.add_argument("--tls", action="store_true", help="use TLS, trusting the system CAs (implied by --ca)")
+    p.add_argument(
+        "--ca", metavar="PEM", default=environ.get("GRADFLEET_CA"), help="CA to trust (env GRADFLEET_CA)"
+    )
+    p.add_argument("--cert", metavar="PEM", help="client certificate, for servers that require one")
+    p.add_argument("--key", metavar="PEM", help="private key of --cert")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=environ.get("GRADFLEET_TOKEN_FILE"),
+        help="file holding the bearer token (env GRADFLEET_TOKEN_FILE, or the token in GRADFLEET_TOKEN)",
+    )
+    p.set_defaults(env_token=environ.get("GRADFLEET_TOKEN") or None)
 
 
 def _add_client_commands(
@@ -183,17 +248,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.config import config_from_env_and_flags
     from service.server import serve  # imports Ray: only here
 
-    names = ("host", "port", "metrics_port", "ray_address", "data_root", "state_dir")
-    flags = {name: getattr(args, name) for name in (*names, "max_running_jobs")}  # None: not given
-    serve(config_from_env_and_flags(flags))
+    names = ("host", "port", "metrics_port", "ray_address", "data_root", "state_dir", "max_running_jobs")
+    names += tuple(flag[2:].replace("-", "_") for flag, _ in _SERVE_LIMITS)
+    names += ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
+    flags = {name: getattr(args, name) for name in names}  # None: not given
+    try:
+        serve(config_from_env_and_flags(flags))
+    except ValueError as exc:  # conflicting flags, a malformed token file
+        return _fail(f"error: {exc}")
     return EXIT_OK
+
+
+def _connect(args: argparse.Namespace) -> CoordinatorClient:
+    """A client for --server with the TLS and token options of the command line and environment."""
+    tls = None
+    if args.tls or args.ca or args.cert or args.key:
+        tls = TlsOptions(*(Path(p) if p else None for p in (args.ca, args.cert, args.key)))
+    return CoordinatorClient(args.server, tls=tls, token=_read_token(args))
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise OSError(f"{args.token_file}: empty token file")
+        return token
+    return args.env_token
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file, overrides=args.set)
     if args.request_id:
         spec.request_id = args.request_id
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         job = client.submit(spec)
         if not args.watch:
             _print_job(job, args.output, submitted=True)
@@ -204,13 +291,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         _print_job(client.get(args.job_id), args.output)
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         jobs = client.list(state=args.state)
     if args.output == "json":
         print(json_format.MessageToJson(pb.ListJobsResponse(jobs=jobs)))
@@ -220,12 +307,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         return _follow(client, args.job_id, "text")
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         job = client.cancel(args.job_id)
     print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
     return EXIT_OK
@@ -233,7 +320,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     path = Path(args.path or f"{args.job_id}.npz")
-    with CoordinatorClient(args.server) as client:
+    with _connect(args) as client:
         size = client.download(args.job_id, path)
     print(f"wrote {size:,} bytes to {path}")
     return EXIT_OK

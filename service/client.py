@@ -8,6 +8,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -23,10 +24,25 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a JobEvent carries a whole Job; leave pl
 # request id makes a second attempt return the job the first one created.
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 SUBMIT_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)  # about 4 s before giving up
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """PEM files for a TLS channel: `ca` to trust (None: the system roots), and a client
+    certificate and key for servers that require one (mTLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together; give both or neither")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
 
 
 class DownloadError(Exception):
@@ -34,12 +50,34 @@ class DownloadError(Exception):
 
 
 class CoordinatorClient:
-    """Typed calls to the Coordinator service; `timeout` (s) bounds each unary call."""
+    """Typed calls to the Coordinator service; `timeout` (s) bounds each unary call.
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+    `tls` makes the channel TLS; `token` is sent as `authorization: Bearer <token>` on every call.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = 30.0,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Its own connection, not one shared with other clients in the process: the server
+            # counts WatchJob streams per connection.
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def __enter__(self) -> CoordinatorClient:
@@ -63,7 +101,7 @@ class CoordinatorClient:
             spec = _with_request_id(spec, uuid.uuid4().hex)
         for delay in (*retry_delays, None):
             try:
-                return self._stub.SubmitJob(spec, timeout=self.timeout)
+                return self._stub.SubmitJob(spec, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if delay is None or exc.code() not in _RETRY_CODES:
                     raise
@@ -71,7 +109,9 @@ class CoordinatorClient:
         raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> pb.Job:
-        return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)
+        return self._stub.GetJob(
+            pb.GetJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata
+        )
 
     def list(self, state: int | str | None = None, page_size: int = 50) -> list[pb.Job]:
         """All jobs (newest first), optionally only those in `state` (a JobState or its name)."""
@@ -79,22 +119,24 @@ class CoordinatorClient:
         request = pb.ListJobsRequest(state=state_value, page_size=page_size)
         jobs: list[pb.Job] = []
         while True:
-            response = self._stub.ListJobs(request, timeout=self.timeout)
+            response = self._stub.ListJobs(request, timeout=self.timeout, metadata=self._metadata)
             jobs.extend(response.jobs)
             if not response.next_page_token:
                 return jobs
             request.page_token = response.next_page_token
 
     def cancel(self, job_id: str) -> pb.Job:
-        return self._stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout)
+        return self._stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata
+        )
 
     def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
         """The job's events until it reaches a terminal state; no deadline (jobs run for long)."""
-        return self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        return self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=self._metadata)
 
     def download(self, job_id: str, path: str | Path) -> int:
         """Stream the trained model into `path` atomically; returns its size in bytes."""
-        chunks = self._stub.DownloadModel(pb.DownloadModelRequest(job_id=job_id))
+        chunks = self._stub.DownloadModel(pb.DownloadModelRequest(job_id=job_id), metadata=self._metadata)
         return write_chunks(chunks, Path(path))
 
     def wait_ready(self, timeout: float = 10.0) -> None:

@@ -56,7 +56,15 @@ class JobNotReady(GradfleetError):
 
 
 class LimitExceeded(GradfleetError):
+    """A configured cap (queue length, streams, dataset size) is reached; the message names it."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(GradfleetError):
+    """No bearer token, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class TrainingFailed(GradfleetError):

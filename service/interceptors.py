@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from service.errors import GradfleetError
+from service.errors import GradfleetError, InvalidRequest
 
 _LOG = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error; see the server log"
@@ -38,15 +38,17 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED itself
         method = handler_call_details.method
+        parse = None if handler.request_streaming else _tolerant(handler.request_deserializer)
         if handler.response_streaming:
-            return _rewrap(handler, lambda behavior: self._streaming(method, behavior))
-        return _rewrap(handler, lambda behavior: self._unary(method, behavior))
+            return rewrap_handler(handler, lambda behavior: self._streaming(method, behavior), parse)
+        return rewrap_handler(handler, lambda behavior: self._unary(method, behavior), parse)
 
     def _unary(self, method: str, behavior: Callable) -> Callable:
         def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
             try:
+                _reject_malformed(request_or_iterator)
                 response = behavior(request_or_iterator, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -65,6 +67,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
             try:
+                _reject_malformed(request_or_iterator)
                 yield from behavior(request_or_iterator, context)
                 code = context.code() or grpc.StatusCode.OK
             except GeneratorExit:  # the client went away and grpc dropped the stream
@@ -89,6 +92,35 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             _LOG.exception("on_call callback failed for %s", method)
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the call can answer INVALID_ARGUMENT
+    (grpc itself would answer INTERNAL, blaming the server for a client's mistake)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a custom parser raises
+            return _Malformed(exc)
+
+    return parse
+
+
+def _reject_malformed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidRequest(
+            f"the request is not a valid protobuf message of the method's type ({request.error}); "
+            "use the generated client or check the serialization"
+        )
+
+
 def _status_for(
     exc: Exception, method: str, context: grpc.ServicerContext
 ) -> tuple[grpc.StatusCode, str | None]:
@@ -107,10 +139,14 @@ def _was_aborted(exc: Exception, context: grpc.ServicerContext) -> bool:
     return type(exc) is Exception and not exc.args and context.code() is not None
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> Any:
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Callable], Callable],
+    request_deserializer: Callable | None = None,
+) -> Any:
     """A handler like `handler` whose behavior is wrap(behavior); one branch per arity."""
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:

@@ -73,14 +73,16 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def create(self, spec: pb.JobSpec) -> tuple[pb.Job, bool]:
-        """Create a QUEUED job; returns (job, True). A spec whose request_id names a job already
-        created returns (that job, False): a retried SubmitJob never makes a second job."""
+    def create(self, spec: pb.JobSpec, owner: str = "") -> tuple[pb.Job, bool]:
+        """Create a QUEUED job owned by `owner`; returns (job, True). A spec whose request_id names a
+        job already created returns (that job, False): a retried SubmitJob never makes a second job."""
         with self._lock:
             existing = self._by_request(spec)
             if existing is not None:
                 return _copy(existing), False
-            job = pb.Job(id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp())
+            job = pb.Job(
+                id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp(), owner=owner
+            )
             cursor = self._db.execute(
                 "INSERT INTO jobs (id, state, record, request_id) VALUES (?, ?, ?, ?)",
                 (job.id, job.state, job.SerializeToString(), _request_id(spec)),
@@ -151,8 +153,11 @@ class JobStore:
         self._events[job.id].append((self._version, event))
         self._changed.notify_all()
 
-    def list(self, state: int = 0, page_size: int = 0, page_token: str = "") -> tuple[list[pb.Job], str]:
-        """Jobs newest first, filtered by state (0 = all); returns (page, next_page_token)."""
+    def list(
+        self, state: int = 0, page_size: int = 0, page_token: str = "", owner: str | None = None
+    ) -> tuple[list[pb.Job], str]:
+        """Jobs newest first, filtered by state (0 = all) and owner (None = all); returns
+        (page, next_page_token)."""
         size = page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidRequest(f"page_size: got {size}; must be at most {MAX_PAGE_SIZE}")
@@ -167,7 +172,9 @@ class JobStore:
             chosen = [
                 j
                 for j in ordered
-                if (not state or self._jobs[j].state == state) and (before is None or self._seq[j] < before)
+                if (not state or self._jobs[j].state == state)
+                and (before is None or self._seq[j] < before)
+                and (owner is None or self._jobs[j].owner == owner)
             ]
             page = chosen[:size]
             token = str(self._seq[page[-1]]) if len(chosen) > size else ""

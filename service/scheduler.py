@@ -28,6 +28,7 @@ class Scheduler:
         self._running: dict[str, JobRunner] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
         self._stopping = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
 
@@ -43,20 +44,26 @@ class Scheduler:
             self._queue.put(job.id)
         self._dispatcher.start()
 
-    def submit(self, spec: pb.JobSpec) -> pb.Job:
-        """Queue a new job; a retried submission (same request_id) returns the job it created."""
-        existing = self.store.find_request(spec)
-        if existing is not None:
-            return existing
-        if self._queue.qsize() >= self.config.max_queued_jobs:
-            raise LimitExceeded(
-                f"the queue holds {self.config.max_queued_jobs} jobs, the limit "
-                "(--max-queued-jobs); wait for some to finish or cancel some"
-            )
-        job, created = self.store.create(spec)
+    def submit(self, spec: pb.JobSpec, owner: str = "") -> pb.Job:
+        """Queue a checked spec; a retried submission (same request_id) returns the job it created.
+        LimitExceeded when max_queued_jobs jobs are already waiting."""
+        # One lock around count, create and put: concurrent submits can neither overshoot the
+        # limit nor reach the queue in another order than their records were created.
+        with self._submit_lock:
+            existing = self.store.find_request(spec)
+            if existing is not None:
+                return existing
+            queued = self.store.counts_by_state()[pb.QUEUED]
+            if queued >= self.config.max_queued_jobs:
+                raise LimitExceeded(
+                    f"{queued} jobs are queued, the limit is {self.config.max_queued_jobs} "
+                    "(--max-queued-jobs); wait for some to finish or cancel some"
+                )
+            job, created = self.store.create(spec, owner=owner)
+            if created:
+                self._queue.put(job.id)
         if created:
             self.metrics.jobs_submitted.inc()
-            self._queue.put(job.id)
         return job
 
     def cancel(self, job_id: str) -> pb.Job:

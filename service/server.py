@@ -17,9 +17,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.admission import Admission
+from service.auth import AuthInterceptor, TokenTable
 from service.config import ServerConfig
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
+from service.limits import StreamLimiter
 from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
@@ -27,7 +30,6 @@ from service.servicer import CoordinatorServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -80,27 +82,47 @@ def _init_ray(config: ServerConfig) -> bool:
     return True
 
 
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files (None: plaintext); mTLS with a client CA."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def start_server(config: ServerConfig) -> RunningServer:
+    tokens = TokenTable(config.tokens_file) if config.tokens_file else None  # bad file: fail first
+    credentials = _server_credentials(config)
     owns_ray = _init_ray(config)
     store = JobStore(config.state_dir)
     registry = CollectorRegistry()
     metrics = Metrics(registry, store.counts_by_state, config.metrics_retire_after_s)
     scheduler = Scheduler(store, metrics, config)
     metrics.read_live_values(scheduler.queued_jobs, scheduler.oldest_queued_seconds, scheduler.workers_alive)
-    servicer = CoordinatorServicer(store, scheduler, config)
+    admission = Admission(config, scheduler.cache)
+    streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
+    servicer = CoordinatorServicer(store, scheduler, config, admission, streams)
+    # The error mapper is outermost, so refused tokens are mapped and counted like any error.
+    interceptors = [ErrorMappingInterceptor(on_call=metrics.record_call)]
+    if tokens is not None:
+        interceptors.append(AuthInterceptor(tokens))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=[ErrorMappingInterceptor(on_call=metrics.record_call)],
+        interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}; is another server using it?")
     http, metrics_port = None, None
@@ -111,7 +133,14 @@ def start_server(config: ServerConfig) -> RunningServer:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gradfleet coordinator on %s:%d, metrics on %s", config.host, port, metrics_port)
+    log.info(
+        "gradfleet coordinator on %s:%d (%s, %s), metrics on %s",
+        config.host,
+        port,
+        "TLS" if credentials else "plaintext",
+        "tokens required" if tokens else "no authentication",
+        metrics_port,
+    )
     return RunningServer(
         config,
         port,

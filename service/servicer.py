@@ -1,6 +1,8 @@
 """The Coordinator gRPC servicer: translates protobuf requests to calls on the scheduler and job store.
 
 No business logic here; errors are domain exceptions that the interceptor maps to status codes.
+A caller sees only its own jobs (an admin, or everyone when auth is off, sees all); another
+principal's job is answered NOT_FOUND, so job ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import threading
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.admission import Admission
+from service.auth import principal_of
 from service.checkpoints import downloadable_model
 from service.config import DOWNLOAD_CHUNK_BYTES, ServerConfig
+from service.errors import JobNotFound
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
+from service.limits import StreamLimiter
 from service.runner import JobRunner
 from service.scheduler import Scheduler
-from service.spec import validate_spec, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -23,36 +28,52 @@ WATCH_POLL_S = 1.0  # how often an idle watch stream checks that its client is s
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    def __init__(self, store: JobStore, scheduler: Scheduler, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        config: ServerConfig,
+        admission: Admission,
+        streams: StreamLimiter,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.config = config
+        self.admission = admission
+        self.streams = streams
         self.stopping = threading.Event()
 
     def SubmitJob(self, request: pb.JobSpec, context) -> pb.Job:
-        spec = with_defaults(request)
-        validate_spec(spec, max_workers=self.config.max_workers_per_job, max_params=self.config.max_params)
-        return self.scheduler.submit(spec)
+        spec = self.admission.check(request)
+        return self.scheduler.submit(spec, owner=principal_of(context).name)
 
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
-        return self.store.get(request.job_id)
+        return self._visible_job(request.job_id, context)
 
     def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
-        jobs, token = self.store.list(request.state, request.page_size, request.page_token)
+        principal = principal_of(context)
+        owner = None if principal.admin else principal.name
+        jobs, token = self.store.list(request.state, request.page_size, request.page_token, owner=owner)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
+        self._visible_job(request.job_id, context)
         return self.scheduler.cancel(request.job_id)
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
-        version, job = self.store.snapshot(request.job_id)
+        self._visible_job(request.job_id, context)
+        with self.streams.hold(context.peer()):
+            yield from self._watch(request.job_id, context)
+
+    def _watch(self, job_id: str, context):
+        version, job = self.store.snapshot(job_id)
         yield pb.JobEvent(kind=pb.JobEvent.STATE, job=job, time=now_timestamp())
         if job.state in TERMINAL_STATES:
             return
         # A client that goes away wakes us at once, so its thread is freed, not held to the next event.
         context.add_callback(self.store.wake_all)
         while context.is_active() and not self.stopping.is_set():
-            events = self.store.events_after(request.job_id, version, WATCH_POLL_S)
+            events = self.store.events_after(job_id, version, WATCH_POLL_S)
             for event_version, event in events:
                 version = event_version
                 yield event
@@ -60,9 +81,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     return
 
     def DownloadModel(self, request: pb.DownloadModelRequest, context):
-        job = self.store.get(request.job_id)
+        job = self._visible_job(request.job_id, context)
         final = JobRunner.model_path(self.config, job.id)
         data = downloadable_model(self.config.state_dir, final, job)
         total = len(data)
         for offset in range(0, total, DOWNLOAD_CHUNK_BYTES):
             yield pb.Chunk(data=data[offset : offset + DOWNLOAD_CHUNK_BYTES], offset=offset, total_size=total)
+
+    def _visible_job(self, job_id: str, context) -> pb.Job:
+        job = self.store.get(job_id)
+        if not principal_of(context).can_see(job.owner):
+            raise JobNotFound(job_id)
+        return job

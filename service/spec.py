@@ -342,17 +342,20 @@ def _check_recovery(spec: pb.JobSpec) -> None:
 
 
 def validate_against_dataset(
-    spec: pb.JobSpec, num_features: int, num_classes: int, num_train: int, max_params: int
+    spec: pb.JobSpec,
+    num_features: int,
+    num_classes: int,
+    num_train: int,
+    max_params: int,
+    *,
+    target_width: int | None = None,
 ) -> None:
-    """Raise InvalidSpec where the spec does not fit the loaded dataset."""
-    last = len(spec.layers) - 1
-    units = spec.layers[last].units
-    if spec.loss in (pb.SOFTMAX_CROSS_ENTROPY, pb.BINARY_CROSS_ENTROPY) and units != num_classes:
-        raise InvalidSpec(
-            f"layers[{last}].units",
-            f"got {units}; the dataset has {num_classes} classes, "
-            f"so the last layer needs {num_classes} units",
-        )
+    """Raise InvalidSpec where the spec does not fit the dataset.
+
+    `num_classes` is 0 for float (regression) targets, which have `target_width` columns (None:
+    unknown, not checked).
+    """
+    _check_output_layer(spec, num_classes, target_width)
     params = count_params(num_features, spec)
     if params > max_params:
         raise InvalidSpec(
@@ -363,6 +366,27 @@ def validate_against_dataset(
         raise InvalidSpec(
             "batch_size",
             f"got {spec.batch_size}; the training set has only {num_train} samples",
+        )
+
+
+def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | None) -> None:
+    last = len(spec.layers) - 1
+    units = spec.layers[last].units
+    if num_classes == 0 and spec.loss == pb.SOFTMAX_CROSS_ENTROPY:
+        raise InvalidSpec(
+            "loss",
+            "got SOFTMAX_CROSS_ENTROPY; the dataset has float targets, which need MEAN_SQUARED_ERROR, "
+            "MEAN_ABSOLUTE_ERROR, HUBER or (0/1 multi-label targets) BINARY_CROSS_ENTROPY",
+        )
+    # Class labels become one-hot targets for the other losses, so every loss needs one unit per class.
+    if num_classes:
+        wanted, what = num_classes, f"{num_classes} classes"
+    else:
+        wanted, what = target_width, f"{target_width} target column(s)"
+    if wanted is not None and units != wanted:
+        raise InvalidSpec(
+            f"layers[{last}].units",
+            f"got {units}; the dataset has {what}, so the last layer needs {wanted} units",
         )
 
 

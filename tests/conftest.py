@@ -39,16 +39,22 @@ def fashion_dir() -> Path:
     return FASHION_DIR
 
 
-@pytest.fixture
-def coordinator(ray_session, tmp_path) -> Iterator:
-    """A real coordinator: gRPC and metrics on free loopback ports, state in a temporary folder."""
+def start_coordinator(folder: Path, **overrides):
+    """A real coordinator on free loopback ports with state and data under `folder`; `overrides`
+    are ServerConfig fields. The caller stops it."""
     from service.config import ServerConfig
     from service.server import start_server
 
-    data_root = tmp_path / "data"
-    data_root.mkdir()
-    config = ServerConfig(port=0, metrics_port=0, state_dir=tmp_path / "state", data_root=data_root)
-    running = start_server(config)
+    data_root = folder / "data"
+    data_root.mkdir(parents=True, exist_ok=True)
+    values = {"port": 0, "metrics_port": 0, "state_dir": folder / "state", "data_root": data_root}
+    return start_server(ServerConfig(**(values | overrides)))
+
+
+@pytest.fixture
+def coordinator(ray_session, tmp_path) -> Iterator:
+    """A real coordinator: gRPC and metrics on free loopback ports, state in a temporary folder."""
+    running = start_coordinator(tmp_path)
     yield running
     running.stop(grace_s=1.0)
 

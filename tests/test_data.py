@@ -364,17 +364,45 @@ def test_csv_roundtrip_with_header(tmp_path):
 def test_csv_without_header_and_fractional_label_is_regression(tmp_path):
     """A headerless CSV whose last column has fractions loads as (n,) float32 targets."""
     write(tmp_path, {"r.csv": b"1,2,0.5\n3,4,1\n"})
-    dataset = load_dataset(f"csv:{tmp_path / 'r.csv'}", Path("/elsewhere"))
+    dataset = load_dataset(f"csv:{tmp_path / 'r.csv'}", tmp_path)
     assert dataset.x_train.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert dataset.y_train.dtype == np.float32 and dataset.y_train.tolist() == [0.5, 1.0]
     assert dataset.num_classes == 0
 
 
 def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):
-    """Relative URI paths resolve under data_root; absolute ones stay as they are."""
-    assert resolve_uri("npz:sub/a.npz", tmp_path) == DatasetUri("npz", tmp_path / "sub/a.npz")
-    assert resolve_uri("idx:/abs/dir", tmp_path) == DatasetUri("idx", Path("/abs/dir"))
+    """Relative URI paths resolve under data_root; absolute ones inside it are kept."""
+    root = tmp_path.resolve()
+    assert resolve_uri("npz:sub/a.npz", tmp_path) == DatasetUri("npz", root / "sub/a.npz")
+    assert resolve_uri(f"idx:{root}/abs/dir", tmp_path) == DatasetUri("idx", root / "abs/dir")
+    assert resolve_uri("csv:sub/../b.csv", tmp_path) == DatasetUri("csv", root / "b.csv")
     assert resolve_uri(" fashion-mnist ", tmp_path) == DatasetUri("fashion-mnist", None)
+
+
+# One row per way out of the data root: (id, uri, files to make, symlinks name -> target).
+ESCAPES = [
+    ("dot-dot", "npz:../outside.npz", {}),
+    ("dot-dot-deep", "npz:sub/../../outside.npz", {}),
+    ("absolute", "npz:/etc/passwd", {}),
+    ("symlinked-file", "npz:link.npz", {"link.npz": "../outside.npz"}),
+    ("symlinked-dir", "idx:linkdir", {"linkdir": ".."}),
+    ("nul-byte", "csv:a\x00b.csv", {}),
+]
+
+
+@pytest.mark.parametrize(("uri", "links"), [r[1:] for r in ESCAPES], ids=[r[0] for r in ESCAPES])
+def test_paths_leaving_the_data_root_are_refused(tmp_path, uri, links):
+    """It refuses a dataset path that leads outside the data root, whatever the route."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.npz").write_bytes(npz(x_train=X3, y_train=Y3))
+    for name, target in links.items():
+        (root / name).symlink_to(target)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(uri, root, extra_search=())
+    message = str(caught.value)
+    assert repr(uri) in message
+    assert "outside the data root" in message or "unusable path" in message
 
 
 @pytest.mark.parametrize("uri", ["mnist", "hdf5:x.h5", "npz:", "CSV:a.csv", ""])

@@ -88,7 +88,7 @@ def test_download_verifies_and_loads(downloaded, fashion_dir):
     assert sorted(p.name for p in dest.iterdir()) == sorted(FASHION_MNIST_FILES)  # no .part
     for name in FASHION_MNIST_FILES:
         assert (dest / name).read_bytes() == (fashion_dir / name).read_bytes()
-    dataset = load_dataset(f"idx:{dest}", Path("/unused"))
+    dataset = load_dataset(f"idx:{dest.name}", dest.parent)
     assert dataset.x_train.shape == (60000, 784) and dataset.x_test.shape == (10000, 784)
     assert dataset.num_classes == 10
 

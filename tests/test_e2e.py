@@ -152,11 +152,19 @@ def test_errors_carry_status_codes(client, coordinator):
     wait_for(client, job.id, timeout_s=30)
 
 
-def test_a_bad_dataset_fails_the_job_with_a_clear_message(client):
-    """A dataset that does not exist fails the job (not the server) and says which file."""
-    job = wait_for(client, client.submit(small_spec("npz:missing.npz")).id, timeout_s=60)
+def test_a_bad_dataset_fails_the_job_with_a_clear_message(client, coordinator):
+    """A missing dataset is refused at submit; features found bad only when loaded fail the job
+    (not the server), and the message says which file and sample."""
+    with pytest.raises(grpc.RpcError) as refused:
+        client.submit(small_spec("npz:missing.npz"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing.npz: file not found" in refused.value.details()
+    x = np.ones((60, 20), np.float32)
+    x[7, 3] = np.nan  # headers cannot show this; the full load does
+    np.savez(coordinator.config.data_root / "nan.npz", x_train=x, y_train=np.arange(60) % 3)
+    job = wait_for(client, client.submit(small_spec("npz:nan.npz")).id, timeout_s=60)
     assert job.state == pb.FAILED
-    assert "missing.npz" in job.message
+    assert "nan.npz" in job.message and "sample 7, feature 3" in job.message
     assert client.list()  # the coordinator still answers
 
 

@@ -26,6 +26,7 @@ ERROR_ROWS = [
     (errors.JobNotFound("abc"), grpc.StatusCode.NOT_FOUND),
     (errors.JobNotReady("job abc is RUNNING"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LimitExceeded("1000 jobs queued"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.TrainingFailed("loss became NaN"), grpc.StatusCode.INTERNAL),
 ]
 ERRORS_BY_ID = {type(exc).__name__: exc for exc, _ in ERROR_ROWS}
@@ -256,3 +257,20 @@ def test_failing_callback_does_not_fail_the_call(caplog) -> None:
         server.stop(grace=None)
     assert job.id == "x"
     assert any("on_call callback failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["GetJob", "WatchJob"])
+def test_bytes_that_are_not_protobuf_get_invalid_argument(channel, calls, method) -> None:
+    """Request bytes that do not parse are the client's mistake: INVALID_ARGUMENT, not INTERNAL."""
+    path = f"/gradfleet.v1.Coordinator/{method}"
+    streaming = method == "WatchJob"
+    call = channel.unary_stream(path) if streaming else channel.unary_unary(path)
+
+    def send() -> object:
+        reply = call(b"\xff\xff\xff", timeout=5)  # a field tag whose varint never ends
+        return list(reply) if streaming else reply
+
+    err = _rpc_error(send)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in err.details()
+    assert calls.wait_for(path)[1] == "INVALID_ARGUMENT"

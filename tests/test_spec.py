@@ -365,6 +365,16 @@ DATASET_MISMATCH = [
         "the model has 12,786 parameters (784 inputs); the limit is 1,000",
     ),
     ("batch-too-big", {"batch_size": 2000}, 10, 1000, 10**6, "batch_size", "only 1000 samples"),
+    (
+        "mse-output-units",
+        {"loss": "MEAN_SQUARED_ERROR", "layers.2.units": 1},
+        10,
+        1000,
+        10**6,
+        "layers[2].units",
+        "got 1; the dataset has 10 classes, so the last layer needs 10 units",
+    ),
+    ("regression-needs-mse", {}, 0, 1000, 10**6, "loss", "float targets (regression)"),
 ]
 
 
@@ -385,10 +395,12 @@ def test_validate_against_dataset_rejects_mismatch(
 
 
 def test_validate_against_dataset_accepts_a_fit() -> None:
-    """A spec that matches the dataset passes; MSE output size is not tied to the class count."""
+    """A spec that matches the dataset passes; MSE fits class labels (one-hot) or float targets."""
     validate_against_dataset(with_defaults(_spec()), 784, 10, 1000, 10**6)
-    mse = with_defaults(_spec(loss="MEAN_SQUARED_ERROR", **{"layers.2.units": 1}))
+    mse = with_defaults(_spec(loss="MEAN_SQUARED_ERROR"))
     validate_against_dataset(mse, 784, 10, 1000, 10**6)
+    regression = with_defaults(_spec(loss="MEAN_SQUARED_ERROR", **{"layers.2.units": 3}))
+    validate_against_dataset(regression, 784, 0, 1000, 10**6, target_width=3)
 
 
 @settings(max_examples=50, derandomize=True, deadline=None)

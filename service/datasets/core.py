@@ -73,6 +73,18 @@ def assemble(
     return Dataset(x_train, targets["y_train"], x_test, targets["y_test"], num_classes, source)
 
 
+def label_facts(
+    ys: Mapping[str, np.ndarray | None], origins: Mapping[str, str], *, allow_regression: bool
+) -> tuple[int, int]:
+    """(num_classes, target columns) of the label arrays, after the checks `assemble` makes.
+
+    num_classes is 0 for float (regression) targets; target columns is 1 for class labels.
+    """
+    targets, num_classes = _targets(dict(ys), origins, allow_regression=allow_regression)
+    y = targets["y_train"]
+    return num_classes, 1 if y.ndim == 1 else int(y.shape[1])
+
+
 def _features(x: np.ndarray, origin: str) -> np.ndarray:
     """(n, ...) -> (n, features): integers kept, bools as uint8, floats as finite float32."""
     if x.ndim == 0 or x.shape[0] == 0:

@@ -50,16 +50,7 @@ def find_idx_file(directory: Path, stem: str) -> Path | None:
 
 def load_idx_dir(directory: Path, *, require_test: bool, source: str) -> Dataset:
     """Load the four IDX files of `directory`; the t10k pair may be absent unless `require_test`."""
-    if not directory.is_dir():
-        raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
-    paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
-    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
-    test_optional = not require_test and paths["x_test"] is None and paths["y_test"] is None
-    if missing and not (test_optional and len(missing) == 2):
-        raise DatasetError(
-            f"{directory}: IDX file(s) not found: {', '.join(missing)} (with or without .gz); "
-            f"the directory must hold {', '.join(IDX_FILES.values())}"
-        )
+    paths = idx_paths(directory, require_test=require_test)
     arrays = {key: read_idx(p, labels=key.startswith("y")) for key, p in paths.items() if p}
     names = ", ".join(p.name for p in paths.values() if p)
     return assemble(
@@ -70,6 +61,21 @@ def load_idx_dir(directory: Path, *, require_test: bool, source: str) -> Dataset
     )
 
 
+def idx_paths(directory: Path, *, require_test: bool) -> dict[str, Path | None]:
+    """The IDX file of each array key in `directory` (None: an absent optional test file)."""
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
+    paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
+    test_optional = not require_test and paths["x_test"] is None and paths["y_test"] is None
+    if missing and not (test_optional and len(missing) == 2):
+        raise DatasetError(
+            f"{directory}: IDX file(s) not found: {', '.join(missing)} (with or without .gz); "
+            f"the directory must hold {', '.join(IDX_FILES.values())}"
+        )
+    return paths
+
+
 def read_idx(path: Path, *, labels: bool) -> np.ndarray:
     """Read one IDX file into a native-endian array; decompress if it starts with the gzip magic.
 
@@ -78,17 +84,18 @@ def read_idx(path: Path, *, labels: bool) -> np.ndarray:
     try:
         with _open(path) as stream:
             dtype, dims = _read_header(stream, path)
-            payload = _read_all(stream)
+            expected = math.prod(dims) * dtype.itemsize
+            payload = _read_all(stream, expected + 1)  # one byte more tells "trailing bytes"
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(
             f"{path}: cannot read (corrupt gzip data or I/O error: {exc}); {_REFETCH_HINT}"
         ) from exc
-    expected = math.prod(dims) * dtype.itemsize
     if len(payload) != expected:
         problem = "truncated file" if len(payload) < expected else "trailing bytes after the data"
         raise DatasetError(
             f"{path}: {problem}: header dimensions {'x'.join(map(str, dims))} need {expected} "
-            f"bytes of data but the file holds {len(payload)}; {_REFETCH_HINT}"
+            f"bytes of data but the file holds {'more' if len(payload) > expected else len(payload)}; "
+            f"{_REFETCH_HINT}"
         )
     if labels != (len(dims) == 1):
         want = "1 dimension (labels)" if labels else "2 or more dimensions (images)"
@@ -98,6 +105,15 @@ def read_idx(path: Path, *, labels: bool) -> np.ndarray:
         )
     array = np.frombuffer(payload, dtype=dtype).reshape(dims)
     return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+
+
+def read_idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """The element type and dimensions an IDX file declares; reads only its first bytes."""
+    try:
+        with _open(path) as stream:
+            return _read_header(stream, path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: cannot read (corrupt gzip data or I/O error: {exc})") from exc
 
 
 def _open(path: Path) -> BinaryIO:
@@ -124,10 +140,10 @@ def _read_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...
     return _IDX_TYPES[type_code], struct.unpack(f">{ndim}I", raw_dims)
 
 
-def _read_all(stream: BinaryIO) -> bytearray:
+def _read_all(stream: BinaryIO, limit: int) -> bytearray:
     # A bytearray grows with what is actually there (a corrupt header may claim terabytes) and
-    # is writable, so the arrays viewing it are too.
+    # is writable, so the arrays viewing it are too. `limit` stops a gzip bomb early.
     buffer = bytearray()
-    while chunk := stream.read(_CHUNK):
+    while len(buffer) < limit and (chunk := stream.read(min(_CHUNK, limit - len(buffer)))):
         buffer += chunk
     return buffer

@@ -27,6 +27,12 @@ def load_npz(path: Path) -> Dataset:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
+    with open_npz(path) as archive:
+        return {key: npz_array(archive, key, path) for key in _NPZ_KEYS}
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """Open an .npz archive holding x_train and y_train (and both or neither test arrays)."""
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
@@ -37,18 +43,41 @@ def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
         raise DatasetError(f"{path}: not an .npz archive ({exc}); {_NPZ_HINT}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatasetError(f"{path}: holds a single array (.npy), not an .npz archive; {_NPZ_HINT}")
-    with archive:
-        missing = [key for key in ("x_train", "y_train") if key not in archive.files]
-        if missing:
-            raise DatasetError(
-                f"{path}: missing array(s) {', '.join(missing)}; it has {archive.files}; " + _NPZ_HINT
-            )
-        if ("x_test" in archive.files) != ("y_test" in archive.files):
-            raise DatasetError(f"{path}: has only one of x_test and y_test; store both or neither")
-        return {key: _npz_array(archive, key, path) for key in _NPZ_KEYS}
+    missing = [key for key in ("x_train", "y_train") if key not in archive.files]
+    problem = ""
+    if missing:
+        problem = f"missing array(s) {', '.join(missing)}; it has {archive.files}; " + _NPZ_HINT
+    elif ("x_test" in archive.files) != ("y_test" in archive.files):
+        problem = "has only one of x_test and y_test; store both or neither"
+    if problem:
+        archive.close()
+        raise DatasetError(f"{path}: {problem}")
+    return archive
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
+def npz_header(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array `key` from its .npy header alone; refuses object (pickled) arrays."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise DatasetError(f"{path}: array {key} uses .npy format {version}; save it with np.savez")
+    except DatasetError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: array {key} has a corrupt header ({exc}); rewrite the file") from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            f"{path}: array {key} has object dtype, which only pickle can load; store plain numeric arrays"
+        )
+    return tuple(shape), dtype
+
+
+def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
     if key not in archive.files:
         return None
     try:

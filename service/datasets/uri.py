@@ -37,7 +37,12 @@ class DatasetUri:
 
 
 def resolve_uri(uri: str, data_root: Path) -> DatasetUri:
-    """Parse `uri`; relative paths are taken relative to `data_root`. Reads no files."""
+    """Parse `uri`; its path must lie inside `data_root` once `..` and symlinks are resolved.
+
+    Relative paths are taken relative to `data_root`; absolute ones must point inside it too. The
+    returned path is the real one (symlinks followed), so what is checked is what gets opened.
+    Reads no file contents.
+    """
     uri = uri.strip()
     if uri == FASHION_MNIST:
         return DatasetUri(FASHION_MNIST, None)
@@ -46,8 +51,23 @@ def resolve_uri(uri: str, data_root: Path) -> DatasetUri:
         raise DatasetError(
             f"dataset URI {uri!r}: unknown or incomplete form; accepted forms: " + "; ".join(ACCEPTED_FORMS)
         )
-    path = Path(rest).expanduser()
-    return DatasetUri(scheme, path if path.is_absolute() else data_root / path)
+    return DatasetUri(scheme, confine(Path(rest), data_root, uri))
+
+
+def confine(path: Path, data_root: Path, uri: str) -> Path:
+    """The real path of `path` (relative to `data_root`), refused unless it stays inside the root."""
+    try:
+        root = data_root.resolve()
+        real = (root / path).resolve()  # an absolute `path` replaces root in the join
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, names too long, symlink loops
+        raise DatasetError(f"dataset URI {uri!r}: unusable path ({exc})") from None
+    if not real.is_relative_to(root):
+        raise DatasetError(
+            f"dataset URI {uri!r}: the path leads outside the data root {root} (through '..', an "
+            "absolute path or a symlink); put the dataset under the data root (--data-root) and "
+            "give its path relative to it"
+        )
+    return real
 
 
 def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Dataset:
@@ -72,6 +92,11 @@ def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DE
 
 
 def _load_fashion_mnist(candidates: Sequence[Path]) -> Dataset:
+    return load_idx_dir(fashion_mnist_dir(candidates), require_test=True, source="Fashion-MNIST")
+
+
+def fashion_mnist_dir(candidates: Sequence[Path]) -> Path:
+    """The first of `candidates` holding all four Fashion-MNIST IDX files."""
     looked = []
     for directory in candidates:
         if not directory.is_dir():
@@ -79,7 +104,7 @@ def _load_fashion_mnist(candidates: Sequence[Path]) -> Dataset:
             continue
         missing = [stem for stem in IDX_FILES.values() if find_idx_file(directory, stem) is None]
         if not missing:
-            return load_idx_dir(directory, require_test=True, source="Fashion-MNIST")
+            return directory
         looked.append(f"{directory} (missing {', '.join(missing)})")
     raise DatasetError(
         "fashion-mnist: the four IDX files (train-images-idx3-ubyte[.gz] and friends) were not "

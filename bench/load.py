@@ -1,0 +1,316 @@
+"""Load on a coordinator: read traffic while a job trains, and a burst of submissions.
+
+    python bench/load.py [--clients 50] [--seconds 30] [--burst 200] [--max-queued-jobs 50]
+
+Starts `gradfleet serve` in a subprocess (the clients here must not share its interpreter), then:
+1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
+   samples/s alone, then while N clients each loop GetJob and ListJobs and hold a WatchJob stream;
+   reports errors, p50/p99 latency, and whether every stream ended cleanly when the job did;
+2. submits --burst jobs at once to a queue capped at --max-queued-jobs: every one is accepted or
+   refused with RESOURCE_EXHAUSTED, none is lost, and the queue drains in submission order.
+The functions are imported by tests/test_load.py with small counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
+from service.jobs import TERMINAL_STATES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ReadLoad:
+    """What N clients saw: call latencies in seconds by method, errors, and stream endings."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"GetJob": [], "ListJobs": []})
+    errors: list[str] = field(default_factory=list)
+    streams_opened: int = 0
+    streams_clean: int = 0  # ended by the server after the job's terminal STATE event
+    watch_events: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, method: str, seconds: float) -> None:
+        with self._lock:
+            self.latencies[method].append(seconds)
+
+    def fail(self, what: str) -> None:
+        with self._lock:
+            self.errors.append(what)
+
+    def percentile(self, q: float, method: str | None = None) -> float:
+        values = sorted(self.latencies[method] if method else [x for v in self.latencies.values() for x in v])
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    def calls(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+
+def read_load(
+    address: str,
+    job_id: str,
+    clients: int,
+    during: Callable[[], float],
+    end_job: Callable[[], None],
+    interval_s: float = 0.0,
+) -> tuple[ReadLoad, float]:
+    """N clients loop GetJob/ListJobs while each holds a WatchJob stream on `job_id`, for as long
+    as `during()` runs (its result is returned too); then `end_job()` is called and every stream
+    must end with the job's terminal event. Each client pauses `interval_s` between rounds
+    (0: back to back, a stress test)."""
+    report = ReadLoad()
+    stop = threading.Event()
+    watchers = [threading.Thread(target=_watch, args=(address, job_id, report)) for _ in range(clients)]
+    pollers = [
+        threading.Thread(target=_poll, args=(address, job_id, report, stop, interval_s))
+        for _ in range(clients)
+    ]
+    for thread in watchers + pollers:
+        thread.start()
+    result = during()
+    stop.set()
+    for thread in pollers:
+        thread.join()
+    end_job()
+    for thread in watchers:
+        thread.join(timeout=60)
+        if thread.is_alive():
+            report.fail("a watch stream did not end within 60 s of the job's end")
+    return report, result
+
+
+def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event, interval_s: float) -> None:
+    with CoordinatorClient(address, timeout=30) as client:
+        calls = (("GetJob", lambda: client.get(job_id)), ("ListJobs", lambda: client.list()))
+        while not stop.is_set():
+            for method, call in calls:
+                start = time.perf_counter()
+                try:
+                    call()
+                except grpc.RpcError as exc:
+                    report.fail(f"{method}: {exc.code().name}: {exc.details()}")
+                    continue
+                report.record(method, time.perf_counter() - start)
+            stop.wait(interval_s)
+
+
+def _watch(address: str, job_id: str, report: ReadLoad) -> None:
+    with CoordinatorClient(address) as client:
+        last, count = None, 0
+        try:
+            with report._lock:
+                report.streams_opened += 1
+            for event in client.watch(job_id):
+                last, count = event, count + 1
+        except grpc.RpcError as exc:
+            report.fail(f"WatchJob: {exc.code().name}: {exc.details()}")
+            return
+        with report._lock:
+            report.watch_events += count
+            if last is not None and last.job.state in TERMINAL_STATES:
+                report.streams_clean += 1
+
+
+def samples_per_second(client: CoordinatorClient, job_id: str, seconds: float) -> float:
+    """The job's training rate over the next `seconds`, from its samples_trained counter."""
+    first, start = client.get(job_id).progress.samples_trained, time.monotonic()
+    time.sleep(seconds)
+    last, end = client.get(job_id).progress.samples_trained, time.monotonic()
+    return (last - first) / (end - start)
+
+
+def wait_training(client: CoordinatorClient, job_id: str, timeout_s: float = 120) -> None:
+    """Return once the job has trained a few steps (workers up, data loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while client.get(job_id).progress.step < 5:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not start training: {client.get(job_id)}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Burst:
+    accepted: list[str]  # job ids in the order the server created them
+    refused: list[str]  # status details
+    other_errors: list[str]
+
+
+def submit_burst(address: str, spec: pb.JobSpec, count: int, connections: int = 50) -> Burst:
+    """Submit `count` copies of `spec` at once from `connections` clients."""
+    clients = [CoordinatorClient(address, timeout=60) for _ in range(min(connections, count))]
+    results: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        barrier.wait()  # all at once
+        try:
+            outcome = ("ok", clients[i % len(clients)].submit(spec).id)
+        except grpc.RpcError as exc:
+            kind = "refused" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "error"
+            outcome = (kind, f"{exc.code().name}: {exc.details()}")
+        with lock:
+            results.append(outcome)
+
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(one, range(count)))
+        ids = {value for kind, value in results if kind == "ok"}
+        created = [j.id for j in reversed(clients[0].list(page_size=1000)) if j.id in ids]
+    finally:
+        for client in clients:
+            client.close()
+    return Burst(
+        accepted=created,
+        refused=[v for k, v in results if k == "refused"],
+        other_errors=[v for k, v in results if k == "error"],
+    )
+
+
+def drained_in_order(client: CoordinatorClient, job_ids: list[str], timeout_s: float) -> list[pb.Job]:
+    """Wait for every job to end; returns them. Their start times must follow `job_ids` order."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = [client.get(job_id) for job_id in job_ids]
+        if all(j.state in TERMINAL_STATES for j in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sum(j.state not in TERMINAL_STATES for j in jobs)} jobs still not done")
+        time.sleep(0.5)
+
+
+def started_in_order(jobs: list[pb.Job]) -> bool:
+    starts = [j.started_at.ToNanoseconds() for j in jobs]
+    return all(starts) and starts == sorted(starts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def _start_server(state: Path, data_root: Path, max_queued: int) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "-1"]
+    command += [
+        "--state-dir",
+        str(state),
+        "--data-root",
+        str(data_root),
+        "--max-queued-jobs",
+        str(max_queued),
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if match := re.search(r"listening on ([^\s,]+)", line):
+            return proc, match.group(1)
+    raise RuntimeError("the coordinator exited before listening")
+
+
+def _write_blobs(path: Path, n: int, features: int, classes: int) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(0, 3, (classes, features))[y] + rng.normal(0, 1, (n, features))
+    np.savez(path, x_train=x.astype(np.float32), y_train=y)
+
+
+def _spec(uri: str, **changes) -> pb.JobSpec:
+    from service.spec import spec_from_dict
+
+    spec = {
+        "name": "load",
+        "dataset": {"uri": uri},
+        "layers": [{"units": 256}, {"units": 128}, {"units": 10}],
+        "batchSize": 256,
+        "epochs": 1000,
+        "numWorkers": 2,
+    }
+    return spec_from_dict(spec | changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--interval", type=float, default=0.0, help="pause between a client's rounds, s")
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--max-queued-jobs", type=int, default=50)
+    parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        uri = "fashion-mnist"
+        if args.synthetic:
+            _write_blobs(data / "blobs.npz", n=20000, features=784, classes=10)
+            uri = "npz:blobs.npz"
+        proc, address = _start_server(Path(tmp) / "state", data, args.max_queued_jobs)
+        try:
+            return _run(address, uri, args)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def _run(address: str, uri: str, args: argparse.Namespace) -> int:
+    with CoordinatorClient(address) as client:
+        client.wait_ready(timeout=120)
+        job = client.submit(_spec(uri))
+        wait_training(client, job.id)
+        alone = samples_per_second(client, job.id, args.seconds)
+        report, loaded = read_load(
+            address,
+            job.id,
+            args.clients,
+            lambda: samples_per_second(client, job.id, args.seconds),
+            lambda: client.cancel(job.id),
+            args.interval,
+        )
+    _print_read_load(report, args, alone, loaded)
+    small = _spec(uri, epochs=1, numWorkers=1, dataset={"uri": uri, "maxTrainSamples": 512})
+    burst = submit_burst(address, small, args.burst)
+    print(
+        f"burst: {args.burst} submitted, {len(burst.accepted)} accepted, {len(burst.refused)} "
+        f"refused (RESOURCE_EXHAUSTED), {len(burst.other_errors)} other errors"
+    )
+    with CoordinatorClient(address) as client:
+        start = time.monotonic()
+        jobs = drained_in_order(client, burst.accepted, timeout_s=3600)
+        in_order = started_in_order(jobs)
+        print(f"  drained in {time.monotonic() - start:.0f} s; started in submission order: {in_order}")
+    clean = report.streams_clean == report.streams_opened == args.clients
+    counted = len(burst.accepted) + len(burst.refused) == args.burst
+    return 0 if clean and counted and in_order and not (report.errors or burst.other_errors) else 1
+
+
+def _print_read_load(report: ReadLoad, args: argparse.Namespace, alone: float, loaded: float) -> None:
+    calls, errors = report.calls(), len(report.errors)
+    pace = f"{args.interval:g} s apart" if args.interval else "back to back"
+    print(f"read load: {args.clients} clients x {args.seconds:g} s ({pace}), {calls} calls, {errors} errors")
+    for method, values in report.latencies.items():
+        p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
+        print(f"  {method}: {len(values)} calls, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    clean, opened = report.streams_clean, report.streams_opened
+    print(f"  WatchJob: {clean}/{opened} streams ended cleanly, {report.watch_events} events")
+    slower = (1 - loaded / alone) * 100 if alone else float("nan")
+    print(f"  job samples/s: {alone:,.0f} alone, {loaded:,.0f} under load ({slower:.1f}% slower)")
+    for error in report.errors[:5]:
+        print(f"  error: {error}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

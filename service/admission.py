@@ -1,0 +1,95 @@
+"""Admission: everything checked when a job is submitted, before it is created or anything starts.
+
+The spec alone (ranges, enums, limits), then the spec against its dataset (output layer versus
+classes, feature count and parameter limit, batch size versus training-set size), read cheaply
+from file headers and cached until the files change. Every refusal is INVALID_ARGUMENT naming the
+field, or RESOURCE_EXHAUSTED naming the limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.config import ServerConfig
+from service.datasets import DatasetError, resolve_uri
+from service.datasets.probe import DatasetInfo, check_file_size, info_from_dataset, probe_dataset
+from service.errors import InvalidSpec
+from service.runner import DatasetCache
+from service.spec import validate_against_dataset, validate_spec, with_defaults
+
+INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class Admission:
+    """Checks a submitted spec against the server's limits and its dataset."""
+
+    def __init__(self, config: ServerConfig, cache: DatasetCache) -> None:
+        self._config = config
+        self._cache = cache  # CSV files have no header: their full load is shared with the runner
+        self._lock = threading.Lock()
+        self._infos: collections.OrderedDict[str, tuple[DatasetInfo, Fingerprint]] = collections.OrderedDict()
+
+    def check(self, request: pb.JobSpec) -> pb.JobSpec:
+        """The spec with defaults filled; InvalidSpec or LimitExceeded if it cannot run here."""
+        config = self._config
+        spec = with_defaults(request)
+        validate_spec(spec, max_workers=config.max_workers_per_job, max_params=config.max_params)
+        info = self.dataset_info(spec.dataset.uri)
+        limit = spec.dataset.max_train_samples
+        num_train = min(limit, info.num_train) if limit else info.num_train
+        validate_against_dataset(
+            spec,
+            info.num_features,
+            info.num_classes,
+            num_train,
+            config.max_params,
+            target_width=info.target_width,
+        )
+        return spec
+
+    def dataset_info(self, uri: str) -> DatasetInfo:
+        """Facts about the dataset `uri`, from the cache while its files are unchanged."""
+        try:
+            return self._cached(uri) or self._probe(uri)
+        except DatasetError as exc:
+            raise InvalidSpec("dataset.uri", str(exc)) from None
+
+    def _cached(self, uri: str) -> DatasetInfo | None:
+        with self._lock:
+            entry = self._infos.get(uri)
+        if entry is None or _fingerprint(entry[0].files) != entry[1]:
+            return None
+        return entry[0]
+
+    def _probe(self, uri: str) -> DatasetInfo:
+        config = self._config
+        resolved = resolve_uri(uri, config.data_root)
+        if resolved.scheme == "csv":
+            check_file_size(resolved.path, config.max_dataset_bytes)
+            info = info_from_dataset(self._cache.load(uri), (resolved.path,))
+        else:
+            info = probe_dataset(
+                uri,
+                config.data_root,
+                extra_search=config.dataset_search,
+                max_bytes=config.max_dataset_bytes,
+            )
+        with self._lock:
+            self._infos[uri] = (info, _fingerprint(info.files))
+            while len(self._infos) > INFO_CACHE_SIZE:
+                self._infos.popitem(last=False)
+        return info
+
+
+def _fingerprint(files: tuple[Path, ...]) -> Fingerprint:
+    """Size and modification time of each file; () for files that are gone (never matches)."""
+    try:
+        stats = [(str(path), path.stat()) for path in files]
+    except OSError:
+        return ()
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)

@@ -1,0 +1,178 @@
+"""Facts about a dataset read cheaply (headers and label arrays, never the features), so a job spec
+can be checked against its data when it is submitted, before anything starts.
+
+IDX files are read up to their header, .npz arrays up to their .npy header; only the labels are
+loaded, and only after the sizes every header declares are checked against the size limit (a small
+gzip file can claim gigabytes). CSV files have no header to read: they are loaded whole, after a
+check of the file size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.datasets.core import Dataset, DatasetError, label_facts
+from service.datasets.idx import idx_paths, read_idx, read_idx_header
+from service.datasets.tabular import npz_array, npz_header, open_npz
+from service.datasets.uri import FASHION_MNIST, fashion_mnist_dir, resolve_uri
+from service.errors import LimitExceeded
+
+_LABEL_BYTES = 8  # labels become int64
+_SPLITS = (("x_train", "y_train"), ("x_test", "y_test"))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a spec is checked against; sizes in samples and bytes (in memory once loaded)."""
+
+    num_features: int
+    num_classes: int  # 0 for float (regression) targets
+    target_width: int  # target columns: 1 for class labels
+    num_train: int
+    num_test: int
+    nbytes: int
+    files: tuple[Path, ...]  # the files read, to notice when they change
+
+
+def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int) -> DatasetInfo:
+    """Facts about the dataset `uri` names; DatasetError if unusable, LimitExceeded if too large."""
+    resolved = resolve_uri(uri, data_root)
+    if resolved.path is None:
+        directory = fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
+        return _probe_idx(directory, data_root, require_test=True, max_bytes=max_bytes, confined=False)
+    if resolved.scheme == "idx":
+        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes, confined=True)
+    if resolved.scheme == "npz":
+        return _probe_npz(resolved.path, max_bytes)
+    raise ValueError(f"probe_dataset cannot read {resolved.scheme} headers; use info_from_dataset")
+
+
+def info_from_dataset(dataset: Dataset, files: tuple[Path, ...]) -> DatasetInfo:
+    """The facts of a dataset already loaded (CSV files have no header to read them from)."""
+    y = dataset.y_train
+    arrays = (dataset.x_train, y, dataset.x_test, dataset.y_test)
+    return DatasetInfo(
+        num_features=dataset.num_features,
+        num_classes=dataset.num_classes,
+        target_width=1 if y.ndim == 1 else int(y.shape[1]),
+        num_train=len(y),
+        num_test=0 if dataset.y_test is None else len(dataset.y_test),
+        nbytes=sum(a.nbytes for a in arrays if a is not None),
+        files=files,
+    )
+
+
+def check_file_size(path: Path, max_bytes: int) -> None:
+    """LimitExceeded if the file at `path` is larger than `max_bytes`; DatasetError if missing."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    _check_size(str(path), size, max_bytes)
+
+
+def _check_size(what: str, nbytes: int, max_bytes: int) -> None:
+    if nbytes > max_bytes:
+        raise LimitExceeded(
+            f"dataset {what} needs {nbytes:,} bytes in memory; the limit is {max_bytes:,} "
+            "(--max-dataset-bytes); use a smaller dataset or ask the operator to raise the limit"
+        )
+
+
+def _probe_idx(
+    directory: Path, data_root: Path, *, require_test: bool, max_bytes: int, confined: bool
+) -> DatasetInfo:
+    paths = {k: p for k, p in idx_paths(directory, require_test=require_test).items() if p}
+    if confined:  # the directory is inside the root; a file in it may still be a symlink out
+        for path in paths.values():
+            resolve_uri(f"idx:{path}", data_root)
+    headers = {key: read_idx_header(path) for key, path in paths.items()}
+    shapes = {key: dims for key, (_dtype, dims) in headers.items()}
+    nbytes = sum(
+        math.prod(dims) * (_LABEL_BYTES if key.startswith("y") else dtype.itemsize)
+        for key, (dtype, dims) in headers.items()
+    )
+    _check_size(str(directory), nbytes, max_bytes)
+    origins = {key: str(path) for key, path in paths.items()}
+    _check_shapes(shapes, origins)
+    labels = {key: read_idx(paths[key], labels=True) for key in ("y_train", "y_test") if key in paths}
+    return _info(shapes, labels, origins, nbytes, tuple(paths.values()), allow_regression=False)
+
+
+def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
+    with open_npz(path) as archive:
+        keys = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in archive.files]
+        headers = {key: npz_header(archive, key, path) for key in keys}
+        nbytes = sum(
+            math.prod(shape) * _loaded_itemsize(key, dtype) for key, (shape, dtype) in headers.items()
+        )
+        _check_size(str(path), nbytes, max_bytes)
+        origins = {key: f"{path} (array {key})" for key in keys}
+        shapes = {key: shape for key, (shape, _dtype) in headers.items()}
+        _check_shapes(shapes, origins)
+        labels = {key: npz_array(archive, key, path) for key in ("y_train", "y_test") if key in keys}
+    return _info(shapes, labels, origins, nbytes, (path,), allow_regression=True)
+
+
+def _loaded_itemsize(key: str, dtype: np.dtype) -> int:
+    """Bytes per element once loaded: labels as int64, float features as float32."""
+    if key.startswith("y"):
+        return _LABEL_BYTES
+    return 4 if dtype.kind == "f" else dtype.itemsize
+
+
+def _check_shapes(shapes: dict[str, tuple[int, ...]], origins: dict[str, str]) -> None:
+    """The checks `assemble` makes on counts and feature widths, from the shapes alone."""
+    widths = {}
+    for x_key, y_key in _SPLITS:
+        if x_key not in shapes:
+            continue
+        x, y = shapes[x_key], shapes[y_key]
+        if not x or x[0] == 0:
+            raise DatasetError(f"{origins[x_key]}: empty dataset: no samples (shape {x})")
+        widths[x_key] = math.prod(x[1:])
+        if widths[x_key] == 0:
+            raise DatasetError(f"{origins[x_key]}: no features: each sample is empty (shape {x})")
+        if (y[0] if y else 0) != x[0]:
+            raise DatasetError(
+                f"{origins[y_key]}: image and label counts differ: {y[0] if y else 0} labels for "
+                f"{x[0]} samples in {origins[x_key]}; features and labels must describe the same samples"
+            )
+    if len(set(widths.values())) > 1:
+        raise DatasetError(
+            f"{origins['x_test']}: train/test feature counts differ: {widths['x_test']} test "
+            f"features versus {widths['x_train']} in {origins['x_train']}; both splits must come "
+            "from the same preprocessing"
+        )
+
+
+def _info(
+    shapes: dict[str, tuple[int, ...]],
+    labels: dict[str, np.ndarray],
+    origins: dict[str, str],
+    nbytes: int,
+    files: tuple[Path, ...],
+    *,
+    allow_regression: bool,
+) -> DatasetInfo:
+    num_classes, width = label_facts(
+        {"y_train": labels["y_train"], "y_test": labels.get("y_test")},
+        origins,
+        allow_regression=allow_regression,
+    )
+    return DatasetInfo(
+        num_features=math.prod(shapes["x_train"][1:]),
+        num_classes=num_classes,
+        target_width=width,
+        num_train=shapes["x_train"][0],
+        num_test=shapes["x_test"][0] if "x_test" in shapes else 0,
+        nbytes=nbytes,
+        files=files,
+    )

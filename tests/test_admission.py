@@ -1,0 +1,162 @@
+"""Submit-time checks against the dataset and the limits, through a real coordinator: each bad
+spec is refused before a job exists, with the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
+from service.datasets.probe import probe_dataset
+from service.errors import LimitExceeded
+from tests.conftest import start_coordinator
+from tests.helpers import small_spec, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+MAX_PARAMS = 100_000
+MAX_DATASET_BYTES = 1_000_000
+MAX_WORKERS = 8
+INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_data(root: Path) -> None:
+    """Every dataset the table below refers to, good and bad, under the data root."""
+    write_blobs(root / "blobs.npz")  # 600 train, 20 features, 3 classes
+    write_blobs(root / "wide.npz", n_train=64, n_test=16, features=784)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    np.savez(root / "reg.npz", x_train=x, y_train=rng.normal(size=(50, 2)) + 0.5)
+    np.savez(root / "negative.npz", x_train=x, y_train=np.arange(50) - 1)
+    np.savez(root / "objects.npz", x_train=np.array([{}] * 50, dtype=object), y_train=np.zeros(50))
+    np.savez_compressed(root / "big.npz", x_train=np.zeros((2000, 200), np.float32), y_train=np.zeros(2000))
+    (root / "bad.npz").write_bytes(b"this is not a zip archive")
+    (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
+    (root / "idx").mkdir()
+    (root / "idx" / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((4, 2, 2))))
+    (root / "idx" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2])))
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tmp_path_factory) -> Iterator:
+    running = start_coordinator(
+        tmp_path_factory.mktemp("admission"),
+        max_params=MAX_PARAMS,
+        max_dataset_bytes=MAX_DATASET_BYTES,
+        max_workers_per_job=MAX_WORKERS,
+    )
+    _write_data(running.config.data_root)
+    yield running
+    running.stop(grace_s=1.0)
+
+
+@pytest.fixture
+def client(server) -> Iterator[CoordinatorClient]:
+    with CoordinatorClient(server.address) as c:
+        yield c
+
+
+# One row per refusal: (id, uri, spec changes, status, field path, fragment of the message).
+REFUSALS = [
+    ("output-units-vs-classes", "npz:blobs.npz", {"layers": [{"units": 16}, {"units": 5}]},
+     INVALID, "layers[1].units", "got 5; the dataset has 3 classes, so the last layer needs 3 units"),
+    ("mse-output-units-vs-classes", "npz:blobs.npz",
+     {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 1}]},
+     INVALID, "layers[0].units", "got 1; the dataset has 3 classes"),
+    ("batch-vs-dataset", "npz:blobs.npz", {"batchSize": 601},
+     INVALID, "batch_size", "got 601; the training set has only 600 samples"),
+    ("batch-vs-max-train-samples", "npz:blobs.npz",
+     {"batchSize": 150, "dataset": {"uri": "npz:blobs.npz", "maxTrainSamples": 100}},
+     INVALID, "batch_size", "got 150; the training set has only 100 samples"),
+    ("params-with-real-feature-count", "npz:wide.npz", {"layers": [{"units": 400}, {"units": 3}]},
+     INVALID, "layers", "the model has 315,203 parameters (784 inputs); the limit is 100,000"),
+    ("params-lower-bound", "npz:blobs.npz", {"layers": [{"units": 400}, {"units": 400}, {"units": 3}]},
+     INVALID, "layers", "the limit is 100,000"),
+    ("workers-over-limit", "npz:blobs.npz", {"numWorkers": MAX_WORKERS + 1},
+     INVALID, "num_workers", f"got 9; must be between 1 and {MAX_WORKERS}"),
+    ("regression-needs-mse", "npz:reg.npz", {"layers": [{"units": 2}]},
+     INVALID, "loss", "float targets (regression), which need MEAN_SQUARED_ERROR"),
+    ("regression-target-width", "npz:reg.npz", {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 3}]},
+     INVALID, "layers[0].units", "2 target column(s), so the last layer needs 2 units"),
+    ("missing-file", "npz:missing.npz", {}, INVALID, "dataset.uri", "missing.npz: file not found"),
+    ("not-an-npz", "npz:bad.npz", {}, INVALID, "dataset.uri", "bad.npz: not an .npz archive"),
+    ("object-array-needs-pickle", "npz:objects.npz", {}, INVALID, "dataset.uri", "object dtype"),
+    ("negative-label", "npz:negative.npz", {}, INVALID, "dataset.uri", "negative label -1 at sample 0"),
+    ("idx-counts-differ", "idx:idx", {}, INVALID, "dataset.uri", "image and label counts differ"),
+    ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
+    ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
+    ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
+    ("dataset-too-large", "npz:big.npz", {}, EXHAUSTED, "",
+     "needs 1,616,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("uri", "changes", "code", "field", "fragment"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_submit_refuses_a_spec_that_does_not_fit_its_dataset(client, uri, changes, code, field, fragment):
+    """SubmitJob refuses each spec that cannot run on its dataset, naming field, value and limit."""
+    with pytest.raises(grpc.RpcError) as caught:
+        client.submit(small_spec(uri, **changes))
+    assert caught.value.code() == code
+    assert caught.value.details().startswith(f"{field}: " if field else "dataset ")
+    assert fragment in caught.value.details()
+
+
+def test_refused_specs_create_no_jobs_and_a_fitting_one_is_queued(client):
+    """After every refusal no job exists; a spec that fits its dataset is then accepted."""
+    for uri, changes, *_ in (r[1:] for r in REFUSALS):
+        with pytest.raises(grpc.RpcError):
+            client.submit(small_spec(uri, **changes))
+    assert client.list() == []
+    job = client.submit(small_spec("npz:blobs.npz", epochs=1))
+    assert job.state in (pb.QUEUED, pb.RUNNING)
+    assert [j.id for j in client.list()] == [job.id]
+    client.cancel(job.id)
+
+
+def test_a_rewritten_dataset_is_probed_again(client, server):
+    """The cached dataset facts are dropped when the file changes: 4 classes now need 4 units."""
+    root = server.config.data_root
+    write_blobs(root / "changing.npz", classes=3)
+    job = client.submit(small_spec("npz:changing.npz", epochs=1))
+    client.cancel(job.id)
+    time.sleep(0.01)  # a distinct modification time even on coarse clocks
+    write_blobs(root / "changing.npz", classes=4, seed=1)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.submit(small_spec("npz:changing.npz", epochs=1))
+    assert "the dataset has 4 classes" in caught.value.details()
+
+
+def test_fashion_mnist_facts_come_from_headers(fashion_dir, tmp_path):
+    """Probing Fashion-MNIST gives its shape and classes without decoding the images (well under 1 s)."""
+    start = time.perf_counter()
+    info = probe_dataset("fashion-mnist", tmp_path, extra_search=[fashion_dir], max_bytes=10**9)
+    elapsed = time.perf_counter() - start
+    assert (info.num_features, info.num_classes, info.num_train, info.num_test) == (784, 10, 60000, 10000)
+    assert info.nbytes == 70000 * 784 + 70000 * 8
+    assert elapsed < 1.0  # a full load decompresses 55 MB and takes seconds
+
+
+def test_a_header_claiming_gigabytes_is_refused_before_reading(tmp_path):
+    """A small gzip file whose IDX header claims 4 GB is refused by size, not decompressed."""
+    d = tmp_path / "bomb"
+    d.mkdir()
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 1_000_000, 64, 64)
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    (d / "train-labels-idx1-ubyte").write_bytes(_idx(np.zeros(1_000_000)))
+    with pytest.raises(LimitExceeded, match=r"needs 4,104,000,000 bytes in memory; the limit is 1,000"):
+        probe_dataset("idx:bomb", tmp_path, extra_search=(), max_bytes=1000)

@@ -1,0 +1,108 @@
+"""Configured limits on a real coordinator: message sizes both ways and WatchJob streams."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
+from service.config import ServerConfig, config_from_env_and_flags
+from tests.conftest import start_coordinator
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+@pytest.fixture
+def limited(ray_session, tmp_path) -> Iterator:
+    running = start_coordinator(
+        tmp_path,
+        max_message_bytes=64 * 1024,
+        rpc_threads=8,
+        max_watch_streams=3,
+        max_watch_streams_per_client=2,
+    )
+    write_blobs(running.config.data_root / "blobs.npz")
+    yield running
+    running.stop(grace_s=1.0)
+
+
+def test_a_request_over_the_message_limit_is_resource_exhausted(limited):
+    """A 100 kB request to a server allowing 64 KiB gets RESOURCE_EXHAUSTED naming both sizes."""
+    with CoordinatorClient(limited.address) as client, pytest.raises(grpc.RpcError) as caught:
+        client.submit(small_spec("npz:blobs.npz", name="x" * 100_000))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "65536" in caught.value.details()
+
+
+def test_a_reply_over_the_client_limit_is_resource_exhausted(limited):
+    """A client allowing 1 KiB replies gets RESOURCE_EXHAUSTED for a larger job list."""
+    with CoordinatorClient(limited.address) as client:
+        for _ in range(10):  # about 300 bytes each
+            client.cancel(client.submit(small_spec("npz:blobs.npz", epochs=1000)).id)
+    with (
+        CoordinatorClient(limited.address, max_message_bytes=1024) as small,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        small.list()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1024" in caught.value.details()
+
+
+def _open_watch(client: CoordinatorClient, job_id: str):
+    """A watch stream that has delivered its first event (so the server holds it)."""
+    stream = client.watch(job_id)
+    assert next(stream).kind == pb.JobEvent.STATE
+    return stream
+
+
+def test_watch_streams_are_capped_per_client_and_in_all(limited):
+    """A third stream on one connection, or a fourth in all, is RESOURCE_EXHAUSTED naming the
+    limit; a closed stream frees its place; the rest end cleanly when the job does."""
+    clients = [CoordinatorClient(limited.address) for _ in range(3)]
+    a, b, c = clients
+    try:
+        job = a.submit(small_spec("npz:blobs.npz", epochs=10_000, numWorkers=1, batchSize=100))
+        streams = [_open_watch(a, job.id), _open_watch(a, job.id)]
+        with pytest.raises(grpc.RpcError) as per_client:
+            _open_watch(a, job.id)
+        assert per_client.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 WatchJob streams open, the limit per connection" in per_client.value.details()
+        streams.append(_open_watch(b, job.id))
+        with pytest.raises(grpc.RpcError) as total:
+            _open_watch(c, job.id)
+        assert "the server has 3 WatchJob streams open, its limit" in total.value.details()
+        streams.pop(0).cancel()
+        deadline = time.monotonic() + 5
+        while limited.servicer.streams.open_streams() > 2:
+            assert time.monotonic() < deadline, "a cancelled stream kept its place"
+            time.sleep(0.05)
+        streams.append(_open_watch(c, job.id))
+        a.cancel(job.id)
+        for stream in streams:
+            last = list(stream)[-1]
+            assert (last.kind, last.job.state) == (pb.JobEvent.STATE, pb.CANCELLED)
+        wait_for(a, job.id)
+        assert limited.servicer.streams.open_streams() == 0
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_limits_come_from_flags_and_environment():
+    """Flags win over GRADFLEET_* variables, which win over defaults; impossible mixes are refused."""
+    config = config_from_env_and_flags(
+        {"max_params": 10, "tokens_file": "t"},
+        {"GRADFLEET_MAX_PARAMS": "20", "GRADFLEET_MAX_DATASET_BYTES": "30", "GRADFLEET_TLS_CERT": "c"}
+        | {"GRADFLEET_TLS_KEY": "k"},
+    )
+    assert (config.max_params, config.max_dataset_bytes, str(config.tokens_file)) == (10, 30, "t")
+    assert (str(config.tls_cert), str(config.tls_key)) == ("c", "k")
+    with pytest.raises(ValueError, match="must be below rpc_threads"):
+        ServerConfig(rpc_threads=4, max_watch_streams=4)
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
+        ServerConfig(tls_cert="c")
