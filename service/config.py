@@ -63,11 +63,6 @@ class ServerConfig:
         for name in ("rpc_threads", "max_watch_streams", "max_watch_streams_per_client", "max_running_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}; must be at least 1")
-        if self.max_watch_streams >= self.rpc_threads:
-            raise ValueError(
-                f"max_watch_streams ({self.max_watch_streams}) must be below rpc_threads "
-                f"({self.rpc_threads}): each stream holds a thread, and other calls need some"
-            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

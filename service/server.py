@@ -94,6 +94,13 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
+    if config.max_watch_streams >= config.rpc_threads:
+        log.warning(
+            "max_watch_streams (%d) is not below rpc_threads (%d): watch streams can hold every "
+            "thread and starve other calls until their clients go away",
+            config.max_watch_streams,
+            config.rpc_threads,
+        )
     tokens = TokenTable(config.tokens_file) if config.tokens_file else None  # bad file: fail first
     credentials = _server_credentials(config)
     owns_ray = _init_ray(config)

@@ -113,3 +113,12 @@ class ServeProcess:
                 os.kill(pid, signal.SIGKILL)
         self.log.close()
         return took
+
+
+def write_broken(path: Path) -> Path:
+    """An npz whose headers pass the submit-time checks but whose features hold a NaN: a job on it is
+    accepted, then fails when the full data is loaded (fast, before any worker starts)."""
+    x = np.ones((60, 20), np.float32)
+    x[7, 3] = np.nan
+    np.savez(path, x_train=x, y_train=np.arange(60) % 3)
+    return path

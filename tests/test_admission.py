@@ -88,7 +88,7 @@ REFUSALS = [
     ("workers-over-limit", "npz:blobs.npz", {"numWorkers": MAX_WORKERS + 1},
      INVALID, "num_workers", f"got 9; must be between 1 and {MAX_WORKERS}"),
     ("regression-needs-mse", "npz:reg.npz", {"layers": [{"units": 2}]},
-     INVALID, "loss", "float targets (regression), which need MEAN_SQUARED_ERROR"),
+     INVALID, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
     ("regression-target-width", "npz:reg.npz", {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 3}]},
      INVALID, "layers[0].units", "2 target column(s), so the last layer needs 2 units"),
     ("missing-file", "npz:missing.npz", {}, INVALID, "dataset.uri", "missing.npz: file not found"),

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs, write_broken
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +45,10 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-def failing_job(client, name: str) -> pb.Job:
-    """A job that fails fast (its dataset does not exist) without starting any workers."""
-    return wait_for(client, client.submit(small_spec("npz:missing.npz", name=name)).id, timeout_s=60)
+def failing_job(client, coordinator, name: str) -> pb.Job:
+    """A job that fails fast (a NaN in its dataset) without starting any workers."""
+    write_broken(coordinator.config.data_root / "broken.npz")
+    return wait_for(client, client.submit(small_spec("npz:broken.npz", name=name)).id, timeout_s=60)
 
 
 def test_health_service_reports_serving(channel) -> None:
@@ -117,9 +118,9 @@ def test_list_filters_by_state_and_pages_newest_first(client, stub, coordinator)
     wait_for(client, long_job.id, timeout_s=30)
 
 
-def test_cancelling_a_finished_job_returns_it_unchanged(client, stub) -> None:
+def test_cancelling_a_finished_job_returns_it_unchanged(client, stub, coordinator) -> None:
     """CancelJob on a FAILED job returns the job exactly as it was, and leaves it so."""
-    failed = failing_job(client, "fails")
+    failed = failing_job(client, coordinator, "fails")
     assert failed.state == pb.FAILED
     assert stub.CancelJob(pb.CancelJobRequest(job_id=failed.id), timeout=5) == failed
     assert client.get(failed.id) == failed
@@ -142,7 +143,7 @@ def test_empty_job_id_is_an_invalid_argument(stub) -> None:
 def test_cli_json_output_parses_into_job_messages(client, coordinator) -> None:
     """`gradfleet get ID --output json` and `gradfleet list --output json` print protobuf JSON that
     json_format parses back into the very Job messages the server holds."""
-    first, second = failing_job(client, "first"), failing_job(client, "second")
+    first, second = failing_job(client, coordinator, "first"), failing_job(client, coordinator, "second")
     server = ("--server", coordinator.address)
 
     got = run_cli("get", first.id, "--output", "json", *server)

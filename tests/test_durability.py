@@ -182,7 +182,7 @@ class _FlakyStub:
     def __init__(self, failures: int) -> None:
         self.failures, self.requests = failures, []
 
-    def SubmitJob(self, spec: pb.JobSpec, timeout: float) -> pb.Job:
+    def SubmitJob(self, spec: pb.JobSpec, timeout: float, metadata=()) -> pb.Job:
         self.requests.append(spec)
         if len(self.requests) <= self.failures:
             raise _Unavailable()

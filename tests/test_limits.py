@@ -102,7 +102,7 @@ def test_limits_come_from_flags_and_environment():
     )
     assert (config.max_params, config.max_dataset_bytes, str(config.tokens_file)) == (10, 30, "t")
     assert (str(config.tls_cert), str(config.tls_key)) == ("c", "k")
-    with pytest.raises(ValueError, match="must be below rpc_threads"):
-        ServerConfig(rpc_threads=4, max_watch_streams=4)
+    with pytest.raises(ValueError, match="rpc_threads: got 0; must be at least 1"):
+        ServerConfig(rpc_threads=0)
     with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
         ServerConfig(tls_cert="c")

@@ -14,7 +14,7 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.jobs import JobStore
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs, write_broken
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 N_TRAIN = 600
@@ -81,7 +81,8 @@ def test_finished_jobs_and_their_models_survive_a_restart(config, tmp_path: Path
     with running_coordinator(config) as client:
         done = wait_for(client, client.submit(small_spec("npz:blobs.npz", name="done")).id)
         assert done.state == pb.SUCCEEDED, done.message
-        failed = wait_for(client, client.submit(small_spec("npz:missing.npz", name="failed")).id)
+        write_broken(config.data_root / "broken.npz")
+        failed = wait_for(client, client.submit(small_spec("npz:broken.npz", name="failed")).id)
         assert failed.state == pb.FAILED
         client.download(done.id, tmp_path / "before.npz")
 

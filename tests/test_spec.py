@@ -374,7 +374,7 @@ DATASET_MISMATCH = [
         "layers[2].units",
         "got 1; the dataset has 10 classes, so the last layer needs 10 units",
     ),
-    ("regression-needs-mse", {}, 0, 1000, 10**6, "loss", "float targets (regression)"),
+    ("regression-needs-mse", {}, 0, 1000, 10**6, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
 ]
 
 

@@ -16,7 +16,7 @@ import pytest
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.client import CoordinatorClient
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs, write_broken
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,8 @@ def test_watch_streams_state_then_progress_and_ends_after_the_terminal_state(cli
 
 def test_watching_a_finished_job_gives_one_event(client, coordinator) -> None:
     """A watch of a job that already ended yields its state once and ends."""
-    job = wait_for(client, client.submit(small_spec("npz:missing.npz")).id, timeout_s=60)
+    write_broken(coordinator.config.data_root / "broken.npz")
+    job = wait_for(client, client.submit(small_spec("npz:broken.npz")).id, timeout_s=60)
     events = list(client.watch(job.id))
     assert [(e.kind, e.job.state) for e in events] == [(pb.JobEvent.STATE, pb.FAILED)]
 
@@ -96,6 +97,7 @@ def few_threads(ray_session, tmp_path) -> Iterator:
         port=0,
         metrics_port=-1,
         rpc_threads=RPC_THREADS,
+        max_watch_streams=RPC_THREADS + 2,  # the point: more streams than threads
         state_dir=tmp_path / "state",
         data_root=data_root,
     )
@@ -154,12 +156,13 @@ def test_cli_watch_exit_codes(client, coordinator) -> None:
     assert ok.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith(f"job {succeeds.id} SUCCEEDED in ")
 
-    fails = client.submit(small_spec("npz:missing.npz"))
+    write_broken(coordinator.config.data_root / "broken.npz")
+    fails = client.submit(small_spec("npz:broken.npz"))
     failed = start_watch(coordinator.address, fails.id)
     out, err = failed.communicate(timeout=120)
     assert failed.returncode == 1, err
     assert f"job {fails.id} FAILED" in out
-    assert "missing.npz" in out.strip().splitlines()[-1]
+    assert "broken.npz" in out.strip().splitlines()[-1]
 
     long = client.submit(long_spec())
     wait_until_training(client, long.id)
