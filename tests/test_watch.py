@@ -120,7 +120,8 @@ def test_dropped_watch_clients_free_their_server_threads(few_threads) -> None:
     channels = [grpc.insecure_channel(few_threads.address) for _ in range(RPC_THREADS + 2)]
     streams = [pb_grpc.CoordinatorStub(ch).WatchJob(pb.WatchJobRequest(job_id=queued.id)) for ch in channels]
     for stream in streams[:RPC_THREADS]:
-        assert next(stream).job.state == pb.QUEUED  # each holds a server thread now
+        first = next(stream).job  # each holds a server thread now
+        assert first.state == pb.QUEUED, (first, client.get(running.id))
     probe = CoordinatorClient(few_threads.address, timeout=1.5)
     with pytest.raises(grpc.RpcError) as starved:
         probe.get(running.id)  # every thread is busy streaming
