@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.data import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
 
 NAMES = {
     "x_train": "train-images-idx3-ubyte",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.data import load_dataset
+from service.datasets import load_dataset
 from service.fetch import (
     FASHION_MNIST_FILES,
     FASHION_MNIST_IDX_SHA256,

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.data import Normalization, apply_normalization, compute_normalization
-from service.datasets import normalization
+from service.datasets import Normalization, apply_normalization, compute_normalization, normalization
 
 
 def test_scale_maps_pixels_to_unit_interval():
@@ -67,7 +66,7 @@ def test_apply_converts_before_arithmetic_and_leaves_input_alone():
 
 def test_standardize_on_fashion_mnist_matches_numpy(fashion_dir):
     """On the real 60000x784 uint8 training set the chunked statistics match numpy's."""
-    from service.data import load_dataset
+    from service.datasets import load_dataset
 
     x = load_dataset("fashion-mnist", fashion_dir, extra_search=[fashion_dir]).x_train
     norm = compute_normalization(x, "standardize")
