@@ -17,7 +17,7 @@ from service.config import ServerConfig
 from service.datasets import DatasetError, resolve_uri
 from service.datasets.probe import DatasetInfo, check_file_size, info_from_dataset, probe_dataset
 from service.errors import InvalidSpec
-from service.runner import DatasetCache
+from service.jobsetup import DatasetCache
 from service.spec import validate_against_dataset, validate_spec, with_defaults
 
 INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this

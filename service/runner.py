@@ -5,7 +5,6 @@ thread; cancellation is a threading.Event checked between parameter-server calls
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -19,17 +18,17 @@ import ray
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, spec_hash
 from service.config import ServerConfig
-from service.datasets import Dataset, DatasetError, compute_normalization, load_dataset
+from service.datasets import DatasetError
 from service.errors import GradfleetError, TrainingFailed
 from service.export import model_arrays, write_model
 from service.jobs import JobStore
+from service.jobsetup import DatasetCache, PreparedData, build_optimizer, model_plan, prepare_data
 from service.metrics import Metrics
 from service.param_server import Diverged, ParameterServerActor, StepStats, TrainingState
 from service.recovery import FaultPolicy
 from service.spec import spec_to_json, validate_against_dataset
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
-from workers.nn import make_optimizer, make_schedule
 from workers.placement import Unplaceable, reserve_workers
 from workers.worker import ModelPlan
 
@@ -42,121 +41,6 @@ SHUTDOWN_CHECKPOINT_TIMEOUT_S = 15.0  # a SIGTERM'd coordinator exits in bounded
 
 class JobCancelled(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    dataset: Dataset
-    offset: np.ndarray
-    scale: np.ndarray
-
-
-class DatasetCache:
-    """Keeps the most recently used datasets in memory: reading Fashion-MNIST's gzip files takes
-    seconds, and a coordinator often runs many jobs on the same data."""
-
-    def __init__(self, config: ServerConfig, capacity: int = 2) -> None:
-        self._config = config
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._items: dict[str, Dataset] = {}
-
-    def load(self, uri: str) -> Dataset:
-        with self._lock:
-            if uri in self._items:
-                self._items[uri] = self._items.pop(uri)  # most recent last
-                return self._items[uri]
-        dataset = load_dataset(uri, self._config.data_root, extra_search=self._config.dataset_search)
-        with self._lock:
-            self._items[uri] = dataset
-            while len(self._items) > self._capacity:
-                self._items.pop(next(iter(self._items)))
-        return dataset
-
-
-def _lower(enum_type, value: int) -> str:
-    return enum_type.Name(value).lower()
-
-
-def model_plan(spec: pb.JobSpec, num_features: int) -> ModelPlan:
-    return ModelPlan(
-        layer_sizes=(num_features, *(layer.units for layer in spec.layers)),
-        activations=tuple(_lower(pb.Activation, layer.activation) for layer in spec.layers),
-        loss=_lower(pb.Loss, spec.loss),
-        batch_size=spec.batch_size,
-        num_microshards=spec.micro_shards,
-        seed=spec.seed,
-        slopes=tuple(layer.slope if layer.HasField("slope") else 0.01 for layer in spec.layers),
-        dropout=tuple(layer.dropout for layer in spec.layers),
-        initializers=tuple(_initializer(layer) for layer in spec.layers),
-        label_smoothing=spec.label_smoothing,
-        huber_delta=spec.huber_delta,
-        top_k=spec.eval_top_k,
-    )
-
-
-def _initializer(layer: pb.LayerSpec) -> str:
-    if layer.init == pb.INITIALIZER_UNSPECIFIED:
-        return "auto"
-    return _lower(pb.Initializer, layer.init)
-
-
-def build_optimizer(spec: pb.JobSpec, num_params: int, num_train: int):
-    """A factory for the optimizer and the learning-rate schedule a (defaults-filled) spec asks for.
-
-    The optimizer is built where it runs (the parameter server), so its state arrays are its own.
-    """
-    opt = spec.optimizer
-    kind = _lower(pb.OptimizerKind, opt.kind)
-    optimizer = functools.partial(make_optimizer, kind, num_params, np.float32, **_hyper(kind, opt))
-    per_epoch = steps_per_epoch(num_train, spec.batch_size)
-    sched = opt.schedule
-    schedule = make_schedule(
-        _lower(pb.ScheduleKind, sched.kind),
-        opt.learning_rate,
-        steps_per_epoch=per_epoch,
-        total_steps=per_epoch * spec.epochs,
-        gamma=sched.gamma,
-        step_epochs=sched.step_epochs,
-        min_lr=sched.min_learning_rate,
-        milestones=tuple(sched.milestones),
-        warmup_steps=sched.warmup_steps,
-        pct_start=sched.pct_start,
-        div_factor=sched.div_factor,
-        final_div_factor=sched.final_div_factor,
-    )
-    return optimizer, schedule
-
-
-def _hyper(kind: str, opt: pb.OptimizerSpec) -> dict:
-    """The constructor arguments of the optimizer `kind` from a defaults-filled spec."""
-    hyper: dict = {"weight_decay": opt.weight_decay}
-    if kind in ("momentum", "nesterov"):
-        hyper["momentum"] = opt.momentum
-    if kind in ("adam", "adamw"):
-        hyper |= {"beta1": opt.beta1, "beta2": opt.beta2, "epsilon": opt.epsilon}
-    if kind == "rmsprop":
-        hyper |= {"rho": opt.rho, "epsilon": opt.epsilon}
-    if kind == "adagrad":
-        hyper["epsilon"] = opt.epsilon
-    return hyper
-
-
-def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
-    ds = cache.load(spec.dataset.uri)
-    n_train = spec.dataset.max_train_samples or len(ds.y_train)
-    n_test = spec.dataset.max_test_samples or (0 if ds.y_test is None else len(ds.y_test))
-    ds = Dataset(
-        x_train=ds.x_train[:n_train],
-        y_train=ds.y_train[:n_train],
-        x_test=None if ds.x_test is None else ds.x_test[:n_test],
-        y_test=None if ds.y_test is None else ds.y_test[:n_test],
-        num_classes=ds.num_classes,
-        source=ds.source,
-    )
-    method = _lower(pb.Preprocessing, spec.dataset.preprocessing)
-    norm = compute_normalization(ds.x_train, method)
-    return PreparedData(ds, norm.offset, norm.scale)
 
 
 class ParameterServerLost(WorkerLost):

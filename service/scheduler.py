@@ -11,8 +11,9 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
 from service.errors import LimitExceeded
 from service.jobs import TERMINAL_STATES, JobStore
+from service.jobsetup import DatasetCache
 from service.metrics import Metrics
-from service.runner import DatasetCache, JobRunner
+from service.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
