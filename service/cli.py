@@ -314,15 +314,24 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.cancel(args.job_id)
-    print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
+    if job.state in (pb.QUEUED, pb.RUNNING):  # cancellation is asynchronous: workers stop in seconds
+        print(f"cancel requested: job {job.id} is {pb.JobState.Name(job.state)} and stops within seconds")
+    elif job.state == pb.CANCELLED:
+        print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
+    else:
+        print(f"job {job.id} had already ended: {pb.JobState.Name(job.state)}; nothing to cancel")
     return EXIT_OK
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
     path = Path(args.path or f"{args.job_id}.npz")
     with _connect(args) as client:
+        job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
         size = client.download(args.job_id, path)
-    print(f"wrote {size:,} bytes to {path}")
+    what = "the final model"
+    if job.state != pb.SUCCEEDED:
+        what = f"the job's latest checkpoint (the job was {pb.JobState.Name(job.state)}, not yet SUCCEEDED)"
+    print(f"wrote {size:,} bytes to {path}: {what}")
     return EXIT_OK
 
 

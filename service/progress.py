@@ -15,6 +15,9 @@ BAR_WIDTH = 10
 LOG_INTERVAL_S = 2.0  # non-TTY output: at most one progress line per this many seconds
 
 
+_CLASSIFICATION_LOSSES = (pb.LOSS_UNSPECIFIED, pb.SOFTMAX_CROSS_ENTROPY, pb.BINARY_CROSS_ENTROPY)
+
+
 def state_name(state: int) -> str:
     return pb.JobState.Name(state) if state in pb.JobState.values() else f"STATE_{state}"
 
@@ -90,15 +93,11 @@ def format_job(job: pb.Job) -> str:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
     if p.has_eval:
         rows.append(("eval", f"accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"))
-    if p.has_eval and (p.eval_top_k_accuracy or p.eval_mse):
-        k = job.spec.eval_top_k or 5
-        rows.append(
-            (
-                "metrics",
-                f"top-{k} accuracy {p.eval_top_k_accuracy:.4f}, MSE {_num(p.eval_mse)}, "
-                f"MAE {_num(p.eval_mae)}, R^2 {_num(p.eval_r2)}",
-            )
-        )
+    if p.has_eval and p.eval_top_k_accuracy and job.spec.loss in _CLASSIFICATION_LOSSES:
+        rows.append(("metrics", f"top-{job.spec.eval_top_k or 5} accuracy {p.eval_top_k_accuracy:.4f}"))
+    elif p.has_eval and (p.eval_mse or p.eval_mae) and job.spec.loss not in _CLASSIFICATION_LOSSES:
+        # regression: the error measures are what mean something
+        rows.append(("metrics", f"MSE {_num(p.eval_mse)}, MAE {_num(p.eval_mae)}, R^2 {_num(p.eval_r2)}"))
     if p.samples_per_second > 0:
         rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
     if job.message:

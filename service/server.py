@@ -78,6 +78,10 @@ def _init_ray(config: ServerConfig) -> bool:
         return False
     # An embedded single-machine Ray on loopback: token auth would only depend on stray home files.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    log.warning(
+        "the embedded Ray listens on all network interfaces (Ray cannot be kept on loopback); "
+        "keep this machine's Ray ports away from untrusted networks"
+    )
     ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 

@@ -281,8 +281,8 @@ def _fill_recovery(spec: pb.JobSpec) -> None:
 def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
     if opt.kind == pb.OPTIMIZER_UNSPECIFIED:
         opt.kind = pb.ADAM
-    if opt.learning_rate == 0:  # plain proto3 double: 0 means "not given"
-        opt.learning_rate = 0.001 if opt.kind == pb.ADAM else 0.01
+    if not opt.HasField("learning_rate"):  # an explicit 0 stays, for validation to refuse
+        opt.learning_rate = 0.001 if opt.kind in (pb.ADAM, pb.ADAMW) else 0.01
     # Filled whatever the kind, so a reader never sees a silent 0.0 for a hyperparameter.
     _default(opt, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8)
     _default(opt, weight_decay=0.0, clip_norm=0.0, rho=0.9)
@@ -379,14 +379,17 @@ def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | 
             "MEAN_ABSOLUTE_ERROR, HUBER or (0/1 multi-label targets) BINARY_CROSS_ENTROPY",
         )
     # Class labels become one-hot targets for the other losses, so every loss needs one unit per class.
+    hint = ""
     if num_classes:
-        wanted, what = num_classes, f"{num_classes} classes"
+        wanted, what = num_classes, f"{num_classes} class{'es' if num_classes != 1 else ''}"
+        # A single wild label (say 10**9) shows up as a huge class count: say where it comes from.
+        hint = f" (labels run 0..{num_classes - 1}; if the largest is a mistake, fix the data)"
     else:
         wanted, what = target_width, f"{target_width} target column(s)"
     if wanted is not None and units != wanted:
         raise InvalidSpec(
             f"layers[{last}].units",
-            f"got {units}; the dataset has {what}, so the last layer needs {wanted} units",
+            f"got {units}; the dataset has {what}, so the last layer needs {wanted} units{hint}",
         )
 
 

@@ -155,13 +155,20 @@ def test_job_block_lists_the_fields_that_are_set() -> None:
 
 
 def test_job_block_shows_top_k_and_regression_metrics_when_reported() -> None:
-    """`get` output adds a metrics line once an evaluation reported top-k and regression metrics."""
+    """`get` adds a metrics line once an evaluation reported them: top-k accuracy for a classifier,
+    the error measures (MSE, MAE, R^2) for a regression."""
     job = _job(**RUNNING)
     job.spec.eval_top_k = 3
     p = job.progress
     p.eval_top_k_accuracy, p.eval_mse, p.eval_mae, p.eval_r2 = 0.97, 0.0125, 0.08, 0.85
-    line = next(row for row in progress.format_job(job).splitlines() if row.startswith("metrics:"))
-    assert line.split(None, 1)[1] == "top-3 accuracy 0.9700, MSE 0.0125, MAE 0.0800, R^2 0.8500"
+
+    def metrics_line(job: pb.Job) -> str:
+        line = next(row for row in progress.format_job(job).splitlines() if row.startswith("metrics:"))
+        return line.split(None, 1)[1]
+
+    assert metrics_line(job) == "top-3 accuracy 0.9700"
+    job.spec.loss = pb.HUBER
+    assert metrics_line(job) == "MSE 0.0125, MAE 0.0800, R^2 0.8500"
 
 
 def test_job_table_aligns_columns() -> None:

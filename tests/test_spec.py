@@ -542,3 +542,16 @@ def test_every_engine_option_is_accepted_from_yaml_names() -> None:
                         }
                     )
                     validate_spec(with_defaults(spec))
+
+
+def test_an_explicit_zero_learning_rate_is_refused_not_defaulted() -> None:
+    """learningRate: 0 written in a job file is an error naming the field, not a silent default."""
+    spec = with_defaults(
+        spec_from_dict(
+            {"dataset": {"uri": "fashion-mnist"}, "layers": [{"units": 10}], "optimizer": {"learningRate": 0}}
+        )
+    )
+    assert spec.optimizer.learning_rate == 0
+    with pytest.raises(InvalidSpec, match=r"optimizer\.learning_rate: got 0"):
+        validate_spec(spec)
+    assert with_defaults(spec_from_dict({"optimizer": {"kind": "ADAMW"}})).optimizer.learning_rate == 0.001
