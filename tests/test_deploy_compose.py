@@ -16,7 +16,7 @@ from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"coordinator", "ray-head", "ray-worker", "prometheus", "grafana"}
+SERVICES = {"coordinator", "ray-head", "ray-worker", "prometheus", "grafana", "secrets"}
 
 
 def compose() -> dict:
@@ -57,7 +57,7 @@ def test_validators_reject_a_misspelled_key(tmp_path) -> None:
 
 
 def test_compose_has_every_service_and_the_workers_scale() -> None:
-    """Five services; ray-worker has no fixed name or host port, so --scale ray-worker=N works."""
+    """Six services; ray-worker has no fixed name or host port, so --scale ray-worker=N works."""
     services = compose()["services"]
     assert set(services) == SERVICES
     worker = services["ray-worker"]
@@ -123,3 +123,18 @@ def test_grafana_finds_the_dashboard_where_provisioning_looks() -> None:
     path = provider["providers"][0]["options"]["path"]
     assert ("./deploy/grafana/dashboards", path) in bind_mounts()
     assert (ROOT / "deploy" / "grafana" / "dashboards" / "gradfleet.json").is_file()
+
+
+def test_the_deployed_coordinator_requires_tls_and_tokens() -> None:
+    """The compose coordinator serves TLS only and checks tokens, from secrets the one-shot service makes."""
+    services = compose()["services"]
+    command = " ".join(services["coordinator"]["command"])
+    for flag in (
+        "--tls-cert /secrets/server.pem",
+        "--tls-key /secrets/server.key",
+        "--tokens-file /secrets/tokens",
+    ):
+        assert flag in command
+    assert services["coordinator"]["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    assert "make-secrets.sh" in " ".join(services["secrets"]["command"])
+    assert (ROOT / "deploy" / "secrets" / "make-secrets.sh").exists()

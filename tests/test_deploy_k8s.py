@@ -86,11 +86,23 @@ def test_worker_group_autoscales_and_the_coordinator_finds_the_head() -> None:
 
 
 def test_coordinator_is_ready_from_grpc_health_and_exposes_both_ports() -> None:
-    """Readiness is Kubernetes' gRPC probe on the API port; the Service maps gRPC and metrics ports."""
-    container = by_kind("coordinator.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["grpc"]["port"] == DEFAULT_PORT
+    """Readiness asks the gRPC health service over TLS on the API port (the kubelet's own gRPC probe
+    cannot speak TLS); the coordinator requires TLS and tokens from the gradfleet-secrets Secret; the
+    Service maps gRPC and metrics ports."""
+    pod = by_kind("coordinator.yaml", "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert f"localhost:{DEFAULT_PORT}" in probe and "wait_ready" in probe and "/secrets/ca.pem" in probe
     args = " ".join(container["args"])
     assert f"--port {DEFAULT_PORT}" in args and f"--metrics-port {DEFAULT_METRICS_PORT}" in args
+    for flag in (
+        "--tls-cert /secrets/server.pem",
+        "--tls-key /secrets/server.key",
+        "--tokens-file /secrets/tokens",
+    ):
+        assert flag in args
+    secrets = {v["name"]: v for v in pod["volumes"]}["secrets"]
+    assert secrets["secret"]["secretName"] == "gradfleet-secrets"
     ports = {p["name"]: p["port"] for p in by_kind("coordinator.yaml", "Service")["spec"]["ports"]}
     assert ports == {"grpc": DEFAULT_PORT, "metrics": DEFAULT_METRICS_PORT}
 
