@@ -220,6 +220,10 @@ def _add_client_commands(
     p = sub.add_parser("cancel", parents=[client], help="stop a queued or running job")
     p.add_argument("job_id", metavar="JOB_ID")
     p.set_defaults(func=_cmd_cancel)
+    p = sub.add_parser("scale", parents=[client], help="change a job's worker count (same results)")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("num_workers", metavar="N", type=int, help="worker actors from the next step on")
+    p.set_defaults(func=_cmd_scale)
     p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("-o", "--output-file", dest="path", help="where to write (default JOB_ID.npz)")
@@ -320,6 +324,14 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
     else:
         print(f"job {job.id} had already ended: {pb.JobState.Name(job.state)}; nothing to cancel")
+    return EXIT_OK
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        job = client.scale(args.job_id, args.num_workers)
+    when = "from its next step" if job.state == pb.RUNNING else "when it starts"
+    print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {args.num_workers} workers {when}")
     return EXIT_OK
 
 

@@ -125,6 +125,10 @@ class CoordinatorClient:
                 return jobs
             request.page_token = response.next_page_token
 
+    def scale(self, job_id: str, num_workers: int) -> pb.Job:
+        request = pb.ScaleJobRequest(job_id=job_id, num_workers=num_workers)
+        return self._stub.ScaleJob(request, timeout=self.timeout, metadata=self._metadata)
+
     def cancel(self, job_id: str) -> pb.Job:
         return self._stub.CancelJob(
             pb.CancelJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata

@@ -78,6 +78,7 @@ class JobRunner:
         self.config = config
         self.cache = cache
         self.cancel_requested = threading.Event()
+        self._scale_to: int | None = None  # set by ScaleJob, applied at the next step boundary
         self.shutting_down = threading.Event()  # set with cancel_requested: re-queue, not cancel
         self.checkpoints = CheckpointStore(config.state_dir, job_id)
         self._group: WorkerGroup | None = None
@@ -230,6 +231,7 @@ class JobRunner:
         self._window: list = []  # (time, samples) for throughput
         while self._step < self._setup.total_steps:
             self._check_cancel()
+            self._scale_if_asked()
             try:
                 self._advance(has_test)
             except ParameterServerLost as exc:
@@ -308,9 +310,18 @@ class JobRunner:
     def _checkpoint(self, timeout_s: float | None = None) -> None:
         """Fetch the parameter server's state and write it with the job's counters."""
         state: TrainingState = self._call(self._ps.state.remote(), timeout_s)
+        ckpt = self._checkpoint_of(state)
+        # Written on a thread while training goes on (the fsync is most of the cost); one at a
+        # time and in order, and always waited for before a checkpoint is read back.
+        self._flush_checkpoints()
+        self._queued_step = state.step
+        self._pending_write = self._writer.submit(self._write_checkpoint, ckpt)
+
+    def _checkpoint_of(self, state: TrainingState) -> Checkpoint:
+        """The parameter server's state with the job's counters: everything to continue exactly."""
         setup = self._setup
         plan = setup.plan
-        ckpt = Checkpoint(
+        return Checkpoint(
             step=state.step,
             params=state.params,
             optimizer=state.optimizer,
@@ -326,11 +337,6 @@ class JobRunner:
             lr_scale=state.lr_scale,
             rollbacks=self._policy.rollbacks,
         )
-        # Written on a thread while training goes on (the fsync is most of the cost); one at a
-        # time and in order, and always waited for before a checkpoint is read back.
-        self._flush_checkpoints()
-        self._queued_step = state.step
-        self._pending_write = self._writer.submit(self._write_checkpoint, ckpt)
 
     def _write_checkpoint(self, ckpt: Checkpoint) -> None:
         self.checkpoints.save(ckpt)
@@ -373,6 +379,25 @@ class JobRunner:
     def _count_restart(self, what: str, failed_step: int, cause: Exception) -> None:
         epoch = _epoch_of(failed_step, self._setup.steps_per_epoch)
         self._policy.actor_died(what, failed_step, epoch, cause)
+
+    def request_scale(self, num_workers: int) -> None:
+        """Switch to `num_workers` workers at the next step boundary (called from an RPC thread)."""
+        self._scale_to = num_workers
+
+    def _scale_if_asked(self) -> None:
+        """New actors continue from the live state; fixed micro-shards keep the results the same."""
+        target, self._scale_to = self._scale_to, None
+        if target is None or target == self._setup.spec.num_workers:
+            return
+        ckpt = self._checkpoint_of(self._call(self._ps.state.remote()))
+        before = self._setup.spec.num_workers
+        self._release()
+        self._setup.spec.num_workers = target
+        self._start_actors(ckpt)
+        self.metrics.job_workers.labels(self.job_id).set(target)
+        note = f"scaled from {before} to {target} workers at step {ckpt.step}"
+        log.info("job %s: %s", self.job_id, note)
+        self.store.update(self.job_id, _scaled(target, note), kind=pb.JobEvent.STATE)
 
     def _replace_workers(self, cause: Exception, failed_step: int) -> None:
         """Replace dead workers; the failed step is redone from the same parameters."""
@@ -530,6 +555,14 @@ def _add_steps(steps: list[StepStats], samples_trained: int, rate: float):
         p.loss = last.loss
         p.learning_rate = last.learning_rate
         p.samples_per_second = rate
+
+    return change
+
+
+def _scaled(num_workers: int, message: str):
+    def change(job: pb.Job) -> None:
+        job.spec.num_workers = num_workers
+        job.message = message
 
     return change
 

@@ -81,6 +81,17 @@ class Scheduler:
             runner.cancel_requested.set()
         return self.store.get(job_id)
 
+    def scale(self, job_id: str, num_workers: int) -> pb.Job:
+        """A queued job starts with `num_workers`; a running one switches at its next step boundary."""
+        with self._lock:
+            runner = self._running.get(job_id)
+            if runner is None:
+                return self.store.update(
+                    job_id, lambda j: _set_workers(j, num_workers), kind=pb.JobEvent.STATE
+                )
+        runner.request_scale(num_workers)
+        return self.store.get(job_id)
+
     def runner(self, job_id: str) -> JobRunner | None:
         """The runner of a running job, or None."""
         with self._lock:
@@ -158,6 +169,11 @@ class Scheduler:
 def _requeue(job: pb.Job, note: str) -> None:
     job.state = pb.QUEUED
     job.message = note  # progress stays: the runner resets it to the checkpoint it resumes from
+
+
+def _set_workers(job: pb.Job, num_workers: int) -> None:
+    if job.state == pb.QUEUED:  # a job that ended meanwhile keeps its record as it was
+        job.spec.num_workers = num_workers
 
 
 def _cancel(job: pb.Job, message: str) -> None:

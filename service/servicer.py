@@ -16,7 +16,7 @@ from service.admission import Admission
 from service.auth import principal_of
 from service.checkpoints import downloadable_model
 from service.config import DOWNLOAD_CHUNK_BYTES, ServerConfig
-from service.errors import JobNotFound
+from service.errors import InvalidSpec, JobNotFound, JobNotReady
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.limits import StreamLimiter
 from service.runner import JobRunner
@@ -59,6 +59,17 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
         self._visible_job(request.job_id, context)
         return self.scheduler.cancel(request.job_id)
+
+    def ScaleJob(self, request: pb.ScaleJobRequest, context) -> pb.Job:
+        job = self._visible_job(request.job_id, context)
+        limit = self.config.max_workers_per_job
+        if not 1 <= request.num_workers <= limit:
+            raise InvalidSpec("num_workers", f"got {request.num_workers}; must be between 1 and {limit}")
+        if job.state in TERMINAL_STATES:
+            raise JobNotReady(
+                f"job {job.id} is {pb.JobState.Name(job.state)}; only queued or running jobs can be scaled"
+            )
+        return self.scheduler.scale(request.job_id, request.num_workers)
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
         self._visible_job(request.job_id, context)

@@ -348,6 +348,14 @@ class DownloadModelRequest(_message.Message):
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
+class ScaleJobRequest(_message.Message):
+    __slots__ = ("job_id", "num_workers")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    num_workers: int
+    def __init__(self, job_id: _Optional[str] = ..., num_workers: _Optional[int] = ...) -> None: ...
+
 class JobEvent(_message.Message):
     __slots__ = ("kind", "job", "time")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

@@ -65,6 +65,11 @@ class CoordinatorStub:
                 request_serializer=gradfleet_dot_v1_dot_coordinator__pb2.DownloadModelRequest.SerializeToString,
                 response_deserializer=gradfleet_dot_v1_dot_coordinator__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.ScaleJob = channel.unary_unary(
+                '/gradfleet.v1.Coordinator/ScaleJob',
+                request_serializer=gradfleet_dot_v1_dot_coordinator__pb2.ScaleJobRequest.SerializeToString,
+                response_deserializer=gradfleet_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -119,6 +124,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleJob(self, request, context):
+        """ScaleJob changes a job's worker count. A queued job starts with it; a running job switches at
+        its next step boundary (within about a second). Results do not change: the global batch is cut
+        into the same micro-shards whatever the worker count. The job's spec.num_workers shows the count.
+        INVALID_ARGUMENT for a count outside 1..the server's limit; FAILED_PRECONDITION once it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +166,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=gradfleet_dot_v1_dot_coordinator__pb2.DownloadModelRequest.FromString,
                     response_serializer=gradfleet_dot_v1_dot_coordinator__pb2.Chunk.SerializeToString,
+            ),
+            'ScaleJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleJob,
+                    request_deserializer=gradfleet_dot_v1_dot_coordinator__pb2.ScaleJobRequest.FromString,
+                    response_serializer=gradfleet_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +336,33 @@ class Coordinator:
             '/gradfleet.v1.Coordinator/DownloadModel',
             gradfleet_dot_v1_dot_coordinator__pb2.DownloadModelRequest.SerializeToString,
             gradfleet_dot_v1_dot_coordinator__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradfleet.v1.Coordinator/ScaleJob',
+            gradfleet_dot_v1_dot_coordinator__pb2.ScaleJobRequest.SerializeToString,
+            gradfleet_dot_v1_dot_coordinator__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

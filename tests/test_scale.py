@@ -1,0 +1,77 @@
+"""ScaleJob: a running job changes its worker count at a step boundary and ends with the same weights."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+def weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
+    client.download(job_id, path)
+    with np.load(path, allow_pickle=False) as model:
+        return {name: model[name] for name in model.files if name.startswith("layer_")}
+
+
+def wait_until(client, job_id: str, done) -> pb.Job:
+    deadline = time.monotonic() + 120
+    while not done(job := client.get(job_id)):
+        # QUEUED too: while new workers wait for CPUs the job shows QUEUED with the reason
+        assert job.state in (pb.QUEUED, pb.RUNNING) and time.monotonic() < deadline, job
+        time.sleep(0.02)
+    return job
+
+
+def test_scaling_1_to_3_to_2_workers_keeps_the_weights_bit_identical(client, coordinator, tmp_path) -> None:
+    """A job scaled 1 -> 3 -> 2 workers mid-run ends with the weights of a fixed 2-worker run."""
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=3000)
+    spec = {"numWorkers": 1, "microShards": 6, "batchSize": 30, "epochs": 8}
+    scaled = client.submit(small_spec("npz:blobs.npz", **spec))
+    wait_until(client, scaled.id, lambda job: job.progress.step >= 20)
+    assert client.scale(scaled.id, 3).spec.num_workers in (1, 3)  # applied at the next boundary
+    switched = wait_until(client, scaled.id, lambda job: job.spec.num_workers == 3)
+    assert switched.message.startswith("scaled from 1 to 3 workers at step ")
+    wait_until(client, scaled.id, lambda job: job.progress.step > switched.progress.step)
+    client.scale(scaled.id, 2)
+    done = wait_for(client, scaled.id)
+    assert done.state == pb.SUCCEEDED, done.message
+    assert done.spec.num_workers == 2 and done.progress.step == done.progress.total_steps
+
+    fixed = wait_for(client, client.submit(small_spec("npz:blobs.npz", **{**spec, "numWorkers": 2})).id)
+    assert fixed.state == pb.SUCCEEDED, fixed.message
+    got, want = (
+        weights(client, scaled.id, tmp_path / "scaled.npz"),
+        weights(client, fixed.id, tmp_path / "fixed.npz"),
+    )
+    assert got.keys() == want.keys() and len(got) == 4
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+
+
+def test_scale_refuses_bad_counts_and_ended_jobs(client, coordinator) -> None:
+    """Zero or too many workers are INVALID_ARGUMENT naming num_workers; an ended job is FAILED_PRECONDITION;
+    a queued job simply starts with the new count."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    done = wait_for(client, client.submit(small_spec("npz:blobs.npz")).id)
+    for count in (0, coordinator.config.max_workers_per_job + 1):
+        with pytest.raises(grpc.RpcError) as bad:
+            client.scale(done.id, count)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "num_workers" in bad.value.details()
+    with pytest.raises(grpc.RpcError) as ended:
+        client.scale(done.id, 2)
+    assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    long = client.submit(small_spec("npz:blobs.npz", epochs=500, batchSize=10))
+    queued = client.submit(small_spec("npz:blobs.npz", name="queued"))
+    assert client.scale(queued.id, 1).spec.num_workers == 1
+    client.cancel(long.id)
+    finished = wait_for(client, queued.id)
+    assert finished.state == pb.SUCCEEDED and finished.spec.num_workers == 1
