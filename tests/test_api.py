@@ -73,6 +73,7 @@ def test_reflection_describes_the_coordinator(channel) -> None:
         "ListJobs",
         "CancelJob",
         "WatchJob",
+        "ScaleJob",
         "DownloadModel",
     }
     watch = service.methods_by_name["WatchJob"]
