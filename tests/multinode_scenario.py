@@ -1,0 +1,111 @@
+"""Runs in its own process (it needs a Ray of its own): a coordinator joined to a real multi-node Ray
+cluster (ray.cluster_utils.Cluster: a head without CPUs and worker nodes of 1 CPU each, each its own
+raylet). Prints one JSON object of what it saw; tests/test_multinode.py asserts on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ray
+from ray.cluster_utils import Cluster
+from ray.util import placement_group_table
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.client import CoordinatorClient
+from service.config import ServerConfig
+from service.server import start_server
+from tests.helpers import small_spec, write_blobs
+
+
+def wait(client: CoordinatorClient, job_id: str, done, timeout_s: float = 120.0) -> pb.Job:
+    deadline = time.monotonic() + timeout_s
+    while not done(job := client.get(job_id)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting on job {job_id}: {job}")
+        time.sleep(0.1)
+    return job
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    import numpy as np
+
+    with np.load(a) as x, np.load(b) as y:
+        names = [n for n in x.files if n.startswith("layer_")]
+        return bool(names) and all(np.array_equal(x[n], y[n]) for n in names)
+
+
+def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="gradfleet-multinode-"))
+    (folder / "data").mkdir()
+    write_blobs(folder / "data" / "blobs.npz", n_train=3000)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    config = ServerConfig(
+        port=0,
+        metrics_port=-1,
+        ray_address=cluster.address,
+        state_dir=folder / "state",
+        data_root=folder / "data",
+        autoscaling=True,  # a job larger than the cluster waits for nodes instead of failing
+        max_running_jobs=2,
+    )
+    running = start_server(config)
+    seen: dict = {}
+    try:
+        with CoordinatorClient(running.address) as client:
+            spread = client.submit(small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=20))
+            wait(client, spread.id, lambda j: j.progress.step > 0)
+            group = running.scheduler.runner(spread.id)._group
+            nodes = placement_group_table(group._placement)["bundles_to_node_id"]
+            seen["spread_nodes"] = sorted(set(nodes.values()))
+            client.cancel(spread.id)
+            wait(client, spread.id, lambda j: j.state == pb.CANCELLED)
+
+            big = client.submit(small_spec("npz:blobs.npz", numWorkers=3, epochs=2))
+            waiting = wait(client, big.id, lambda j: "waiting for" in j.message)
+            seen["waiting"] = {"state": pb.JobState.Name(waiting.state), "message": waiting.message}
+            time.sleep(2)
+            seen["still_waiting"] = pb.JobState.Name(client.get(big.id).state)
+            cluster.add_node(num_cpus=1)
+            done = wait(client, big.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED))
+            seen["after_node_added"] = {"state": pb.JobState.Name(done.state), "message": done.message}
+
+            # A node dies mid-job (its raylet and the worker on it go): the job notices, replaces the
+            # worker when there is room again, and ends with the weights of an undisturbed run.
+            spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=6)
+            hit = client.submit(spec)
+            wait(client, hit.id, lambda j: j.progress.step > 0)
+            killed_at = time.monotonic()
+            cluster.remove_node(workers[0])
+            noticed = wait(client, hit.id, lambda j: j.progress.worker_restarts > 0 or j.state != pb.RUNNING)
+            seen["noticed_after_s"] = round(time.monotonic() - killed_at, 1)
+            cluster.add_node(num_cpus=1)
+            done = wait(client, hit.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
+            seen["node_lost"] = {
+                "state": pb.JobState.Name(done.state),
+                "message": noticed.message,
+                "worker_restarts": done.progress.worker_restarts,
+            }
+            straight = client.submit(spec)
+            wait(client, straight.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
+            client.download(hit.id, folder / "hit.npz")
+            client.download(straight.id, folder / "straight.npz")
+            seen["same_weights"] = _same_weights(folder / "hit.npz", folder / "straight.npz")
+    finally:
+        running.stop(grace_s=1.0)
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()
