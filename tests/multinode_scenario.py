@@ -47,7 +47,8 @@ def main() -> None:
     (folder / "data").mkdir()
     write_blobs(folder / "data" / "blobs.npz", n_train=3000)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     config = ServerConfig(
         port=0,
@@ -84,9 +85,13 @@ def main() -> None:
             spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=6)
             hit = client.submit(spec)
             wait(client, hit.id, lambda j: j.progress.step > 0)
+            # The node holding worker 0 (three worker nodes exist by now, so pick it, not any node).
+            group = running.scheduler.runner(hit.id)._group
+            target = placement_group_table(group._placement)["bundles_to_node_id"][0]
+            node = next(n for n in cluster.list_all_nodes() if n.node_id == target)
             killed_at = time.monotonic()
-            cluster.remove_node(workers[0])
-            noticed = wait(client, hit.id, lambda j: j.progress.worker_restarts > 0 or j.state != pb.RUNNING)
+            cluster.remove_node(node)
+            noticed = wait(client, hit.id, lambda j: "died" in j.message or j.state != pb.RUNNING)
             seen["noticed_after_s"] = round(time.monotonic() - killed_at, 1)
             cluster.add_node(num_cpus=1)
             done = wait(client, hit.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)

@@ -52,5 +52,5 @@ def test_a_lost_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> 
     is back and ends with bit-identical weights to an undisturbed run."""
     assert seen["noticed_after_s"] < 30
     assert seen["node_lost"]["state"] == "SUCCEEDED"
-    assert seen["node_lost"]["worker_restarts"] >= 1
+    assert "died" in seen["node_lost"]["message"]
     assert seen["same_weights"] is True

@@ -118,10 +118,12 @@ def test_dropped_watch_clients_free_their_server_threads(few_threads) -> None:
     queued = client.submit(small_spec("npz:long.npz", name="queued"))
 
     channels = [grpc.insecure_channel(few_threads.address) for _ in range(RPC_THREADS + 2)]
-    streams = [pb_grpc.CoordinatorStub(ch).WatchJob(pb.WatchJobRequest(job_id=queued.id)) for ch in channels]
-    for stream in streams[:RPC_THREADS]:
-        first = next(stream).job  # each holds a server thread now
-        assert first.state == pb.QUEUED, (first, client.get(running.id))
+    streams = []
+    for channel in channels:  # one at a time: the first RPC_THREADS surely get a thread each
+        streams.append(pb_grpc.CoordinatorStub(channel).WatchJob(pb.WatchJobRequest(job_id=queued.id)))
+        if len(streams) <= RPC_THREADS:
+            first = next(streams[-1]).job  # this stream holds a server thread now
+            assert first.state == pb.QUEUED, (first, client.get(running.id))
     probe = CoordinatorClient(few_threads.address, timeout=1.5)
     with pytest.raises(grpc.RpcError) as starved:
         probe.get(running.id)  # every thread is busy streaming
