@@ -5,6 +5,8 @@ with the single-process engine (2 BLAS threads) as the reference measured in the
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/scaling.py [--steps 300]
 
 On a 2-core machine 4 workers share 2 cores, so the 4-worker rows show coordination cost, not speed-up.
+Run as root, it re-runs itself inside a loopback-only network namespace (Ray would otherwise bind the
+machine's interface address), so the clusters' traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,7 +57,22 @@ def print_row(row, flush: bool = False) -> None:
     print(f"{label:<22} {batch:>6} {n:>7} {rate:>10,.0f}  {parts}", flush=flush)
 
 
+def rerun_in_loopback_namespace() -> None:
+    """Run this script again inside a fresh loopback-only namespace and exit with its status."""
+    from tests.netns import loopback_namespace, why_unavailable
+
+    if os.environ.get("GRADFLEET_IN_NETNS") or (reason := why_unavailable()):
+        if not os.environ.get("GRADFLEET_IN_NETNS"):
+            print(f"note: not isolating the clusters in a network namespace ({reason})")
+        return
+    with loopback_namespace() as inside:
+        env = {**os.environ, "GRADFLEET_IN_NETNS": "1"}
+        code = subprocess.run([*inside, sys.executable, *sys.argv], env=env).returncode
+    raise SystemExit(code)
+
+
 def main() -> None:
+    rerun_in_loopback_namespace()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batches", default="256,1024")

@@ -405,7 +405,14 @@ class JobRunner:
         dead = self._group.dead_ranks() or list(range(self._group.size))
         names = ", ".join(f"worker {r} (pid {self._group.pids[r]})" for r in dead)
         self._count_restart(names, failed_step, cause)
-        self._group.replace(dead)
+        while True:
+            try:
+                self._group.replace(dead)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as again:
+                # The replacement died or never started (say its node went too): that counts as well.
+                log.warning("job %s: replacing %s failed (%s); trying again", self.job_id, names, again)
+                self._count_restart(names, failed_step, again)
         self._call(self._ps.set_group.remote(self._group))
         self.metrics.worker_replacements.inc(len(dead))
         note = f"{names} died at step {failed_step}: {cause}; replaced, the step is redone"

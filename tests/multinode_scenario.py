@@ -68,6 +68,7 @@ def main() -> None:
             group = running.scheduler.runner(spread.id)._group
             nodes = placement_group_table(group._placement)["bundles_to_node_id"]
             seen["spread_nodes"] = sorted(set(nodes.values()))
+            seen["node_addresses"] = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
             client.cancel(spread.id)
             wait(client, spread.id, lambda j: j.state == pb.CANCELLED)
 
@@ -105,6 +106,24 @@ def main() -> None:
             client.download(hit.id, folder / "hit.npz")
             client.download(straight.id, folder / "straight.npz")
             seen["same_weights"] = _same_weights(folder / "hit.npz", folder / "straight.npz")
+
+            # Scaled 1 -> 3 -> 2 workers across the nodes mid-job: the weights of the fixed 2-worker run.
+            scaled = client.submit(small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=6))
+            wait(client, scaled.id, lambda j: j.progress.step > 0)
+            client.scale(scaled.id, 3)
+            at_three = wait(client, scaled.id, lambda j: j.spec.num_workers == 3 or j.state != pb.RUNNING)
+            wait(
+                client, scaled.id, lambda j: j.progress.step > at_three.progress.step or j.state != pb.RUNNING
+            )
+            group = running.scheduler.runner(scaled.id)._group
+            seen["scaled_nodes"] = len(
+                set(placement_group_table(group._placement)["bundles_to_node_id"].values())
+            )
+            client.scale(scaled.id, 2)
+            done = wait(client, scaled.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
+            seen["scaled"] = {"state": pb.JobState.Name(done.state), "workers": done.spec.num_workers}
+            client.download(scaled.id, folder / "scaled.npz")
+            seen["scaled_same_weights"] = _same_weights(folder / "scaled.npz", folder / "straight.npz")
     finally:
         running.stop(grace_s=1.0)
         ray.shutdown()

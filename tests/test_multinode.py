@@ -1,7 +1,8 @@
 """A coordinator on a real multi-node Ray cluster: workers spread over nodes, a job larger than the
 cluster waits and starts when a node joins, a lost node is noticed within seconds and its worker
 replaced with the same final weights. The cluster runs in tests/multinode_scenario.py, a process of
-its own, since this test session already holds a Ray."""
+its own (this test session already holds a Ray), inside a network namespace that has only loopback, so
+all of the cluster's traffic stays on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,23 +14,35 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import loopback_namespace, why_unavailable
+
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def seen() -> dict:
+    if reason := why_unavailable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the multi-node tests must run in CI: {reason}")
+        pytest.skip(reason)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multinode_scenario.py")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    with loopback_namespace() as inside:
+        done = subprocess.run(
+            [*inside, sys.executable, str(ROOT / "tests" / "multinode_scenario.py")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_cluster_uses_only_loopback(seen) -> None:
+    """Every node of the test cluster registered a loopback address, so no traffic left the machine."""
+    assert seen["node_addresses"] == ["127.0.0.1"]
 
 
 def test_a_jobs_workers_land_on_two_distinct_nodes(seen) -> None:
@@ -54,3 +67,10 @@ def test_a_lost_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> 
     assert seen["node_lost"]["state"] == "SUCCEEDED"
     assert "died" in seen["node_lost"]["message"]
     assert seen["same_weights"] is True
+
+
+def test_scaling_across_nodes_mid_job_keeps_the_weights(seen) -> None:
+    """Scaled 1 -> 3 -> 2 workers over three nodes mid-job, it ends with a fixed 2-worker run's weights."""
+    assert seen["scaled_nodes"] == 3
+    assert seen["scaled"] == {"state": "SUCCEEDED", "workers": 2}
+    assert seen["scaled_same_weights"] is True
