@@ -206,20 +206,54 @@ def steady_state(steps_per_epoch: int, flush_every: int, epochs: int = 10, batch
 
 
 def allocation_check(batch: int = 256, steps: int = 20) -> None:
-    """Peak traced allocation over steady-state steps, against the parameter vector's size."""
-    step = EngineStep(batch)
-    with threadpool_limits(1):
-        for _ in range(20):  # includes a subnormal flush
-            step()
-        tracemalloc.start()
-        for _ in range(steps):
-            step()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    param_bytes = step.params.nbytes
-    verdict = "OK" if peak < param_bytes / 4 else "FAIL: a parameter-sized array is allocated per step"
-    print(f"\nallocation: peak {peak / 1e3:.1f} kB over {steps} steps; ", end="")
-    print(f"parameters are {param_bytes / 1e3:.0f} kB: {verdict}")
+    """Peak traced allocation over steady-state steps, against the parameter vector's size: the
+    engine's step, and the distributed path (two workers' shares, the server's reduce and apply)."""
+    engine = EngineStep(batch)
+    service = ServiceStep(batch)
+    for name, step in (("engine step", engine), ("2 workers + reduce + apply", service)):
+        with threadpool_limits(1):
+            for _ in range(20):  # includes a subnormal flush
+                step()
+            tracemalloc.start()
+            for _ in range(steps):
+                step()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        param_bytes = engine.params.nbytes
+        verdict = "OK" if peak < param_bytes / 4 else "FAIL: a parameter-sized array is allocated per step"
+        print(f"\nallocation, {name}: peak {peak / 1e3:.1f} kB over {steps} steps; ", end="")
+        print(f"parameters are {param_bytes / 1e3:.0f} kB: {verdict}")
+
+
+class ServiceStep:
+    """What the service does per step, without Ray: each worker core's share of the batch, the
+    parameter server's tree reduction into its gradient buffer, then Adam."""
+
+    def __init__(self, batch: int, workers: int = 2) -> None:
+        from service.param_server import ParameterServer, reduce_results
+        from workers.nn import ReductionBuffers, make_schedule
+        from workers.worker import GradientWorkerCore, ModelPlan, StepCommand
+
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (batch * 8, LAYERS[0]), dtype=np.uint8)
+        y = rng.integers(0, LAYERS[-1], batch * 8)
+        plan = ModelPlan(LAYERS, ("relu", "relu", "identity"), "softmax_cross_entropy", batch, workers, 1)
+        ones = np.ones(LAYERS[0], np.float32)
+        self.cores = [GradientWorkerCore(plan, r, x, y, None, None, 0 * ones, ones) for r in range(workers)]
+        net = plan.network()
+        opt = make_optimizer("adam", net.num_params, np.float32)
+        schedule = make_schedule("constant", LEARNING_RATE, steps_per_epoch=8, total_steps=10**9)
+        self.server = ParameterServer(net.init_params(rng), opt, schedule)
+        self._reduce, self._command = reduce_results, StepCommand
+        self._grad, self._buffers = np.empty_like(self.server.params), ReductionBuffers(self.server.params)
+        self._index = 0
+
+    def __call__(self) -> None:
+        command = self._command("train", self.server.params, len(self.cores), 1, self._index % 8)
+        results = [core.train_step(command) for core in self.cores]
+        grad, _loss, count = self._reduce(results, len(self.cores), self._grad, self._buffers)
+        self.server.apply(grad, count)
+        self._index += 1
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import ray
 from service.errors import TrainingFailed
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
-from workers.nn import Optimizer, add_sums, clip_by_global_norm, summarize, tree_reduce
+from workers.nn import Optimizer, ReductionBuffers, add_sums, clip_by_global_norm, summarize, tree_reduce
 from workers.worker import StepCommand
 
 # A step whose gradient norm is this many times the median of the last steps' is treated like a
@@ -115,8 +115,11 @@ class TrainReport:
     failed_step: int = 0  # the 1-based step that was being computed
 
 
-def reduce_results(results: list, num_microshards: int, out: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Combine workers' node partial sums along the fixed tree into `out`.
+def reduce_results(
+    results: list, num_microshards: int, out: np.ndarray, buffers: ReductionBuffers | None = None
+) -> tuple[np.ndarray, float, int]:
+    """Combine workers' node partial sums along the fixed tree into `out` (with `buffers`, kept
+    across steps, for inner sums).
 
     Returns (gradient sum, loss sum, samples); all three are the same bits whatever the worker count.
     Arrays received from the graph may be read-only views of a channel buffer, so the sum lands in `out`.
@@ -125,7 +128,7 @@ def reduce_results(results: list, num_microshards: int, out: np.ndarray) -> tupl
     for result in results:
         for node, grad, node_loss, _correct, node_count in result.nodes:
             grads[node], losses[node], counts[node] = grad, node_loss, node_count
-    grad = tree_reduce(grads, num_microshards, out=out)
+    grad = tree_reduce(grads, num_microshards, out=out, buffers=buffers)
     return grad, tree_reduce(losses, num_microshards), tree_reduce(counts, num_microshards)
 
 
@@ -147,6 +150,7 @@ class ParameterServerCore:
         self.total_steps = self.steps_per_epoch * epochs
         self.step_timeout_s = step_timeout_s
         self._grad = np.empty_like(server.params)
+        self._reduction = ReductionBuffers(self._grad)
         self._recent_norms: collections.deque[float] = collections.deque(maxlen=SPIKE_HISTORY_STEPS)
 
     def _position(self) -> tuple[int, int]:
@@ -179,7 +183,9 @@ class ParameterServerCore:
         command = StepCommand("train", self.server.params, self.group.size, epoch, batch_index)
         results = self.group.run(command, self.step_timeout_s)
         reduce_start = time.perf_counter()
-        grad, loss_sum, count = reduce_results(results, self.plan.num_microshards, self._grad)
+        grad, loss_sum, count = reduce_results(
+            results, self.plan.num_microshards, self._grad, self._reduction
+        )
         norm = math.sqrt(float(np.dot(grad, grad))) / count
         apply_start = time.perf_counter()
         self._check_finite(loss_sum, norm, epoch)

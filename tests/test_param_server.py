@@ -66,3 +66,16 @@ def test_evaluate_reports_top_k_and_regression_metrics() -> None:
     assert count == 40 and accuracy <= other["top_k_accuracy"]
     assert other["mse"] == pytest.approx(np.mean((outputs - onehot) ** 2))
     assert loss == pytest.approx(np.mean((outputs - onehot) ** 2), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64, np.int64])
+def test_a_workers_batch_inputs_match_converting_then_scaling(dtype) -> None:
+    """The worker's buffered input path gives the bits of x.astype(float32) - offset, * scale."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((300, 6)) * 300).astype(dtype)
+    plan = ModelPlan((6, 3), ("identity",), "mean_squared_error", 64, 2, 1)
+    offset, scale = rng.standard_normal(6).astype(np.float32), rng.random(6).astype(np.float32)
+    core = GradientWorkerCore(plan, 0, x, np.zeros(300), None, None, offset, scale)
+    rows = rng.permutation(300)[:64]
+    expected = (x[rows].astype(np.float32) - offset) * scale
+    assert np.array_equal(core._train_inputs(rows), expected)

@@ -16,7 +16,14 @@ import ray
 from threadpoolctl import threadpool_limits
 
 from workers.batches import batch_indices, epoch_permutation
-from workers.nn import Network, add_sums, assign_microshards, microshard_bounds, shard_gradients
+from workers.nn import (
+    Network,
+    ReductionBuffers,
+    add_sums,
+    assign_microshards,
+    microshard_bounds,
+    shard_gradients,
+)
 
 EVAL_CHUNK_ROWS = 4096  # bounds eval memory: activations of at most this many samples at once
 
@@ -102,7 +109,9 @@ class GradientWorkerCore:
         self.scale = input_scale.astype(np.float32)
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
-        self._grad_scratch: np.ndarray | None = None
+        self._buffers: ReductionBuffers | None = None  # node sums, reused every step
+        self._raw_rows = np.empty((plan.batch_size, x_train.shape[1]), dtype=x_train.dtype)
+        self._input_rows = np.empty((plan.batch_size, x_train.shape[1]), dtype=np.float32)
 
     def handle(self, command: StepCommand) -> TrainResult | EvalResult:
         if command.kind == "train":
@@ -118,6 +127,14 @@ class GradientWorkerCore:
         out *= self.scale
         return out
 
+    def _train_inputs(self, rows: np.ndarray) -> np.ndarray:
+        """`_inputs(x_train[rows])` in buffers kept across steps: the same bits, no allocation."""
+        raw, out = self._raw_rows[: len(rows)], self._input_rows[: len(rows)]
+        np.take(self.x_train, rows, axis=0, out=raw)
+        np.subtract(raw, self.offset, out=out, dtype=np.float32)  # float32 first, as astype does
+        out *= self.scale
+        return out
+
     def _batch(self, epoch: int, batch_index: int) -> np.ndarray:
         if epoch != self._order_epoch:
             self._order = epoch_permutation(self.plan.seed, epoch, len(self.y_train))
@@ -125,6 +142,8 @@ class GradientWorkerCore:
         return batch_indices(self._order, batch_index, self.plan.batch_size)
 
     def train_step(self, command: StepCommand) -> TrainResult:
+        """This worker's share of one step. The gradient arrays it returns are reused by the next
+        call (the compiled graph copies them into its channel first)."""
         start = time.perf_counter()
         m = self.plan.num_microshards
         lo, hi = (
@@ -139,17 +158,17 @@ class GradientWorkerCore:
         first, last = bounds[lo][0], bounds[hi - 1][1]
         rows = idx[first:last]
         local = [(a - first, b - first) for a, b in bounds]  # bounds relative to our rows
-        if self._grad_scratch is None or self._grad_scratch.dtype != command.params.dtype:
-            self._grad_scratch = np.empty_like(command.params)
+        if self._buffers is None or not self._buffers.fits(command.params):
+            self._buffers = ReductionBuffers(command.params)
         nodes = shard_gradients(
             self.net,
             command.params,
-            self._inputs(self.x_train[rows]),
+            self._train_inputs(rows),
             self.y_train[rows],
             local,
             lo,
             hi,
-            self._grad_scratch,
+            self._buffers,
             dropout_key=(self.plan.seed, command.epoch, command.batch_index),
         )
         return TrainResult(nodes, time.perf_counter() - start)

@@ -99,7 +99,7 @@ def _reduced_gradient(net, flat, x, y, num_microshards: int, num_workers: int) -
     bounds = microshard_bounds(len(x), num_microshards)
     partials = {}
     for lo, hi in assign_microshards(num_microshards, num_workers):
-        for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi, flat.copy()):
+        for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi):
             partials[node] = grad_sum
     return tree_reduce(partials, num_microshards)
 

@@ -1,5 +1,7 @@
 """Micro-shard bounds, worker assignment and the fixed-tree reduction."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +11,7 @@ from workers.nn import (
     ACTIVATIONS,
     LOSSES,
     Network,
+    ReductionBuffers,
     assign_microshards,
     full_batch_step_gradient,
     microshard_bounds,
@@ -91,9 +94,8 @@ def _distributed_step(net, flat, x, y, num_microshards, num_workers, dropout_key
             continue
         first, last = bounds[lo][0], bounds[hi - 1][1]
         local_bounds = [(start - first, end - first) for start, end in bounds]
-        scratch = np.empty_like(flat)
         results = shard_gradients(
-            net, flat, x[first:last], y[first:last], local_bounds, lo, hi, scratch, dropout_key
+            net, flat, x[first:last], y[first:last], local_bounds, lo, hi, dropout_key=dropout_key
         )
         for node, grad_sum, loss_sum, _correct, node_count in results:
             grads[node], losses[node] = grad_sum, loss_sum
@@ -151,7 +153,7 @@ def test_shard_gradients_reports_correct_counts_per_node() -> None:
     """Each node's correct count equals the argmax hits of its rows."""
     net, flat, x, y = _random_problem([3, 4], ["identity"], LOSSES[0], 20, seed=1)
     bounds = microshard_bounds(20, 4)
-    results = shard_gradients(net, flat, x, y, bounds, 1, 4, np.empty_like(flat))
+    results = shard_gradients(net, flat, x, y, bounds, 1, 4)
     hits = net.forward(flat, x).argmax(axis=1) == y
     assert [(node, correct) for node, _, _, correct, _ in results] == [
         ((1, 2), int(hits[5:10].sum())),
@@ -166,12 +168,40 @@ def test_adding_node_sums_out_of_tree_order_changes_the_bits() -> None:
     bounds = microshard_bounds(200, 5)
     partials = {}
     for lo, hi in assign_microshards(5, 2):  # nodes (0, 2), (2, 3), (3, 5)
-        for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi, flat.copy()):
+        for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi):
             partials[node] = grad_sum
     left_to_right = (partials[(0, 2)] + partials[(2, 3)]) + partials[(3, 5)]
     tree_order = tree_reduce(partials, 5)
     assert np.array_equal(tree_order, partials[(0, 2)] + (partials[(2, 3)] + partials[(3, 5)]))
     assert not np.array_equal(left_to_right, tree_order)
+
+
+def test_reused_buffers_give_the_same_bits_and_allocate_nothing_parameter_sized() -> None:
+    """A second step with the same ReductionBuffers matches fresh buffers bit for bit, and neither
+    the workers' node sums nor the server's reduction allocate a parameter-sized array."""
+    net, flat, x, y = _random_problem([50, 200, 10], ["relu", "identity"], LOSSES[0], 32, seed=3)
+    bounds = microshard_bounds(32, 4)
+    worker_buffers = [ReductionBuffers(flat), ReductionBuffers(flat)]
+    server_buffers, out = ReductionBuffers(flat), np.empty_like(flat)
+
+    def step() -> np.ndarray:
+        partials = {}
+        for (lo, hi), buffers in zip(assign_microshards(4, 2), worker_buffers, strict=True):
+            for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi, buffers):
+                partials[node] = grad_sum
+        return tree_reduce(partials, 4, out=out, buffers=server_buffers)
+
+    step()  # first use allocates the buffers
+    tracemalloc.start()
+    reused = step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < flat.nbytes / 2, f"peak {peak} B for {flat.nbytes} B of parameters"
+    fresh = {}
+    for lo, hi in assign_microshards(4, 2):
+        for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi):
+            fresh[node] = grad_sum.copy()
+    assert np.array_equal(reused, tree_reduce(fresh, 4))
 
 
 def test_tree_reduce_creates_no_reference_cycles():

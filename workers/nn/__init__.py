@@ -8,6 +8,7 @@ from .init import INITIALIZERS
 from .losses import LOSSES, REGRESSION_LOSSES
 from .metrics import add_sums, summarize
 from .microshards import (
+    ReductionBuffers,
     assign_microshards,
     full_batch_step_gradient,
     microshard_bounds,
@@ -47,6 +48,7 @@ __all__ = [
     "Network",
     "Optimizer",
     "RMSProp",
+    "ReductionBuffers",
     "add_sums",
     "assign_microshards",
     "clip_by_global_norm",

@@ -63,14 +63,19 @@ def tree_nodes(lo: int, hi: int, num_microshards: int) -> list[Node]:
 
 
 def tree_reduce(
-    partials: Mapping[Node, Summable], num_microshards: int, *, out: np.ndarray | None = None
+    partials: Mapping[Node, Summable],
+    num_microshards: int,
+    *,
+    out: np.ndarray | None = None,
+    buffers: ReductionBuffers | None = None,
 ) -> Summable:
     """Combine node partial sums into the sum of the root ``[0, M)`` along the fixed tree.
 
     ``partials`` maps tree nodes to arrays (all of one shape and dtype; the sum goes into ``out``
     if given, else a new array, and the inputs are never written) or to Python numbers (loss
-    sums, counts; ``out`` unused). ``out`` must not be one of the partials. Raises
-    ``ValueError`` naming the first node not covered, or a key that is not a needed tree node.
+    sums, counts; ``out`` unused). ``out`` must not be one of the partials. ``buffers`` (kept by
+    the caller across calls) holds the inner nodes' sums, so a steady-state call allocates nothing.
+    Raises ``ValueError`` naming the first node not covered, or a key that is not a needed tree node.
     """
     _check_coverage(partials, num_microshards)
     root = (0, num_microshards)
@@ -79,14 +84,10 @@ def tree_reduce(
         return _reduce_numbers(root, partials)
     if out is None:
         out = np.empty_like(first)
-
-    def copy_partial(node: Node, target: np.ndarray) -> tuple | None:
-        if node not in partials:
-            return None
-        np.copyto(target, partials[node])
-        return ()
-
-    _reduce_into(root, out, copy_partial, _ScratchPool(out), depth=0)
+    if root in partials:
+        np.copyto(out, partials[root])
+        return out
+    _sum_partials_into(root, out, partials, buffers or ReductionBuffers(out), depth=0)
     return out
 
 
@@ -98,7 +99,7 @@ def shard_gradients(
     bounds: list[tuple[int, int]],
     lo: int,
     hi: int,
-    grad_scratch: np.ndarray,
+    buffers: ReductionBuffers | None = None,
     dropout_key: Sequence[int] | None = None,
 ) -> list[NodeResult]:
     """A worker's share of a step: one ``(node, grad_sum, loss_sum, correct_count, sample_count)``
@@ -108,7 +109,9 @@ def shard_gradients(
     numbers never depend on how micro-shards are grouped; leaves are then added along the tree.
     ``bounds[i]`` are the rows of micro-shard ``i`` within ``x_batch``/``y_batch``; only those of
     ``[lo, hi)`` are read, so a worker may pass just its own rows with shifted bounds.
-    ``grad_scratch`` (``flat``'s shape and dtype) is reused as temporary space.
+    ``buffers`` (made for ``flat``, kept by the caller) supplies the node sums and temporary space,
+    so steady-state calls allocate nothing parameter-sized; the returned arrays are then those
+    buffers, overwritten by the next call with the same ``buffers``.
     ``dropout_key`` (e.g. ``(seed, epoch, batch_index)``) turns dropout on: micro-shard ``i`` draws
     its masks from ``default_rng([*dropout_key, i])``, so they never depend on the worker count.
     """
@@ -125,11 +128,11 @@ def shard_gradients(
         loss, correct = net.loss_grad_and_correct(flat, x_batch[rows], y_batch[rows], target, rng)
         return (loss, correct, end - start)
 
-    pool = _ScratchPool(flat, first=grad_scratch)
+    buffers = buffers or ReductionBuffers(flat)
     results = []
     for node in tree_nodes(lo, hi, len(bounds)):
-        grad_sum = np.empty_like(flat)
-        loss, correct, count = _reduce_into(node, grad_sum, compute_leaf, pool, depth=0)
+        grad_sum = buffers.output(node)
+        loss, correct, count = _reduce_into(node, grad_sum, compute_leaf, buffers, depth=0)
         results.append((node, grad_sum, loss, correct, count))
     return results
 
@@ -146,7 +149,7 @@ def full_batch_step_gradient(
     along the same tree as a distributed step (all micro-shards on one worker)."""
     bounds = microshard_bounds(len(x), num_microshards)
     [(_, grad_sum, loss_sum, _, count)] = shard_gradients(
-        net, flat, x, y, bounds, 0, num_microshards, np.empty_like(flat), dropout_key
+        net, flat, x, y, bounds, 0, num_microshards, dropout_key=dropout_key
     )
     return grad_sum, loss_sum, count
 
@@ -164,20 +167,32 @@ def _check_shard_rows(
             )
 
 
-class _ScratchPool:
-    """One temporary array per tree depth, shaped like ``template``, allocated on first use."""
+class ReductionBuffers:
+    """Arrays shaped like ``template`` reused across steps: one sum per tree node a caller returns,
+    and one temporary per tree depth, each allocated on first use."""
 
-    def __init__(self, template: np.ndarray, first: np.ndarray | None = None) -> None:
+    def __init__(self, template: np.ndarray) -> None:
         self._template = template
-        self._buffers = [] if first is None else [first]
+        self._outputs: dict[Node, np.ndarray] = {}
+        self._scratch: list[np.ndarray] = []
+
+    def fits(self, array: np.ndarray) -> bool:
+        return array.shape == self._template.shape and array.dtype == self._template.dtype
+
+    def output(self, node: Node) -> np.ndarray:
+        if node not in self._outputs:
+            self._outputs[node] = np.empty_like(self._template)
+        return self._outputs[node]
 
     def get(self, depth: int) -> np.ndarray:
-        while len(self._buffers) <= depth:
-            self._buffers.append(np.empty_like(self._template))
-        return self._buffers[depth]
+        while len(self._scratch) <= depth:
+            self._scratch.append(np.empty_like(self._template))
+        return self._scratch[depth]
 
 
-def _reduce_into(node: Node, out: np.ndarray, fetch: _NodeFetcher, pool: _ScratchPool, depth: int) -> tuple:
+def _reduce_into(
+    node: Node, out: np.ndarray, fetch: _NodeFetcher, pool: ReductionBuffers, depth: int
+) -> tuple:
     """Write the sum of ``node`` into ``out`` as ``sum(left) + sum(right)``, recursively; return
     the element-wise sum of the statistics tuples ``fetch`` gave, added in the same order."""
     stats = fetch(node, out)
@@ -189,6 +204,24 @@ def _reduce_into(node: Node, out: np.ndarray, fetch: _NodeFetcher, pool: _Scratc
     right_stats = _reduce_into(right, right_sum, fetch, pool, depth + 1)
     out += right_sum
     return tuple(a + b for a, b in zip(left_stats, right_stats, strict=True))
+
+
+def _sum_partials_into(
+    node: Node, out: np.ndarray, partials: Mapping[Node, np.ndarray], pool: ReductionBuffers, depth: int
+) -> None:
+    """``out = sum(left) + sum(right)`` for an inner ``node``, reading partials in place (no copies)."""
+    left, right = _children(node)
+    if left in partials:
+        left_sum = partials[left]
+    else:
+        _sum_partials_into(left, out, partials, pool, depth + 1)
+        left_sum = out
+    if right in partials:
+        right_sum = partials[right]
+    else:
+        right_sum = pool.get(depth)
+        _sum_partials_into(right, right_sum, partials, pool, depth + 1)
+    np.add(left_sum, right_sum, out=out)
 
 
 def _reduce_numbers(node: Node, partials: Mapping[Node, Summable]) -> Summable:
