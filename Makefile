@@ -10,7 +10,9 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the virtual environment in $(VENV) and installing gradfleet with its dev tools"
-	test -x $(PY) || python3 -m venv $(VENV)
+	@# A venv made without Debian's python3-venv has a python but no pip: make it again.
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV) \
+	  || { echo 'python3 -m venv failed: on Debian, apt-get install python3-venv' >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
