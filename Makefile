@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint format protos bench bench-recovery bench-load clean
+.PHONY: setup data demo test lint format protos bench bench-recovery bench-load bench-scaling clean
 
 setup: $(STAMP) data
 
@@ -56,6 +56,9 @@ bench-recovery: setup
 
 bench-load: setup
 	$(PY) bench/load.py
+
+bench-scaling: setup
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) state/demo .pytest_cache
