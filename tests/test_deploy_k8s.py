@@ -45,7 +45,7 @@ def test_every_manifest_passes_strict_validation() -> None:
     result = kubernetes_validate(*sorted(K8S.glob("*.yaml")))
     assert result.returncode == 0, result.stdout + result.stderr
     passed = result.stdout.count(" passed for resource ")
-    assert passed == 7, result.stdout
+    assert passed == 8, result.stdout
 
 
 def test_raycluster_pod_templates_pass_strict_validation(tmp_path) -> None:
@@ -83,6 +83,28 @@ def test_worker_group_autoscales_and_the_coordinator_finds_the_head() -> None:
     )
     head = f"{cluster['metadata']['name']}-head-svc:6379"
     assert f"--address={head}" in args and f"--ray-address {head}" in args
+
+
+def test_prometheus_finds_every_worker_pod_through_a_headless_service() -> None:
+    """A headless Service selects the RayCluster's worker pods by KubeRay's labels and maps their metrics
+    port; the Kubernetes Prometheus resolves that Service by DNS (no RBAC needed)."""
+    cluster = by_kind("raycluster.yaml", "RayCluster")
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    container_ports = {
+        p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports["metrics"] == int(group["rayStartParams"]["metrics-export-port"])
+    service = next(d for d in documents("raycluster.yaml") if d["kind"] == "Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {
+        "ray.io/cluster": cluster["metadata"]["name"],
+        "ray.io/node-type": "worker",
+    }
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics"}]
+    config = yaml.safe_load(by_kind("prometheus.yaml", "ConfigMap")["data"]["prometheus.yml"])
+    ray_job = next(job for job in config["scrape_configs"] if job["job_name"] == "ray")
+    assert ray_job["dns_sd_configs"][0]["names"] == [service["metadata"]["name"]]
+    assert ray_job["dns_sd_configs"][0]["port"] == container_ports["metrics"]
 
 
 def test_coordinator_is_ready_from_grpc_health_and_exposes_both_ports() -> None:
