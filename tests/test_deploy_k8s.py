@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT
 from tests.conftest import require
+from tests.kuberay_v1 import RAYCLUSTER
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -68,6 +70,37 @@ def test_strict_validation_rejects_a_misspelled_field(tmp_path) -> None:
     broken = tmp_path / "coordinator.yaml"
     broken.write_text((K8S / "coordinator.yaml").read_text().replace("readinessProbe:", "readinesProbe:"))
     assert kubernetes_validate(broken).returncode != 0
+
+
+def raycluster_schema_errors(text: str) -> list[str]:
+    """Where the RayCluster document in `text` breaks KubeRay's v1 field names or types."""
+    from jsonschema import Draft202012Validator  # installed with check-jsonschema
+
+    cluster = next(doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "RayCluster")
+    errors = Draft202012Validator(RAYCLUSTER).iter_errors(cluster)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
+def test_raycluster_uses_only_kuberay_v1_fields() -> None:
+    """The RayCluster's own fields (outside its pod templates) are KubeRay v1 names with the right types."""
+    assert raycluster_schema_errors((K8S / "raycluster.yaml").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "broken"),
+    [
+        ("  enableInTreeAutoscaling: true", "  enableInTreeAutoScaling: true"),
+        ("      minReplicas: 1", "      minReplica: 1"),
+        ('      num-cpus: "0"', "      num-cpus: 0"),  # rayStartParams is map[string]string
+        ("    upscalingMode: Default", "    upscalingMode: Fast"),
+    ],
+    ids=["misspelled-spec-key", "misspelled-group-key", "non-string-param", "unknown-enum"],
+)
+def test_raycluster_schema_rejects_a_broken_field(field: str, broken: str) -> None:
+    """Negative control: a misspelled key, a non-string ray start parameter or an unknown mode fails."""
+    text = (K8S / "raycluster.yaml").read_text()
+    assert text.count(field) == 1
+    assert len(raycluster_schema_errors(text.replace(field, broken))) == 1
 
 
 def test_worker_group_autoscales_and_the_coordinator_finds_the_head() -> None:
