@@ -4,13 +4,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint format protos bench bench-recovery bench-load clean
+.PHONY: setup data demo test lint format protos bench bench-recovery bench-load bench-scaling clean
 
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the virtual environment in $(VENV) and installing gradfleet with its dev tools"
-	test -x $(PY) || python3 -m venv $(VENV)
+	@# A venv made without Debian's python3-venv has a python but no pip: make it again.
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV) \
+	  || { echo 'python3 -m venv failed: on Debian, apt-get install python3-venv' >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -54,6 +56,9 @@ bench-recovery: setup
 
 bench-load: setup
 	$(PY) bench/load.py
+
+bench-scaling: setup
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) state/demo .pytest_cache

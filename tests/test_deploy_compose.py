@@ -82,6 +82,18 @@ def test_ports_agree_between_compose_prometheus_and_the_service() -> None:
     assert "9090:9090" in services["prometheus"]["ports"]
 
 
+def test_prometheus_finds_every_scaled_ray_worker_by_dns() -> None:
+    """Prometheus resolves the ray-worker service name (one A record per replica) and scrapes each on
+    the port the workers export Ray's metrics on."""
+    worker_command = compose()["services"]["ray-worker"]["command"]
+    assert "--metrics-export-port=8080" in worker_command
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    ray_job = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "ray")
+    assert ray_job["dns_sd_configs"] == [
+        {"names": ["ray-worker"], "type": "A", "port": 8080, "refresh_interval": "15s"}
+    ]
+
+
 def bind_mounts() -> list[tuple[str, str]]:
     """(host path, container path) of every bind mount in the compose file."""
     mounts = []

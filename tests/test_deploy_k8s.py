@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT
 from tests.conftest import require
+from tests.kuberay_v1 import RAYCLUSTER
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -45,7 +47,7 @@ def test_every_manifest_passes_strict_validation() -> None:
     result = kubernetes_validate(*sorted(K8S.glob("*.yaml")))
     assert result.returncode == 0, result.stdout + result.stderr
     passed = result.stdout.count(" passed for resource ")
-    assert passed == 7, result.stdout
+    assert passed == 8, result.stdout
 
 
 def test_raycluster_pod_templates_pass_strict_validation(tmp_path) -> None:
@@ -70,6 +72,37 @@ def test_strict_validation_rejects_a_misspelled_field(tmp_path) -> None:
     assert kubernetes_validate(broken).returncode != 0
 
 
+def raycluster_schema_errors(text: str) -> list[str]:
+    """Where the RayCluster document in `text` breaks KubeRay's v1 field names or types."""
+    from jsonschema import Draft202012Validator  # installed with check-jsonschema
+
+    cluster = next(doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "RayCluster")
+    errors = Draft202012Validator(RAYCLUSTER).iter_errors(cluster)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
+def test_raycluster_uses_only_kuberay_v1_fields() -> None:
+    """The RayCluster's own fields (outside its pod templates) are KubeRay v1 names with the right types."""
+    assert raycluster_schema_errors((K8S / "raycluster.yaml").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "broken"),
+    [
+        ("  enableInTreeAutoscaling: true", "  enableInTreeAutoScaling: true"),
+        ("      minReplicas: 1", "      minReplica: 1"),
+        ('      num-cpus: "0"', "      num-cpus: 0"),  # rayStartParams is map[string]string
+        ("    upscalingMode: Default", "    upscalingMode: Fast"),
+    ],
+    ids=["misspelled-spec-key", "misspelled-group-key", "non-string-param", "unknown-enum"],
+)
+def test_raycluster_schema_rejects_a_broken_field(field: str, broken: str) -> None:
+    """Negative control: a misspelled key, a non-string ray start parameter or an unknown mode fails."""
+    text = (K8S / "raycluster.yaml").read_text()
+    assert text.count(field) == 1
+    assert len(raycluster_schema_errors(text.replace(field, broken))) == 1
+
+
 def test_worker_group_autoscales_and_the_coordinator_finds_the_head() -> None:
     """Autoscaling is on, minReplicas <= replicas < maxReplicas; the coordinator joins `<name>-head-svc`."""
     cluster = by_kind("raycluster.yaml", "RayCluster")
@@ -83,6 +116,28 @@ def test_worker_group_autoscales_and_the_coordinator_finds_the_head() -> None:
     )
     head = f"{cluster['metadata']['name']}-head-svc:6379"
     assert f"--address={head}" in args and f"--ray-address {head}" in args
+
+
+def test_prometheus_finds_every_worker_pod_through_a_headless_service() -> None:
+    """A headless Service selects the RayCluster's worker pods by KubeRay's labels and maps their metrics
+    port; the Kubernetes Prometheus resolves that Service by DNS (no RBAC needed)."""
+    cluster = by_kind("raycluster.yaml", "RayCluster")
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    container_ports = {
+        p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports["metrics"] == int(group["rayStartParams"]["metrics-export-port"])
+    service = next(d for d in documents("raycluster.yaml") if d["kind"] == "Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {
+        "ray.io/cluster": cluster["metadata"]["name"],
+        "ray.io/node-type": "worker",
+    }
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics"}]
+    config = yaml.safe_load(by_kind("prometheus.yaml", "ConfigMap")["data"]["prometheus.yml"])
+    ray_job = next(job for job in config["scrape_configs"] if job["job_name"] == "ray")
+    assert ray_job["dns_sd_configs"][0]["names"] == [service["metadata"]["name"]]
+    assert ray_job["dns_sd_configs"][0]["port"] == container_ports["metrics"]
 
 
 def test_coordinator_is_ready_from_grpc_health_and_exposes_both_ports() -> None:

@@ -17,10 +17,11 @@ import yaml
 
 DEPLOY = Path(__file__).resolve().parent.parent
 K8S = DEPLOY / "k8s"
-# docker-compose service name -> Kubernetes service name (deploy/k8s/*.yaml)
+# docker-compose service names (and targets) -> Kubernetes service names (deploy/k8s/*.yaml)
 K8S_TARGETS = {
     "coordinator:9095": "gradfleet-coordinator:9095",
     "ray-head:8080": "gradfleet-raycluster-head-svc:8080",
+    '["ray-worker"]': '["gradfleet-raycluster-workers"]',  # headless Service in raycluster.yaml
 }
 LABELS = {"app.kubernetes.io/name": "gradfleet", "app.kubernetes.io/component": "monitoring"}
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
