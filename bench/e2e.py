@@ -98,6 +98,8 @@ def service_run(client, running, batch: int, steps: int, workers: int, shards: i
         raise SystemExit(f"benchmark job {done.id} failed or was too short: {done.message}")
     last = snapshot(done.progress)
     steps_measured = last[3] - first[3]
+    if steps_measured <= 0:
+        raise SystemExit(f"job {done.id} ended at its second progress report; use more --steps")
     return {
         "samples_per_second": (last[1] - first[1]) / (last[0] - first[0]),
         "ms_per_step": {p: 1e3 * (last[2][p] - first[2][p]) / steps_measured for p in PHASES},
