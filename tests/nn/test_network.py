@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from workers.nn import Network, add_sums, summarize
+from workers.nn.metrics import metric_sums
 
 
 def _mlp() -> Network:
@@ -216,3 +217,28 @@ def test_evaluate_sums_give_top_k_and_regression_metrics() -> None:
     weights = np.concatenate([np.eye(3).ravel(), np.zeros(3)])
     _, sums = classifier.evaluate_sums(weights, logits, np.array([2, 2]), top_k=2)
     assert (sums["correct"], sums["top_k_correct"]) == (0, 2)
+
+
+def test_top_k_breaks_ties_toward_the_lower_index_like_argmax() -> None:
+    """With tied outputs a label counts for top-k when it is among the first k of a stable
+    descending order, so top-1 hits equal argmax hits."""
+    z = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [2.0, 2.0, 2.0], [0.0, 3.0, 3.0]])
+    labels = np.array([0, 1, 2, 2])
+    hits = [metric_sums(z, labels, k)["top_k_correct"] for k in (1, 2, 3)]
+    assert metric_sums(z, labels, 1)["correct"] == 1  # argmax picks index 0, 0, 0, 1
+    assert hits == [1, 3, 4]
+
+
+def test_top_k_matches_a_stable_sort_on_heavily_tied_outputs() -> None:
+    """On random outputs with many ties, top-k hits equal a stable descending sort's for every k,
+    and the top-1 hits equal the accuracy count."""
+    rng = np.random.default_rng(5)
+    z = rng.integers(0, 3, size=(200, 6)).astype(np.float32)
+    labels = rng.integers(0, 6, size=200)
+    order = np.argsort(-z, axis=1, kind="stable")
+    for k in range(1, 7):
+        expected = np.count_nonzero((order[:, :k] == labels[:, None]).any(axis=1))
+        sums = metric_sums(z, labels, k)
+        assert sums["top_k_correct"] == expected, k
+        if k == 1:
+            assert sums["top_k_correct"] == sums["correct"]
