@@ -242,3 +242,30 @@ def test_top_k_matches_a_stable_sort_on_heavily_tied_outputs() -> None:
         assert sums["top_k_correct"] == expected, k
         if k == 1:
             assert sums["top_k_correct"] == sums["correct"]
+
+
+def _dropped_units(net: Network, flat: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """What the second layer of ``[1, N, 1]`` reads for input 1: with its weights 0 and target 1,
+    its weight gradient is ``dropped * dL/dz`` and its bias gradient ``dL/dz``."""
+    grad = np.empty_like(flat)
+    net.loss_and_grad(flat, np.ones((1, 1), flat.dtype), np.ones((1, 1), flat.dtype), grad, rng)
+    named = net.named_parameters(grad)
+    return named["layer_1_weight"][:, 0] / named["layer_1_bias"][0]
+
+
+def test_dropout_drops_at_its_rate_scales_kept_units_and_is_identity_at_eval() -> None:
+    """In training, dropout 0.3 zeroes about 30% of 20,000 units of ones and multiplies the rest by
+    exactly 1 / 0.7 (mean kept at 1); without an rng, and in forward, every unit passes unchanged."""
+    units, rate = 20_000, 0.3
+    net = Network([1, units, 1], ["identity", "identity"], "mean_squared_error", dropout=[rate, 0.0])
+    flat = np.zeros(net.num_params, np.float32)
+    net.named_parameters(flat)["layer_0_weight"][:] = 1.0  # the first layer outputs ones
+    dropped = _dropped_units(net, flat, np.random.default_rng(4))
+    kept = dropped[dropped != 0]
+    assert np.all(kept == np.float32(1 / (1 - rate)))
+    assert abs(1 - len(kept) / units - rate) < 0.02  # binomial std 0.0032
+    assert abs(dropped.mean() - 1.0) < 0.03
+    assert not np.array_equal(dropped, _dropped_units(net, flat, np.random.default_rng(5)))
+    assert np.all(_dropped_units(net, flat, None) == 1.0)
+    net.named_parameters(flat)["layer_1_weight"][:] = 1.0
+    assert net.forward(flat, np.ones((3, 1), np.float32)).tolist() == [[units]] * 3
