@@ -8,6 +8,7 @@ number of jobs ever run. Workers open no ports: their statistics come back with 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 
@@ -203,6 +204,14 @@ class Metrics:
         self.job_eval_loss.labels(job_id).set(loss)
         self.job_eval_accuracy.labels(job_id).set(accuracy)
 
+    def record_divergence(self, job_id: str, loss: float | None) -> None:
+        """Show a step's non-finite mean `loss` in gradfleet_job_loss, which only applied steps set
+        otherwise, so the GradfleetLossNotFinite alert sees the divergence. It stays until the next
+        applied step (after a rollback) or until the job's series retire (after a failure). None
+        or a finite loss (the gradient diverged, not the loss) leaves the gauge alone."""
+        if loss is not None and not math.isfinite(loss):
+            self.job_loss.labels(job_id).set(loss)
+
     def finish_job(self, job_id: str, state_name: str, retire_after_s: float | None = None) -> None:
         """Count the outcome; drop the job's series after `retire_after_s` (None: the configured
         delay, 0: now)."""
@@ -248,6 +257,7 @@ class Metrics:
         )
 
     def record_checkpoint(self, job_id: str) -> None:
+        """A complete checkpoint of the job was written just now."""
         self.checkpoints_written.inc()
         self.job_checkpoint_time.labels(job_id).set_to_current_time()
 

@@ -65,6 +65,12 @@ def small_spec(uri: str, **overrides) -> pb.JobSpec:
     return spec_from_dict(spec)
 
 
+def gradfleet_command(*args: str) -> list[str]:
+    """The installed `gradfleet` console script (or the module if not installed)."""
+    script = Path(sys.executable).with_name("gradfleet")
+    return [*([str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]), *args]
+
+
 def descendants(pid: int) -> list[int]:
     """Process ids below `pid` (Ray's head processes started by the coordinator), from /proc."""
     children: dict[int, list[int]] = {}

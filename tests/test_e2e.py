@@ -104,10 +104,13 @@ def test_more_workers_than_micro_shards_and_samples(client, coordinator):
     assert np.isfinite(job.progress.loss)
 
 
-def test_counters_are_exact_and_exported(client, coordinator):
-    """After a job, the samples counter equals the samples trained on (last partial batch kept)."""
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_counters_are_exact_and_exported(client, coordinator, workers):
+    """After a job with 1, 2 or 3 workers, the samples counter equals the samples trained on (last
+    partial batch kept)."""
     write_blobs(coordinator.config.data_root / "blobs.npz", n_train=613)
-    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", batchSize=50, epochs=3)).id)
+    spec = small_spec("npz:blobs.npz", batchSize=50, epochs=3, numWorkers=workers)
+    job = wait_for(client, client.submit(spec).id)
     assert job.state == pb.SUCCEEDED, job.message
     assert job.progress.samples_trained == 3 * 613
     assert job.progress.step == job.progress.total_steps == 3 * 13

@@ -117,10 +117,12 @@ def test_finished_job_keeps_its_series_for_the_delay_then_loses_them(metrics) ->
     metrics.start_job(JOB, 2)
     metrics.record_steps(JOB, [step(1)], samples_per_second=100.0)
     metrics.record_eval(JOB, 0.4, 0.9)
+    metrics.record_checkpoint(JOB)
     metrics.finish_job(JOB, "succeeded")
     assert value(metrics, "gradfleet_jobs_finished_total", state="succeeded") == 1
     assert value(metrics, "gradfleet_job_workers", job_id=JOB) == 0
     assert value(metrics, "gradfleet_job_loss", job_id=JOB) == 0.5
+    assert value(metrics, "gradfleet_job_checkpoint_timestamp_seconds", job_id=JOB) is not None
     deadline = time.monotonic() + 10
     while value(metrics, "gradfleet_job_loss", job_id=JOB) is not None:
         assert time.monotonic() < deadline, "the job's series were never removed"
@@ -130,6 +132,45 @@ def test_finished_job_keeps_its_series_for_the_delay_then_loses_them(metrics) ->
     ]
     assert remaining == []
     assert value(metrics, "gradfleet_jobs_finished_total", state="succeeded") == 1  # never goes back
+
+
+def test_a_divergence_shows_its_non_finite_loss_until_the_next_step(metrics) -> None:
+    """record_divergence sets the loss gauge to NaN or +Inf as exported text Prometheus parses; a
+    finite loss or None leaves the gauge alone; the next applied step replaces it."""
+    metrics.record_steps(JOB, [step(1, loss=0.5)], samples_per_second=100.0)
+    metrics.record_divergence(JOB, None)
+    metrics.record_divergence(JOB, 3.0)
+    assert value(metrics, "gradfleet_job_loss", job_id=JOB) == 0.5
+    metrics.record_divergence(JOB, float("nan"))
+    assert f'gradfleet_job_loss{{job_id="{JOB}"}} NaN' in generate_latest(metrics.registry).decode()
+    metrics.record_divergence("other", float("-inf"))
+    assert value(metrics, "gradfleet_job_loss", job_id="other") == float("-inf")
+    metrics.record_steps(JOB, [step(2, loss=0.25)], samples_per_second=100.0)
+    assert value(metrics, "gradfleet_job_loss", job_id=JOB) == 0.25
+
+
+def test_checkpoints_are_counted_and_timestamped(metrics) -> None:
+    """Each record_checkpoint counts one checkpoint and sets the job's checkpoint time to now."""
+    before = time.time()
+    metrics.record_checkpoint(JOB)
+    first = value(metrics, "gradfleet_job_checkpoint_timestamp_seconds", job_id=JOB)
+    assert before <= first <= time.time()
+    time.sleep(0.01)
+    metrics.record_checkpoint(JOB)
+    metrics.record_checkpoint("other")
+    assert value(metrics, "gradfleet_job_checkpoint_timestamp_seconds", job_id=JOB) > first
+    assert value(metrics, "gradfleet_checkpoints_written_total") == 3
+
+
+def test_retiring_a_job_drops_its_checkpoint_time_only(metrics) -> None:
+    """A job finished with no delay loses its checkpoint-time series; other jobs and the
+    service-wide checkpoint counter keep theirs."""
+    metrics.record_checkpoint(JOB)
+    metrics.record_checkpoint("other")
+    metrics.finish_job(JOB, "succeeded", retire_after_s=0)
+    assert value(metrics, "gradfleet_job_checkpoint_timestamp_seconds", job_id=JOB) is None
+    assert value(metrics, "gradfleet_job_checkpoint_timestamp_seconds", job_id="other") is not None
+    assert value(metrics, "gradfleet_checkpoints_written_total") == 2
 
 
 @pytest.mark.integration

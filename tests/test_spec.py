@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -555,3 +556,16 @@ def test_an_explicit_zero_learning_rate_is_refused_not_defaulted() -> None:
     with pytest.raises(InvalidSpec, match=r"optimizer\.learning_rate: got 0"):
         validate_spec(spec)
     assert with_defaults(spec_from_dict({"optimizer": {"kind": "ADAMW"}})).optimizer.learning_rate == 0.001
+
+
+def test_readme_job_file_section_names_every_option_and_value() -> None:
+    """The README's job-file section names every field of the spec messages and every value of
+    their enums, so a new option cannot go undocumented."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## The job file") : readme.index("## The exported model")]
+    messages = (pb.JobSpec, pb.DatasetSpec, pb.LayerSpec, pb.OptimizerSpec, pb.ScheduleSpec)
+    fields = {f.name for m in messages for f in m.DESCRIPTOR.fields if f.message_type is None}
+    enums = {f.enum_type for m in messages for f in m.DESCRIPTOR.fields if f.enum_type is not None}
+    values = {v.name for e in enums for v in e.values if v.number != 0}
+    missing = sorted(name for name in fields | values if not re.search(rf"\b{name}\b", section))
+    assert missing == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.client import CoordinatorClient
-from tests.helpers import small_spec, wait_for, write_blobs, write_broken
+from tests.helpers import gradfleet_command, small_spec, wait_for, write_blobs, write_broken
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +32,6 @@ def wait_until_training(client, job_id: str) -> None:
     while client.get(job_id).progress.step == 0:
         assert time.monotonic() < deadline, "the job never took a step"
         time.sleep(0.05)
-
-
-def gradfleet_command(*args: str) -> list[str]:
-    """The installed `gradfleet` console script (or the module if not installed)."""
-    script = Path(sys.executable).with_name("gradfleet")
-    return [*([str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]), *args]
 
 
 def start_watch(address: str, job_id: str) -> subprocess.Popen:

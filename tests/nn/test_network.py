@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from workers.nn import Network, add_sums, summarize
+from workers.nn.metrics import metric_sums
 
 
 def _mlp() -> Network:
@@ -216,3 +217,55 @@ def test_evaluate_sums_give_top_k_and_regression_metrics() -> None:
     weights = np.concatenate([np.eye(3).ravel(), np.zeros(3)])
     _, sums = classifier.evaluate_sums(weights, logits, np.array([2, 2]), top_k=2)
     assert (sums["correct"], sums["top_k_correct"]) == (0, 2)
+
+
+def test_top_k_breaks_ties_toward_the_lower_index_like_argmax() -> None:
+    """With tied outputs a label counts for top-k when it is among the first k of a stable
+    descending order, so top-1 hits equal argmax hits."""
+    z = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [2.0, 2.0, 2.0], [0.0, 3.0, 3.0]])
+    labels = np.array([0, 1, 2, 2])
+    hits = [metric_sums(z, labels, k)["top_k_correct"] for k in (1, 2, 3)]
+    assert metric_sums(z, labels, 1)["correct"] == 1  # argmax picks index 0, 0, 0, 1
+    assert hits == [1, 3, 4]
+
+
+def test_top_k_matches_a_stable_sort_on_heavily_tied_outputs() -> None:
+    """On random outputs with many ties, top-k hits equal a stable descending sort's for every k,
+    and the top-1 hits equal the accuracy count."""
+    rng = np.random.default_rng(5)
+    z = rng.integers(0, 3, size=(200, 6)).astype(np.float32)
+    labels = rng.integers(0, 6, size=200)
+    order = np.argsort(-z, axis=1, kind="stable")
+    for k in range(1, 7):
+        expected = np.count_nonzero((order[:, :k] == labels[:, None]).any(axis=1))
+        sums = metric_sums(z, labels, k)
+        assert sums["top_k_correct"] == expected, k
+        if k == 1:
+            assert sums["top_k_correct"] == sums["correct"]
+
+
+def _dropped_units(net: Network, flat: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """What the second layer of ``[1, N, 1]`` reads for input 1: with its weights 0 and target 1,
+    its weight gradient is ``dropped * dL/dz`` and its bias gradient ``dL/dz``."""
+    grad = np.empty_like(flat)
+    net.loss_and_grad(flat, np.ones((1, 1), flat.dtype), np.ones((1, 1), flat.dtype), grad, rng)
+    named = net.named_parameters(grad)
+    return named["layer_1_weight"][:, 0] / named["layer_1_bias"][0]
+
+
+def test_dropout_drops_at_its_rate_scales_kept_units_and_is_identity_at_eval() -> None:
+    """In training, dropout 0.3 zeroes about 30% of 20,000 units of ones and multiplies the rest by
+    exactly 1 / 0.7 (mean kept at 1); without an rng, and in forward, every unit passes unchanged."""
+    units, rate = 20_000, 0.3
+    net = Network([1, units, 1], ["identity", "identity"], "mean_squared_error", dropout=[rate, 0.0])
+    flat = np.zeros(net.num_params, np.float32)
+    net.named_parameters(flat)["layer_0_weight"][:] = 1.0  # the first layer outputs ones
+    dropped = _dropped_units(net, flat, np.random.default_rng(4))
+    kept = dropped[dropped != 0]
+    assert np.all(kept == np.float32(1 / (1 - rate)))
+    assert abs(1 - len(kept) / units - rate) < 0.02  # binomial std 0.0032
+    assert abs(dropped.mean() - 1.0) < 0.03
+    assert not np.array_equal(dropped, _dropped_units(net, flat, np.random.default_rng(5)))
+    assert np.all(_dropped_units(net, flat, None) == 1.0)
+    net.named_parameters(flat)["layer_1_weight"][:] = 1.0
+    assert net.forward(flat, np.ones((3, 1), np.float32)).tolist() == [[units]] * 3

@@ -4,7 +4,8 @@
 ``(n, k)``; labels count as one-hot rows for the regression sums), the sums below; ``summarize``
 turns summed sums into metrics:
 
-- ``accuracy = correct / n`` and ``top_k_accuracy = top_k_correct / n`` (0 for float targets);
+- ``accuracy = correct / n`` and ``top_k_accuracy = top_k_correct / n`` (0 for float targets;
+  ties go to the lower index, as ``argmax``'s, so top-1 equals accuracy);
 - ``mse = sum (z - t)^2 / (n k)``, ``mae = sum |z - t| / (n k)``;
 - ``r2 = 1 - sum (z - t)^2 / sum_j sum_i (t_ij - mean_i t_ij)^2`` (sklearn's variance-weighted
   R^2 over outputs), from per-output sums of ``t`` and ``t^2``.
@@ -68,7 +69,13 @@ def summarize(sums: Sums, num_outputs: int) -> dict[str, float]:
 
 
 def _top_k_hits(z: np.ndarray, labels: np.ndarray, k: int) -> int:
-    """Rows whose label is among the ``k`` largest outputs (ties counted against the label)."""
-    picked = z[np.arange(len(labels)), labels]
-    higher = np.count_nonzero(z > picked[:, None], axis=1)
-    return int(np.count_nonzero(higher < k))
+    """Rows whose label is among the ``k`` largest outputs, ties broken toward the lower index as
+    ``argmax`` does, so ``k = 1`` counts exactly what ``count_correct`` counts.
+
+    The label's rank is the number of outputs above it plus the equal ones at lower indices.
+    """
+    n, outputs = z.shape
+    picked = z[np.arange(n), labels][:, None]
+    earlier = np.arange(outputs)[None, :] < labels[:, None]
+    rank = np.count_nonzero((z > picked) | ((z == picked) & earlier), axis=1)
+    return int(np.count_nonzero(rank < k))

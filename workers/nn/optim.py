@@ -24,6 +24,8 @@ StateDict = dict[str, np.ndarray | int | float]
 class Optimizer:
     """Base class: validates ``step``'s arguments, applies L2 decay and delegates to ``_step``."""
 
+    decoupled_decay = False  # True: ``_step`` applies the weight decay itself (AdamW), not as L2
+
     def __init__(
         self, num_params: int, dtype: npt.DTypeLike, weight_decay: float = 0.0, flush_every: int = 16
     ) -> None:
@@ -38,7 +40,8 @@ class Optimizer:
         self.flush_every = flush_every
         self.step_count = 0
         self._scratch = np.empty(self.num_params, dtype=self.dtype)
-        self._decayed = np.empty(self.num_params, dtype=self.dtype) if weight_decay else None
+        l2_decay = weight_decay and not self.decoupled_decay
+        self._decayed = np.empty(self.num_params, dtype=self.dtype) if l2_decay else None
         self._tiny_mask = np.empty(self.num_params, dtype=bool)  # for the subnormal flush
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
@@ -60,13 +63,27 @@ class Optimizer:
             self._flush_subnormals(decaying)
 
     def state_dict(self) -> StateDict:
-        """Return copies of the optimizer state (no hyperparameters), for checkpoints."""
-        return {}
+        """Return copies of the state arrays and ``step_count`` (no hyperparameters), for
+        checkpoints; the count matters beyond Adam's bias correction, since it times the flushes."""
+        arrays = {name: array.copy() for name, array in self._state_arrays().items()}
+        return arrays | {"step_count": self.step_count}
 
     def load_state_dict(self, state: StateDict) -> None:
         """Restore state saved by ``state_dict`` of an optimizer of the same kind and size."""
-        if state:
-            raise ValueError(f"Unexpected optimizer state keys: {sorted(state)}")
+        targets = self._state_arrays()
+        expected = set(targets) | {"step_count"}
+        if set(state) != expected:
+            raise ValueError(f"optimizer state must have keys {sorted(expected)}; has {sorted(state)}")
+        for key, target in targets.items():
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(f"state {key!r} must have shape {target.shape}, got {value.shape}")
+            np.copyto(target, value, casting="same_kind")
+        self.step_count = int(state["step_count"])
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """The optimizer's state arrays by name (the live arrays, not copies)."""
+        return {}
 
     def _step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
         raise NotImplementedError
@@ -76,7 +93,7 @@ class Optimizer:
         return ()
 
     def _with_l2(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        if self._decayed is None or isinstance(self, AdamW):
+        if self._decayed is None:
             return grad
         np.multiply(params, self.weight_decay, out=self._decayed)
         self._decayed += grad
@@ -89,24 +106,6 @@ class Optimizer:
             np.abs(array, out=self._scratch)
             np.less(self._scratch, tiny, out=self._tiny_mask)
             np.copyto(array, 0, where=self._tiny_mask)
-
-    def _state_with_count(self, **arrays: np.ndarray) -> StateDict:
-        return {name: array.copy() for name, array in arrays.items()} | {"step_count": self.step_count}
-
-    def _load_with_count(self, state: StateDict, **targets: np.ndarray) -> None:
-        for key, target in targets.items():
-            self._load_array(state, key, target)
-        if "step_count" not in state:
-            raise ValueError(f"optimizer state is missing 'step_count'; has {sorted(state)}")
-        self.step_count = int(state["step_count"])
-
-    def _load_array(self, state: StateDict, key: str, target: np.ndarray) -> None:
-        if key not in state:
-            raise ValueError(f"optimizer state is missing {key!r}; has {sorted(state)}")
-        value = np.asarray(state[key])
-        if value.shape != target.shape:
-            raise ValueError(f"state {key!r} must have shape {target.shape}, got {value.shape}")
-        np.copyto(target, value, casting="same_kind")
 
 
 class SGD(Optimizer):
@@ -135,11 +134,8 @@ class Momentum(Optimizer):
     def _decaying_state(self) -> tuple[np.ndarray, ...]:
         return (self.velocity,)
 
-    def state_dict(self) -> StateDict:
-        return {"velocity": self.velocity.copy()}
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self._load_array(state, "velocity", self.velocity)
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"velocity": self.velocity}
 
 
 class Nesterov(Momentum):
@@ -207,16 +203,15 @@ class Adam(Optimizer):
     def _decaying_state(self) -> tuple[np.ndarray, ...]:
         return (self.first_moment, self.second_moment)
 
-    def state_dict(self) -> StateDict:
-        return self._state_with_count(first_moment=self.first_moment, second_moment=self.second_moment)
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self._load_with_count(state, first_moment=self.first_moment, second_moment=self.second_moment)
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"first_moment": self.first_moment, "second_moment": self.second_moment}
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019):
     ``p -= lr * wd * p`` from the parameters before the step, then Adam's update from ``g`` alone."""
+
+    decoupled_decay = True
 
     def _step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
         if self.weight_decay:
@@ -248,11 +243,8 @@ class RMSProp(Optimizer):
     def _decaying_state(self) -> tuple[np.ndarray, ...]:
         return (self.square_average,)
 
-    def state_dict(self) -> StateDict:
-        return self._state_with_count(square_average=self.square_average)
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self._load_with_count(state, square_average=self.square_average)
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"square_average": self.square_average}
 
 
 class Adagrad(Optimizer):
@@ -270,11 +262,8 @@ class Adagrad(Optimizer):
         self.square_sum += self._scratch
         _divided_step(params, grad, self.square_sum, self.epsilon, lr, self._scratch)
 
-    def state_dict(self) -> StateDict:
-        return self._state_with_count(square_sum=self.square_sum)
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self._load_with_count(state, square_sum=self.square_sum)
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"square_sum": self.square_sum}
 
 
 def _divided_step(

@@ -1,0 +1,73 @@
+"""The `gradfleet` console script end to end against a real coordinator: submit with --watch and
+with --output json, and scale."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.spec import spec_to_json
+from tests.helpers import ROOT, gradfleet_command, small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+def run_cli(address: str, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = gradfleet_command(*args, "--server", address)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def job_file(folder: Path, **overrides) -> Path:
+    """A JSON job file (protobuf's JSON mapping) training on blobs.npz in the data root."""
+    path = folder / "job.json"
+    path.write_text(spec_to_json(small_spec("npz:blobs.npz", **overrides)))
+    return path
+
+
+def test_submit_watch_exits_zero_with_the_summary_line(client, coordinator, tmp_path) -> None:
+    """`gradfleet submit FILE --watch` follows the job to SUCCEEDED, exits 0 and ends with the
+    one-line summary."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    done = run_cli(coordinator.address, "submit", str(job_file(tmp_path)), "--watch")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    job_id = lines[0].split()[2]
+    assert lines[0] == f"submitted job {job_id} (small)"
+    assert lines[-1].startswith(f"job {job_id} SUCCEEDED in ")
+    assert ": test accuracy " in lines[-1]
+    assert client.get(job_id).state == pb.SUCCEEDED
+
+
+def test_submit_output_json_prints_a_job_that_parses(client, coordinator, tmp_path) -> None:
+    """`gradfleet submit FILE --output json` prints the new Job in protobuf's JSON mapping, with
+    the submitted spec and a state of QUEUED or RUNNING."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    done = run_cli(coordinator.address, "submit", str(job_file(tmp_path, epochs=1)), "--output", "json")
+    assert done.returncode == 0, done.stderr
+    job = json_format.Parse(done.stdout, pb.Job())
+    assert job.id and job.state in (pb.QUEUED, pb.RUNNING)
+    assert (job.spec.name, job.spec.epochs, job.spec.dataset.uri) == ("small", 1, "npz:blobs.npz")
+    assert wait_for(client, job.id).state == pb.SUCCEEDED
+
+
+def test_scale_changes_a_running_jobs_worker_count(client, coordinator) -> None:
+    """`gradfleet scale JOB 3` exits 0, says so, and the running job switches to 3 workers."""
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    job = client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))
+    wait_for(client, job.id, states={pb.RUNNING}, timeout_s=60)
+    done = run_cli(coordinator.address, "scale", job.id, "3", timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"job {job.id} (RUNNING) runs with 3 workers from its next step"
+    deadline = time.monotonic() + 60
+    while client.get(job.id).spec.num_workers != 3:
+        assert time.monotonic() < deadline, "the job never switched to 3 workers"
+        time.sleep(0.05)
+    client.cancel(job.id)
+    assert wait_for(client, job.id, timeout_s=30).state == pb.CANCELLED
