@@ -81,7 +81,15 @@ class TrainingState:
 
 
 class Diverged(TrainingFailed):
-    """The loss or gradient became non-finite; nothing was applied for that step."""
+    """The loss or gradient became non-finite; nothing was applied for that step. `loss` is the
+    non-finite mean loss when the loss was what broke, else None."""
+
+    def __init__(self, message: str, loss: float | None = None) -> None:
+        super().__init__(message)
+        self.loss = loss
+
+    def __reduce__(self):  # crosses from the parameter-server actor to the coordinator
+        return (type(self), (self.message, self.loss))
 
 
 @dataclass
@@ -213,7 +221,8 @@ class ParameterServerCore:
         raise Diverged(
             f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} "
             f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
-            "lower the learning rate or enable clipping"
+            "lower the learning rate or enable clipping",
+            loss=loss_sum if what == "loss" else None,
         )
 
     def forget_history(self) -> None:
