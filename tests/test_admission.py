@@ -48,6 +48,10 @@ def _write_data(root: Path) -> None:
     (root / "idx").mkdir()
     (root / "idx" / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((4, 2, 2))))
     (root / "idx" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2])))
+    (root / "escape").mkdir()  # an IDX directory inside the root whose image file links out of it
+    (root / "escape" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
+    (root.parent / "secret-images").write_bytes(_idx(np.zeros((4, 2, 2))))
+    (root / "escape" / "train-images-idx3-ubyte").symlink_to(root.parent / "secret-images")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +103,8 @@ REFUSALS = [
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
+    ("symlinked-idx-file", "idx:escape", {}, INVALID, "dataset.uri",
+     "escape/train-images-idx3-ubyte: the path leads outside the data root"),
     ("dataset-too-large", "npz:big.npz", {}, EXHAUSTED, "",
      "needs 1,616,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
 ]  # fmt: skip

@@ -379,29 +379,38 @@ def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):
     assert resolve_uri(" fashion-mnist ", tmp_path) == DatasetUri("fashion-mnist", None)
 
 
-# One row per way out of the data root: (id, uri, files to make, symlinks name -> target).
+# One row per way out of the data root: (id, uri, symlinks name -> target, what the error names).
 ESCAPES = [
-    ("dot-dot", "npz:../outside.npz", {}),
-    ("dot-dot-deep", "npz:sub/../../outside.npz", {}),
-    ("absolute", "npz:/etc/passwd", {}),
-    ("symlinked-file", "npz:link.npz", {"link.npz": "../outside.npz"}),
-    ("symlinked-dir", "idx:linkdir", {"linkdir": ".."}),
-    ("nul-byte", "csv:a\x00b.csv", {}),
-]
+    ("dot-dot", "npz:../outside.npz", {}, None),
+    ("dot-dot-deep", "npz:sub/../../outside.npz", {}, None),
+    ("absolute", "npz:/etc/passwd", {}, None),
+    ("symlinked-file", "npz:link.npz", {"link.npz": "../outside.npz"}, None),
+    ("symlinked-dir", "idx:linkdir", {"linkdir": ".."}, None),
+    ("nul-byte", "csv:a\x00b.csv", {}, None),
+    ("symlinked-idx-file", "idx:d", {f"d/{TRAIN_IMAGES}": f"../../d/{TRAIN_IMAGES}"}, f"d/{TRAIN_IMAGES}"),
+    ("symlinked-gz-idx-file", "idx:d", {f"d/{TRAIN_LABELS}.gz": "/etc/hostname"}, f"{TRAIN_LABELS}.gz"),
+    ("symlinked-test-file", "idx:fashion-mnist",
+     {f"fashion-mnist/{TEST_IMAGES}": f"../../d/{TEST_IMAGES}"}, f"fashion-mnist/{TEST_IMAGES}"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("uri", "links"), [r[1:] for r in ESCAPES], ids=[r[0] for r in ESCAPES])
-def test_paths_leaving_the_data_root_are_refused(tmp_path, uri, links):
-    """It refuses a dataset path that leads outside the data root, whatever the route."""
+@pytest.mark.parametrize(("uri", "links", "named"), [r[1:] for r in ESCAPES], ids=[r[0] for r in ESCAPES])
+def test_paths_leaving_the_data_root_are_refused(tmp_path, uri, links, named):
+    """It refuses a dataset path that leads outside the data root, whatever the route, also for a
+    file inside an IDX directory: the loader checks every file it opens, not only the URI."""
     root = tmp_path / "root"
-    root.mkdir()
+    write(root, idx_files("d") | idx_files("fashion-mnist"))
+    write(tmp_path, idx_files("d"))
     (tmp_path / "outside.npz").write_bytes(npz(x_train=X3, y_train=Y3))
     for name, target in links.items():
+        (root / name).unlink(missing_ok=True)
+        if name.endswith(".gz"):
+            (root / name.removesuffix(".gz")).unlink()
         (root / name).symlink_to(target)
     with pytest.raises(DatasetError) as caught:
         load_dataset(uri, root, extra_search=())
     message = str(caught.value)
-    assert repr(uri) in message
+    assert (named or repr(uri)) in message
     assert "outside the data root" in message or "unusable path" in message
 
 

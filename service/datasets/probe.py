@@ -44,9 +44,9 @@ def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], ma
     resolved = resolve_uri(uri, data_root)
     if resolved.path is None:
         directory = fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
-        return _probe_idx(directory, data_root, require_test=True, max_bytes=max_bytes, confined=False)
+        return _probe_idx(directory, None, require_test=True, max_bytes=max_bytes)
     if resolved.scheme == "idx":
-        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes, confined=True)
+        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes)
     if resolved.scheme == "npz":
         return _probe_npz(resolved.path, max_bytes)
     raise ValueError(f"probe_dataset cannot read {resolved.scheme} headers; use info_from_dataset")
@@ -86,13 +86,9 @@ def _check_size(what: str, nbytes: int, max_bytes: int) -> None:
         )
 
 
-def _probe_idx(
-    directory: Path, data_root: Path, *, require_test: bool, max_bytes: int, confined: bool
-) -> DatasetInfo:
-    paths = {k: p for k, p in idx_paths(directory, require_test=require_test).items() if p}
-    if confined:  # the directory is inside the root; a file in it may still be a symlink out
-        for path in paths.values():
-            resolve_uri(f"idx:{path}", data_root)
+def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_bytes: int) -> DatasetInfo:
+    """`root`: the data root every file must stay in (None for the operator's Fashion-MNIST copy)."""
+    paths = {k: p for k, p in idx_paths(directory, require_test=require_test, root=root).items() if p}
     headers = {key: read_idx_header(path) for key, path in paths.items()}
     shapes = {key: dims for key, (_dtype, dims) in headers.items()}
     nbytes = sum(
