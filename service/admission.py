@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import collections
 import threading
-from pathlib import Path
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
 from service.datasets import DatasetError, resolve_uri
-from service.datasets.probe import DatasetInfo, check_file_size, info_from_dataset, probe_dataset
+from service.datasets.probe import DatasetInfo, Fingerprint, fingerprint, info_from_dataset, probe_dataset
 from service.errors import InvalidSpec
 from service.jobsetup import DatasetCache
 from service.spec import validate_against_dataset, validate_spec, with_defaults
 
 INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this
-
-Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class Admission:
@@ -30,7 +27,8 @@ class Admission:
 
     def __init__(self, config: ServerConfig, cache: DatasetCache) -> None:
         self._config = config
-        self._cache = cache  # CSV files have no header: their full load is shared with the runner
+        # CSV files have no header: their full load (size-checked there) is shared with the runner.
+        self._cache = cache
         self._lock = threading.Lock()
         self._infos: collections.OrderedDict[str, tuple[DatasetInfo, Fingerprint]] = collections.OrderedDict()
 
@@ -62,7 +60,7 @@ class Admission:
     def _cached(self, uri: str) -> DatasetInfo | None:
         with self._lock:
             entry = self._infos.get(uri)
-        if entry is None or _fingerprint(entry[0].files) != entry[1]:
+        if entry is None or fingerprint(entry[0].files) != entry[1]:
             return None
         return entry[0]
 
@@ -70,7 +68,6 @@ class Admission:
         config = self._config
         resolved = resolve_uri(uri, config.data_root)
         if resolved.scheme == "csv":
-            check_file_size(resolved.path, config.max_dataset_bytes)
             info = info_from_dataset(self._cache.load(uri), (resolved.path,))
         else:
             info = probe_dataset(
@@ -80,16 +77,7 @@ class Admission:
                 max_bytes=config.max_dataset_bytes,
             )
         with self._lock:
-            self._infos[uri] = (info, _fingerprint(info.files))
+            self._infos[uri] = (info, fingerprint(info.files))
             while len(self._infos) > INFO_CACHE_SIZE:
                 self._infos.popitem(last=False)
         return info
-
-
-def _fingerprint(files: tuple[Path, ...]) -> Fingerprint:
-    """Size and modification time of each file; () for files that are gone (never matches)."""
-    try:
-        stats = [(str(path), path.stat()) for path in files]
-    except OSError:
-        return ()
-    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)

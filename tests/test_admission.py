@@ -4,6 +4,7 @@ spec is refused before a job exists, with the field, the value and what is allow
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ def _write_data(root: Path) -> None:
     np.savez_compressed(root / "big.npz", x_train=np.zeros((2000, 200), np.float32), y_train=np.zeros(2000))
     (root / "bad.npz").write_bytes(b"this is not a zip archive")
     (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
+    (root / "wide.csv").write_text(("0," * 199 + "0\n") * 2000)  # 800 kB of text, 1.6 MB of arrays
     (root / "idx").mkdir()
     (root / "idx" / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((4, 2, 2))))
     (root / "idx" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2])))
@@ -107,6 +109,8 @@ REFUSALS = [
      "escape/train-images-idx3-ubyte: the path leads outside the data root"),
     ("dataset-too-large", "npz:big.npz", {}, EXHAUSTED, "",
      "needs 1,616,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
+    ("csv-parsed-too-large", "csv:wide.csv", {}, EXHAUSTED, "",
+     "needs 1,608,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
 ]  # fmt: skip
 
 
@@ -134,16 +138,26 @@ def test_refused_specs_create_no_jobs_and_a_fitting_one_is_queued(client):
     client.cancel(job.id)
 
 
-def test_a_rewritten_dataset_is_probed_again(client, server):
-    """The cached dataset facts are dropped when the file changes: 4 classes now need 4 units."""
-    root = server.config.data_root
-    write_blobs(root / "changing.npz", classes=3)
-    job = client.submit(small_spec("npz:changing.npz", epochs=1))
+def _write_csv(path: Path, classes: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    rows = [f"{a:.3f},{b:.3f},{i % classes}" for i, (a, b) in enumerate(rng.normal(size=(200, 2)))]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(("name", "write"), [("changing.npz", write_blobs), ("changing.csv", _write_csv)])
+def test_a_rewritten_dataset_is_probed_again(client, server, name, write):
+    """The cached dataset facts, and for CSV the parsed arrays, are dropped when the file changes:
+    4 classes now need 4 units."""
+    path = server.config.data_root / name
+    uri = f"{name.rsplit('.', 1)[1]}:{name}"
+    write(path, classes=3)
+    job = client.submit(small_spec(uri, epochs=1))
     client.cancel(job.id)
-    time.sleep(0.01)  # a distinct modification time even on coarse clocks
-    write_blobs(root / "changing.npz", classes=4, seed=1)
+    write(path, classes=4, seed=1)
+    stat = path.stat()  # a distinct modification time even on a coarse clock
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(grpc.RpcError) as caught:
-        client.submit(small_spec("npz:changing.npz", epochs=1))
+        client.submit(small_spec(uri, epochs=1))
     assert "the dataset has 4 classes" in caught.value.details()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import shutil
 import struct
@@ -12,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.config import ServerConfig
 from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.errors import LimitExceeded
+from service.jobsetup import DatasetCache
 
 NAMES = {
     "x_train": "train-images-idx3-ubyte",
@@ -430,3 +434,54 @@ def test_dataset_error_is_a_picklable_value_error():
     error = pickle.loads(pickle.dumps(DatasetError("f.csv: line 3: ragged row")))
     assert isinstance(error, ValueError)
     assert str(error) == "f.csv: line 3: ragged row"
+
+
+# One row per kind of change the runner's cache must notice: (id, uri, files before, files after).
+CHANGES = [
+    ("csv-grows", "csv:d.csv", {"d.csv": b"1,2,0\n3,4,1\n"}, {"d.csv": b"1,2,0\n3,4,1\n5,6,2\n"}),
+    ("csv-same-size", "csv:d.csv", {"d.csv": b"1,2,0\n3,4,1\n"}, {"d.csv": b"1,2,2\n3,4,1\n"}),
+    ("npz-rewritten", "npz:d.npz", {"d.npz": npz(x_train=X3, y_train=Y3)},
+     {"d.npz": npz(x_train=X3, y_train=Y3 + 1)}),
+    ("idx-labels-only", "idx:d", idx_files(), idx_files(**{TRAIN_LABELS: idx([2, 1, 2, 1])})),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("uri", "before", "after"), [r[1:] for r in CHANGES], ids=[r[0] for r in CHANGES])
+def test_the_dataset_cache_reloads_a_changed_file(tmp_path, uri, before, after):
+    """The runner's cache serves a dataset while its files are unchanged and reads it again once
+    any of them changes size or modification time, so a job never trains on stale arrays."""
+    cache = DatasetCache(ServerConfig(data_root=tmp_path))
+    write(tmp_path, before)
+    first = cache.load(uri)
+    assert cache.load(uri) is first
+    write(tmp_path, after)
+    for name in after:  # a distinct modification time even on a coarse clock
+        stat = (tmp_path / name).stat()
+        os.utime(tmp_path / name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = cache.load(uri)
+    assert again is not first
+    assert again.y_train.tolist() == load_dataset(uri, tmp_path).y_train.tolist() != first.y_train.tolist()
+
+
+LIMIT = 3000
+# (id, files, uri, bytes needed): declared by the header, or known only once a CSV is parsed (a
+# 2,200-byte file, under the limit, whose arrays are not).
+TOO_LARGE = [
+    ("npz-header", {"big.npz": npz(x_train=np.zeros((100, 10)), y_train=np.zeros(100))}, "npz:big.npz",
+     100 * 10 * 4 + 100 * 8),
+    ("csv-parsed", {"big.csv": b"0,0,0,0,0,0,0,0,0,0,0\n" * 100}, "csv:big.csv", 100 * 10 * 4 + 100 * 8),
+    ("csv-file", {"big.csv": b"0," * LIMIT + b"0\n"}, "csv:big.csv", 2 * LIMIT + 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("files", "uri", "needs"), [r[1:] for r in TOO_LARGE], ids=[r[0] for r in TOO_LARGE])
+def test_the_dataset_cache_refuses_a_dataset_over_the_size_limit(tmp_path, files, uri, needs):
+    """Loading for a job checks --max-dataset-bytes too (a re-queued job skips admission): what the
+    headers declare before reading, and the arrays in memory after parsing a CSV file."""
+    write(tmp_path, files)
+    cache = DatasetCache(ServerConfig(data_root=tmp_path, max_dataset_bytes=LIMIT))
+    with pytest.raises(LimitExceeded) as caught:
+        cache.load(uri)
+    assert (
+        f"needs {needs:,} bytes in memory; the limit is 3,000 (--max-dataset-bytes)" in caught.value.message
+    )

@@ -4,7 +4,7 @@ can be checked against its data when it is submitted, before anything starts.
 IDX files are read up to their header, .npz arrays up to their .npy header; only the labels are
 loaded, and only after the sizes every header declares are checked against the size limit (a small
 gzip file can claim gigabytes). CSV files have no header to read: they are loaded whole, after a
-check of the file size.
+check of the file size, and their arrays checked against the limit once parsed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from service.errors import LimitExceeded
 
 _LABEL_BYTES = 8  # labels become int64
 _SPLITS = (("x_train", "y_train"), ("x_test", "y_test"))
+
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,37 @@ def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], ma
     raise ValueError(f"probe_dataset cannot read {resolved.scheme} headers; use info_from_dataset")
 
 
+def check_declared_size(
+    uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int
+) -> tuple[Path, ...]:
+    """The files the dataset `uri` is read from, once the size their headers declare (for a CSV
+    file, its size) is within `max_bytes`; LimitExceeded otherwise. Reads no features."""
+    resolved = resolve_uri(uri, data_root)
+    if resolved.scheme == "csv":
+        check_file_size(resolved.path, max_bytes)
+        return (resolved.path,)
+    return probe_dataset(uri, data_root, extra_search=extra_search, max_bytes=max_bytes).files
+
+
+def fingerprint(files: tuple[Path, ...]) -> Fingerprint:
+    """Size and modification time of each file; () for files that are gone (never matches)."""
+    try:
+        stats = [(str(path), path.stat()) for path in files]
+    except OSError:
+        return ()
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
 def info_from_dataset(dataset: Dataset, files: tuple[Path, ...]) -> DatasetInfo:
     """The facts of a dataset already loaded (CSV files have no header to read them from)."""
     y = dataset.y_train
-    arrays = (dataset.x_train, y, dataset.x_test, dataset.y_test)
     return DatasetInfo(
         num_features=dataset.num_features,
         num_classes=dataset.num_classes,
         target_width=1 if y.ndim == 1 else int(y.shape[1]),
         num_train=len(y),
         num_test=0 if dataset.y_test is None else len(dataset.y_test),
-        nbytes=sum(a.nbytes for a in arrays if a is not None),
+        nbytes=dataset.nbytes,
         files=files,
     )
 
@@ -75,10 +97,11 @@ def check_file_size(path: Path, max_bytes: int) -> None:
         raise DatasetError(f"{path}: file not found") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
-    _check_size(str(path), size, max_bytes)
+    check_size(str(path), size, max_bytes)
 
 
-def _check_size(what: str, nbytes: int, max_bytes: int) -> None:
+def check_size(what: str, nbytes: int, max_bytes: int) -> None:
+    """LimitExceeded naming the limit and its flag when `nbytes` of dataset `what` exceed it."""
     if nbytes > max_bytes:
         raise LimitExceeded(
             f"dataset {what} needs {nbytes:,} bytes in memory; the limit is {max_bytes:,} "
@@ -95,7 +118,7 @@ def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_by
         math.prod(dims) * (_LABEL_BYTES if key.startswith("y") else dtype.itemsize)
         for key, (dtype, dims) in headers.items()
     )
-    _check_size(str(directory), nbytes, max_bytes)
+    check_size(str(directory), nbytes, max_bytes)
     origins = {key: str(path) for key, path in paths.items()}
     _check_shapes(shapes, origins)
     labels = {key: read_idx(paths[key], labels=True) for key in ("y_train", "y_test") if key in paths}
@@ -109,7 +132,7 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         nbytes = sum(
             math.prod(shape) * _loaded_itemsize(key, dtype) for key, (shape, dtype) in headers.items()
         )
-        _check_size(str(path), nbytes, max_bytes)
+        check_size(str(path), nbytes, max_bytes)
         origins = {key: f"{path} (array {key})" for key in keys}
         shapes = {key: shape for key, (shape, _dtype) in headers.items()}
         _check_shapes(shapes, origins)
