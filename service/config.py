@@ -22,6 +22,8 @@ DEFAULT_MAX_PARAMS = 50_000_000  # 200 MB of float32 weights
 DEFAULT_METRICS_RETIRE_AFTER_S = 60.0  # a few scrape intervals, so dashboards see a job's final values
 DEFAULT_WORKER_WAIT_S = 600.0  # how long a job waits for CPUs for its workers before it fails
 DEFAULT_MAX_DATASET_BYTES = 2 << 30  # arrays in memory; Fashion-MNIST needs 55 MB
+# CSV files have no header: SubmitJob parses this much of one (about 0.4 s), the rest is checked at load.
+DEFAULT_CSV_CHECK_BYTES = 4 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # both directions; models are streamed in chunks (below)
 MIN_MESSAGE_BYTES = 4096  # a job record with its spec takes a few hundred bytes to a few kB
 DEFAULT_STEP_TIMEOUT_S = 120.0  # a step slower than this means a worker is stuck
@@ -46,6 +48,7 @@ class ServerConfig:
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
     max_params: int = DEFAULT_MAX_PARAMS
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    csv_check_bytes: int = DEFAULT_CSV_CHECK_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     worker_wait_s: float = DEFAULT_WORKER_WAIT_S

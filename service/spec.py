@@ -348,24 +348,28 @@ def _check_recovery(spec: pb.JobSpec) -> None:
 def validate_against_dataset(
     spec: pb.JobSpec,
     num_features: int,
-    num_classes: int,
-    num_train: int,
+    num_classes: int | None,
+    num_train: int | None,
     max_params: int,
     *,
     target_width: int | None = None,
 ) -> None:
     """Raise InvalidSpec where the spec does not fit the dataset.
 
-    `num_classes` is 0 for float (regression) targets, which have `target_width` columns (None:
-    unknown, not checked).
+    `num_classes` is 0 for float (regression) targets, which have `target_width` columns. None
+    for any of them means unknown (a large CSV file not yet parsed): what depends on it is checked
+    when the job loads the data.
     """
-    _check_output_layer(spec, num_classes, target_width)
+    if num_classes is not None:
+        _check_output_layer(spec, num_classes, target_width)
     params = count_params(num_features, spec)
     if params > max_params:
         raise InvalidSpec(
             "layers",
             f"the model has {params:,} parameters ({num_features} inputs); {_limit(max_params)}",
         )
+    if num_train is None:
+        return
     if spec.batch_size > num_train:
         raise InvalidSpec(
             "batch_size",

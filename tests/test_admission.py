@@ -19,7 +19,7 @@ from service.client import CoordinatorClient
 from service.datasets.probe import probe_dataset
 from service.errors import LimitExceeded
 from tests.conftest import start_coordinator
-from tests.helpers import small_spec, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -159,6 +159,33 @@ def test_a_rewritten_dataset_is_probed_again(client, server, name, write):
     with pytest.raises(grpc.RpcError) as caught:
         client.submit(small_spec(uri, epochs=1))
     assert "the dataset has 4 classes" in caught.value.details()
+
+
+def test_a_large_csv_is_checked_by_its_first_lines_at_submit_and_whole_at_load(ray_session, tmp_path):
+    """SubmitJob parses only the first --csv-check-bytes of a larger CSV file, so it answers at
+    once: a bad row there is refused; a bad row further down, or a label that needs more output
+    units, fails the job when it loads the data, naming the line or the field."""
+    running = start_coordinator(tmp_path, csv_check_bytes=4096)
+    root = running.config.data_root
+    rows = "".join(f"{i % 7},{i % 5},{i % 3}\n" for i in range(2000))  # 12 kB, 3 classes
+    (root / "early.csv").write_text("1,2,0\n1,2\n" + rows)
+    (root / "late.csv").write_text(rows + "1,x,0\n")
+    (root / "classes.csv").write_text(rows + "1,1,7\n")
+    try:
+        with CoordinatorClient(running.address) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.submit(small_spec("csv:early.csv"))
+            assert caught.value.code() == INVALID
+            assert "early.csv: line 2: ragged row" in caught.value.details()
+            late = client.submit(small_spec("csv:late.csv", epochs=1))
+            classes = client.submit(small_spec("csv:classes.csv", epochs=1))
+            late, classes = wait_for(client, late.id), wait_for(client, classes.id)
+    finally:
+        running.stop(grace_s=1.0)
+    assert late.state == pb.FAILED
+    assert "late.csv: line 2001, column 2: non-numeric cell 'x'" in late.message
+    assert classes.state == pb.FAILED
+    assert "layers[1].units: got 3; the dataset has 8 classes" in classes.message
 
 
 def test_fashion_mnist_facts_come_from_headers(fashion_dir, tmp_path):

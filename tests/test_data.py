@@ -15,6 +15,7 @@ import pytest
 
 from service.config import ServerConfig
 from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.datasets.tabular import check_csv_prefix
 from service.errors import LimitExceeded
 from service.jobsetup import DatasetCache
 
@@ -372,6 +373,36 @@ def test_csv_without_header_and_fractional_label_is_regression(tmp_path):
     assert dataset.x_train.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert dataset.y_train.dtype == np.float32 and dataset.y_train.tolist() == [0.5, 1.0]
     assert dataset.num_classes == 0
+
+
+ROWS = b"".join(b"%d,%d,%d\n" % (i % 7, i % 5, i % 3) for i in range(100))  # 6 bytes a line
+# (id, file, features found in its first 200 bytes or None, error phrase or None)
+PREFIXES = [
+    ("header-and-rows", b"a,b,label\n" + ROWS, 2, None),
+    ("bad-row-in-prefix", b"1,2,0\n1,2\n" + ROWS, None, "line 2: ragged row"),
+    ("nan-in-prefix", ROWS[:60] + b"1,inf,0\n" + ROWS, None, "line 11, column 2: 'inf' is not a finite"),
+    ("not-utf8-in-prefix", b"\xff\xfe1,2\n" + ROWS, None, "not UTF-8 text"),
+    ("bad-row-after-prefix", ROWS + b"1,x,0\n", 2, None),  # also: the line cut at byte 200 is skipped
+    ("whole-small-file", b"1,2,3,0\n", 3, None),
+    ("no-complete-line", b"0," * 150 + b"0\n", None, None),
+    ("header-only", b"a,b\n", None, "empty dataset"),
+    ("header-fills-the-prefix", b"a," * 150 + b"b\n" + ROWS, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "features", "phrase"), [r[1:] for r in PREFIXES], ids=[r[0] for r in PREFIXES]
+)
+def test_a_csv_prefix_gets_the_row_checks_of_a_full_load(tmp_path, text, features, phrase):
+    """check_csv_prefix parses only the complete lines in the first bytes of a CSV file, with the
+    row checks load_csv makes, and gives its feature count."""
+    (tmp_path / "d.csv").write_bytes(text)
+    if phrase is None:
+        assert check_csv_prefix(tmp_path / "d.csv", 200) == features
+        return
+    with pytest.raises(DatasetError, match=phrase) as caught:
+        check_csv_prefix(tmp_path / "d.csv", 200)
+    assert str(tmp_path / "d.csv") in str(caught.value)
 
 
 def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):

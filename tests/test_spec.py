@@ -431,6 +431,15 @@ def test_validate_against_dataset_accepts_a_fit() -> None:
     validate_against_dataset(whole_job_warmup, 784, 10, 1000, 10**6)
 
 
+def test_validate_against_dataset_skips_what_is_not_known_yet() -> None:
+    """With classes and sample count unknown (a large CSV file before its load), only the
+    parameter count is checked; the rest waits for the load."""
+    unfitting = with_defaults(_spec(batch_size=5000, **{"layers.2.units": 5}))
+    validate_against_dataset(unfitting, 784, None, None, 10**6)
+    with pytest.raises(InvalidSpec, match="the model has 12,741 parameters"):
+        validate_against_dataset(unfitting, 784, None, None, 1000)
+
+
 @settings(max_examples=50, derandomize=True, deadline=None)
 @given(
     workers=st.integers(1, 64),

@@ -62,6 +62,11 @@ class Dataset:
         return int(self.x_train.shape[1])
 
     @property
+    def target_width(self) -> int:
+        """Target columns: 1 for class labels (and for a single regression target)."""
+        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+
+    @property
     def nbytes(self) -> int:
         """Bytes the arrays take in memory."""
         arrays = (self.x_train, self.y_train, self.x_test, self.y_test)

@@ -30,14 +30,17 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a spec is checked against; sizes in samples and bytes (in memory once loaded)."""
+    """What a spec is checked against; sizes in samples and bytes (in memory once loaded).
+
+    None: not known until the whole file is parsed (a large CSV file, see `csv_prefix_info`).
+    """
 
     num_features: int
-    num_classes: int  # 0 for float (regression) targets
-    target_width: int  # target columns: 1 for class labels
-    num_train: int
-    num_test: int
-    nbytes: int
+    num_classes: int | None  # 0 for float (regression) targets
+    target_width: int | None  # target columns: 1 for class labels
+    num_train: int | None
+    num_test: int | None
+    nbytes: int | None
     files: tuple[Path, ...]  # the files read, to notice when they change
 
 
@@ -75,22 +78,26 @@ def fingerprint(files: tuple[Path, ...]) -> Fingerprint:
     return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
+def csv_prefix_info(path: Path, num_features: int) -> DatasetInfo:
+    """The facts a CSV file's first lines give: only its feature count (the rest stay None)."""
+    return DatasetInfo(num_features, None, None, None, None, None, (path,))
+
+
 def info_from_dataset(dataset: Dataset, files: tuple[Path, ...]) -> DatasetInfo:
     """The facts of a dataset already loaded (CSV files have no header to read them from)."""
-    y = dataset.y_train
     return DatasetInfo(
         num_features=dataset.num_features,
         num_classes=dataset.num_classes,
-        target_width=1 if y.ndim == 1 else int(y.shape[1]),
-        num_train=len(y),
+        target_width=dataset.target_width,
+        num_train=len(dataset.y_train),
         num_test=0 if dataset.y_test is None else len(dataset.y_test),
         nbytes=dataset.nbytes,
         files=files,
     )
 
 
-def check_file_size(path: Path, max_bytes: int) -> None:
-    """LimitExceeded if the file at `path` is larger than `max_bytes`; DatasetError if missing."""
+def check_file_size(path: Path, max_bytes: int) -> int:
+    """The size of the file at `path`; LimitExceeded if over `max_bytes`, DatasetError if missing."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -98,6 +105,7 @@ def check_file_size(path: Path, max_bytes: int) -> None:
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
     check_size(str(path), size, max_bytes)
+    return size
 
 
 def check_size(what: str, nbytes: int, max_bytes: int) -> None:
