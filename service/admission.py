@@ -2,7 +2,8 @@
 
 The spec alone (ranges, enums, limits), then the spec against its dataset (output layer versus
 classes, feature count and parameter limit, batch size versus training-set size), read cheaply
-from file headers and cached until the files change. Every refusal is INVALID_ARGUMENT naming the
+from file headers and cached until the files change (a CSV file larger than --csv-check-bytes: from
+its first lines, the rest when the job loads it). Every refusal is INVALID_ARGUMENT naming the
 field, or RESOURCE_EXHAUSTED naming the limit.
 """
 
@@ -15,14 +16,21 @@ from pathlib import Path
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
 from service.datasets import DatasetError, resolve_uri
-from service.datasets.probe import DatasetInfo, check_file_size, info_from_dataset, probe_dataset
+from service.datasets.probe import (
+    DatasetInfo,
+    Fingerprint,
+    check_file_size,
+    csv_prefix_info,
+    fingerprint,
+    info_from_dataset,
+    probe_dataset,
+)
+from service.datasets.tabular import check_csv_prefix
 from service.errors import InvalidSpec
 from service.jobsetup import DatasetCache
 from service.spec import validate_against_dataset, validate_spec, with_defaults
 
 INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this
-
-Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class Admission:
@@ -30,7 +38,8 @@ class Admission:
 
     def __init__(self, config: ServerConfig, cache: DatasetCache) -> None:
         self._config = config
-        self._cache = cache  # CSV files have no header: their full load is shared with the runner
+        # CSV files have no header: their full load (size-checked there) is shared with the runner.
+        self._cache = cache
         self._lock = threading.Lock()
         self._infos: collections.OrderedDict[str, tuple[DatasetInfo, Fingerprint]] = collections.OrderedDict()
 
@@ -40,8 +49,9 @@ class Admission:
         spec = with_defaults(request)
         validate_spec(spec, max_workers=config.max_workers_per_job, max_params=config.max_params)
         info = self.dataset_info(spec.dataset.uri)
-        limit = spec.dataset.max_train_samples
-        num_train = min(limit, info.num_train) if limit else info.num_train
+        limit, num_train = spec.dataset.max_train_samples, info.num_train
+        if limit and num_train is not None:
+            num_train = min(limit, num_train)
         validate_against_dataset(
             spec,
             info.num_features,
@@ -62,7 +72,7 @@ class Admission:
     def _cached(self, uri: str) -> DatasetInfo | None:
         with self._lock:
             entry = self._infos.get(uri)
-        if entry is None or _fingerprint(entry[0].files) != entry[1]:
+        if entry is None or fingerprint(entry[0].files) != entry[1]:
             return None
         return entry[0]
 
@@ -70,8 +80,7 @@ class Admission:
         config = self._config
         resolved = resolve_uri(uri, config.data_root)
         if resolved.scheme == "csv":
-            check_file_size(resolved.path, config.max_dataset_bytes)
-            info = info_from_dataset(self._cache.load(uri), (resolved.path,))
+            info = self._csv_info(uri, resolved.path)
         else:
             info = probe_dataset(
                 uri,
@@ -80,16 +89,19 @@ class Admission:
                 max_bytes=config.max_dataset_bytes,
             )
         with self._lock:
-            self._infos[uri] = (info, _fingerprint(info.files))
+            self._infos[uri] = (info, fingerprint(info.files))
             while len(self._infos) > INFO_CACHE_SIZE:
                 self._infos.popitem(last=False)
         return info
 
-
-def _fingerprint(files: tuple[Path, ...]) -> Fingerprint:
-    """Size and modification time of each file; () for files that are gone (never matches)."""
-    try:
-        stats = [(str(path), path.stat()) for path in files]
-    except OSError:
-        return ()
-    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+    def _csv_info(self, uri: str, path: Path) -> DatasetInfo:
+        """A CSV file up to --csv-check-bytes is parsed whole (its arrays cached for the runner).
+        Of a larger one only the first lines are, so SubmitJob answers at once: its other rows,
+        and what depends on all of them (classes, sample count, arrays in memory), are checked
+        when the job loads it, failing the job with the same message."""
+        check_bytes = self._config.csv_check_bytes
+        if check_file_size(path, self._config.max_dataset_bytes) > check_bytes:
+            num_features = check_csv_prefix(path, check_bytes)
+            if num_features is not None:
+                return csv_prefix_info(path, num_features)
+        return info_from_dataset(self._cache.load(uri), (path,))

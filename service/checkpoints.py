@@ -9,18 +9,16 @@ sizes, input normalization). One file per checkpoint under `state_dir/checkpoint
     b"GFCKPT1\\n" + sha256(payload) as 64 hex digits + b"\\n" + payload (an .npz, no pickles)
 
 written to a temporary file in the same folder, fsync'd, renamed, the folder fsync'd; the newest
-`KEEP` complete checkpoints are kept. A file whose checksum does not match (truncated, corrupt) is
-reported and skipped for the one before it.
+`KEEP` intact checkpoints are kept. A file whose checksum does not match (truncated, corrupt) is
+reported and skipped for the one before it, and never counts toward `KEEP`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.durable import write_durably
 from service.errors import JobNotReady
 from service.export import model_arrays
 from service.spec import spec_to_json
@@ -113,15 +112,21 @@ def encode(ckpt: Checkpoint) -> bytes:
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
-def decode(blob: bytes) -> Checkpoint:
-    """Parse and verify a checkpoint file's bytes; ValueError says what is wrong."""
+def _verified_payload(blob: bytes) -> bytes:
+    """The payload of a checkpoint file's bytes once its header and checksum are right; else
+    ValueError saying what is wrong."""
     if len(blob) < _HEADER_BYTES or not blob.startswith(MAGIC):
         raise ValueError(f"bad header: truncated to {len(blob)} bytes or not a gradfleet checkpoint")
     expected = blob[len(MAGIC) : _HEADER_BYTES - 1].decode("ascii", "replace")
     payload = blob[_HEADER_BYTES:]
     if hashlib.sha256(payload).hexdigest() != expected:
         raise ValueError(f"checksum mismatch over {len(payload)} bytes (truncated or corrupt)")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+    return payload
+
+
+def decode(blob: bytes) -> Checkpoint:
+    """Parse and verify a checkpoint file's bytes; ValueError says what is wrong."""
+    with np.load(io.BytesIO(_verified_payload(blob)), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         optimizer = {k: _scalar_or_array(data[f"opt.{k}"]) for k in meta["optimizer_keys"]}
         return Checkpoint(
@@ -161,21 +166,24 @@ class CheckpointStore:
         return sorted(named, key=lambda p: p.name, reverse=True)
 
     def save(self, ckpt: Checkpoint) -> Path:
-        """Write atomically and durably, then drop all but the newest KEEP checkpoints."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write atomically and durably, then drop all but the newest KEEP intact checkpoints."""
         path = self.folder / f"step-{ckpt.step:012d}.ckpt"
-        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(encode(ckpt))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.folder)
-        # Older checkpoints, and temporary files a killed coordinator left half written.
-        for old in [*self.files()[KEEP:], *self.folder.glob(".step-*.tmp")]:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+        write_durably(path, encode(ckpt))
+        self._prune(newest=path)
         return path
+
+    def _prune(self, newest: Path) -> None:
+        """Remove checkpoints older than the KEEP newest intact ones (`newest`, just written,
+        among them). A corrupt file does not count: it stays, for inspection, until KEEP intact
+        ones are newer. Also removes temporary files a killed coordinator left half written."""
+        intact = 0
+        for path in self.files():
+            if intact >= KEEP:
+                path.unlink(missing_ok=True)
+            elif path == newest or _is_intact(path):
+                intact += 1
+        for tmp in self.folder.glob(".step-*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def latest(self, expected_hash: str | None = None) -> tuple[Checkpoint | None, list[str]]:
         """The newest valid checkpoint and a note per newer file that was skipped, or (None, [])
@@ -224,9 +232,9 @@ def downloadable_model(state_dir: Path, final_model: Path, job: pb.Job) -> bytes
     return buffer.getvalue()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _is_intact(path: Path) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        _verified_payload(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True

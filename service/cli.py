@@ -21,6 +21,7 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from service import progress
 from service.client import DEFAULT_ADDRESS, CoordinatorClient, DownloadError, TlsOptions
 from service.config import (
+    DEFAULT_CSV_CHECK_BYTES,
     DEFAULT_DATA_ROOT,
     DEFAULT_HOST,
     DEFAULT_MAX_DATASET_BYTES,
@@ -142,6 +143,10 @@ _SERVE_LIMITS = (
     ("--max-workers-per-job", f"num_workers allowed in a spec (default {DEFAULT_MAX_WORKERS_PER_JOB})"),
     ("--max-params", f"parameters per model (default {DEFAULT_MAX_PARAMS:,})"),
     ("--max-dataset-bytes", f"dataset arrays in memory, bytes (default {DEFAULT_MAX_DATASET_BYTES:,})"),
+    (
+        "--csv-check-bytes",
+        f"bytes of a CSV file parsed at submit, the rest at load (default {DEFAULT_CSV_CHECK_BYTES:,})",
+    ),
     ("--max-message-bytes", f"gRPC message size, both ways (default {DEFAULT_MAX_MESSAGE_BYTES:,})"),
     ("--max-watch-streams", f"WatchJob streams in all (default {DEFAULT_MAX_WATCH_STREAMS})"),
     (

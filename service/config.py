@@ -22,9 +22,12 @@ DEFAULT_MAX_PARAMS = 50_000_000  # 200 MB of float32 weights
 DEFAULT_METRICS_RETIRE_AFTER_S = 60.0  # a few scrape intervals, so dashboards see a job's final values
 DEFAULT_WORKER_WAIT_S = 600.0  # how long a job waits for CPUs for its workers before it fails
 DEFAULT_MAX_DATASET_BYTES = 2 << 30  # arrays in memory; Fashion-MNIST needs 55 MB
-DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # both directions; models are streamed in 1 MiB chunks
+# CSV files have no header: SubmitJob parses this much of one (about 0.4 s), the rest is checked at load.
+DEFAULT_CSV_CHECK_BYTES = 4 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # both directions; models are streamed in chunks (below)
+MIN_MESSAGE_BYTES = 4096  # a job record with its spec takes a few hundred bytes to a few kB
 DEFAULT_STEP_TIMEOUT_S = 120.0  # a step slower than this means a worker is stuck
-DOWNLOAD_CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default message limit
+DOWNLOAD_CHUNK_BYTES = 1 << 20  # at most; well under gRPC's 4 MiB default message limit
 TOKENS_FILE_ENV = "GRADFLEET_TOKENS_FILE"  # tokens never go on a command line (ps shows them)
 
 
@@ -45,6 +48,7 @@ class ServerConfig:
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
     max_params: int = DEFAULT_MAX_PARAMS
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    csv_check_bytes: int = DEFAULT_CSV_CHECK_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     worker_wait_s: float = DEFAULT_WORKER_WAIT_S
@@ -63,10 +67,20 @@ class ServerConfig:
         for name in ("rpc_threads", "max_watch_streams", "max_watch_streams_per_client", "max_running_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}; must be at least 1")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValueError(
+                f"max_message_bytes: got {self.max_message_bytes}; must be at least {MIN_MESSAGE_BYTES}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+
+    @property
+    def download_chunk_bytes(self) -> int:
+        """DownloadModel's chunk size: 1 MiB, or half of max_message_bytes where that is less,
+        leaving room for the chunk's offsets and gRPC's framing."""
+        return min(DOWNLOAD_CHUNK_BYTES, self.max_message_bytes // 2)
 
 
 def _flag(value: object) -> bool:

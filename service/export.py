@@ -8,10 +8,11 @@ layer; input_offset and input_scale (features,) such that the network's input is
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
+
+from service.durable import write_durably
 
 
 def model_arrays(
@@ -25,16 +26,11 @@ def model_arrays(
 
 
 def write_model(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically and durably: a temporary file in the same folder, fsync, rename, fsync
+    of the folder (see service/durable.py)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_durably(path, buffer.getvalue())
 
 
 def load_model(path: Path) -> dict[str, np.ndarray]:

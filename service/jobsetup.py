@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
 from service.datasets import Dataset, compute_normalization, load_dataset
+from service.datasets.probe import Fingerprint, check_declared_size, check_size, fingerprint
 from workers.batches import steps_per_epoch
 from workers.nn import make_optimizer, make_schedule
 from workers.worker import ModelPlan
@@ -24,24 +26,42 @@ class PreparedData:
     scale: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Cached:
+    dataset: Dataset
+    files: tuple[Path, ...]  # the files it was read from
+    stamp: Fingerprint  # their sizes and modification times just before the read
+
+
 class DatasetCache:
     """Keeps the most recently used datasets in memory: reading Fashion-MNIST's gzip files takes
-    seconds, and a coordinator often runs many jobs on the same data."""
+    seconds, and a coordinator often runs many jobs on the same data. A cached dataset is served
+    only while its files keep their size and modification time; a changed file is read again."""
 
     def __init__(self, config: ServerConfig, capacity: int = 2) -> None:
         self._config = config
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._items: dict[str, Dataset] = {}
+        self._items: dict[str, _Cached] = {}
 
     def load(self, uri: str) -> Dataset:
+        """The dataset `uri` names. Its size is checked against --max-dataset-bytes before reading
+        (what the headers declare) and after (the arrays in memory): a job re-queued by a restart
+        gets here without passing admission again. LimitExceeded or DatasetError if unusable."""
         with self._lock:
-            if uri in self._items:
-                self._items[uri] = self._items.pop(uri)  # most recent last
-                return self._items[uri]
-        dataset = load_dataset(uri, self._config.data_root, extra_search=self._config.dataset_search)
+            entry = self._items.pop(uri, None)
+            if entry is not None and entry.stamp and fingerprint(entry.files) == entry.stamp:
+                self._items[uri] = entry  # most recent last
+                return entry.dataset
+        config = self._config
+        files = check_declared_size(
+            uri, config.data_root, extra_search=config.dataset_search, max_bytes=config.max_dataset_bytes
+        )
+        stamp = fingerprint(files)  # before reading: a change during the read shows next time
+        dataset = load_dataset(uri, config.data_root, extra_search=config.dataset_search)
+        check_size(dataset.source, dataset.nbytes, config.max_dataset_bytes)
         with self._lock:
-            self._items[uri] = dataset
+            self._items[uri] = _Cached(dataset, files, stamp)
             while len(self._items) > self._capacity:
                 self._items.pop(next(iter(self._items)))
         return dataset

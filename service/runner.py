@@ -131,8 +131,13 @@ class JobRunner:
     def _train(self, spec: pb.JobSpec) -> None:
         data = prepare_data(spec, self.cache)
         ds = data.dataset
-        validate_against_dataset(
-            spec, ds.x_train.shape[1], ds.num_classes, len(ds.y_train), self.config.max_params
+        validate_against_dataset(  # again: a large CSV file is only parsed whole here
+            spec,
+            ds.x_train.shape[1],
+            ds.num_classes,
+            len(ds.y_train),
+            self.config.max_params,
+            target_width=ds.target_width,
         )
         resume, skipped = self.checkpoints.latest(spec_hash(spec))
         self._check_cancel()

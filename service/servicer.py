@@ -15,7 +15,7 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.auth import principal_of
 from service.checkpoints import downloadable_model
-from service.config import DOWNLOAD_CHUNK_BYTES, ServerConfig
+from service.config import ServerConfig
 from service.errors import InvalidSpec, JobNotFound, JobNotReady
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.limits import StreamLimiter
@@ -95,9 +95,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         job = self._visible_job(request.job_id, context)
         final = JobRunner.model_path(self.config, job.id)
         data = downloadable_model(self.config.state_dir, final, job)
-        total = len(data)
-        for offset in range(0, total, DOWNLOAD_CHUNK_BYTES):
-            yield pb.Chunk(data=data[offset : offset + DOWNLOAD_CHUNK_BYTES], offset=offset, total_size=total)
+        total, size = len(data), self.config.download_chunk_bytes
+        for offset in range(0, total, size):
+            yield pb.Chunk(data=data[offset : offset + size], offset=offset, total_size=total)
 
     def _visible_job(self, job_id: str, context) -> pb.Job:
         job = self.store.get(job_id)

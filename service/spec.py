@@ -22,6 +22,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidSpec
+from workers.batches import steps_per_epoch
 
 MAX_NAME_CHARS = 128
 MAX_LAYER_UNITS = 1_000_000
@@ -269,6 +270,7 @@ def _fill_layer(layer: pb.LayerSpec) -> None:
 
 DEFAULT_CHECKPOINT_EVERY_STEPS = 500
 MAX_REQUEST_ID_CHARS = 128
+MAX_RETRIES = 100  # worker restarts or rollbacks: beyond this a job is not recovering, only looping
 
 
 def _fill_recovery(spec: pb.JobSpec) -> None:
@@ -322,9 +324,9 @@ def validate_spec(
         raise InvalidSpec("layers", f"the model has at least {at_least:,} parameters; {_limit(max_params)}")
     _check_enum("loss", spec.loss, pb.Loss.DESCRIPTOR)
     _check_loss_options(spec)
-    _check_optimizer(spec.optimizer)
-    _check_range("batch_size", spec.batch_size, 1, max_batch)
     _check_range("epochs", spec.epochs, 1, max_epochs)
+    _check_optimizer(spec.optimizer, spec.epochs)
+    _check_range("batch_size", spec.batch_size, 1, max_batch)
     _check_range("num_workers", spec.num_workers, 1, max_workers)
     _check_range("micro_shards", spec.micro_shards, 1, MAX_MICRO_SHARDS)
     _check_recovery(spec)
@@ -336,6 +338,8 @@ def _check_recovery(spec: pb.JobSpec) -> None:
             "request_id", f"got {len(spec.request_id)} characters; must be 1-{MAX_REQUEST_ID_CHARS}"
         )
     _check_enum("on_divergence", spec.on_divergence, pb.DivergencePolicy.DESCRIPTOR)
+    _check_range("max_worker_restarts", spec.max_worker_restarts, 0, MAX_RETRIES)
+    _check_range("max_rollbacks", spec.max_rollbacks, 0, MAX_RETRIES)
     factor = spec.rollback_lr_factor
     if not (math.isfinite(factor) and 0 < factor < 1):
         raise InvalidSpec("rollback_lr_factor", f"got {_num(factor)}; must be in (0, 1), e.g. 0.5")
@@ -344,28 +348,46 @@ def _check_recovery(spec: pb.JobSpec) -> None:
 def validate_against_dataset(
     spec: pb.JobSpec,
     num_features: int,
-    num_classes: int,
-    num_train: int,
+    num_classes: int | None,
+    num_train: int | None,
     max_params: int,
     *,
     target_width: int | None = None,
 ) -> None:
     """Raise InvalidSpec where the spec does not fit the dataset.
 
-    `num_classes` is 0 for float (regression) targets, which have `target_width` columns (None:
-    unknown, not checked).
+    `num_classes` is 0 for float (regression) targets, which have `target_width` columns. None
+    for any of them means unknown (a large CSV file not yet parsed): what depends on it is checked
+    when the job loads the data.
     """
-    _check_output_layer(spec, num_classes, target_width)
+    if num_classes is not None:
+        _check_output_layer(spec, num_classes, target_width)
     params = count_params(num_features, spec)
     if params > max_params:
         raise InvalidSpec(
             "layers",
             f"the model has {params:,} parameters ({num_features} inputs); {_limit(max_params)}",
         )
+    if num_train is None:
+        return
     if spec.batch_size > num_train:
         raise InvalidSpec(
             "batch_size",
             f"got {spec.batch_size}; the training set has only {num_train} samples",
+        )
+    _check_warmup(spec, num_train)
+
+
+def _check_warmup(spec: pb.JobSpec, num_train: int) -> None:
+    """Warmup beyond the job's last step would never reach the learning rate the spec asks for."""
+    per_epoch = steps_per_epoch(num_train, spec.batch_size)
+    total = per_epoch * spec.epochs
+    warmup = spec.optimizer.schedule.warmup_steps
+    if warmup > total:
+        raise InvalidSpec(
+            "optimizer.schedule.warmup_steps",
+            f"got {warmup}; must be between 0 and {total}, the job's optimizer steps ({per_epoch} per "
+            f"epoch x {spec.epochs} epochs)",
         )
 
 
@@ -447,7 +469,7 @@ def _check_loss_options(spec: pb.JobSpec) -> None:
     _check_range("eval_top_k", spec.eval_top_k, 1, MAX_LAYER_UNITS)
 
 
-def _check_optimizer(opt: pb.OptimizerSpec) -> None:
+def _check_optimizer(opt: pb.OptimizerSpec, epochs: int) -> None:
     _check_enum("optimizer.kind", opt.kind, pb.OptimizerKind.DESCRIPTOR)
     _check_positive("optimizer.learning_rate", opt.learning_rate)
     for name in ("momentum", "beta1", "beta2"):
@@ -456,8 +478,8 @@ def _check_optimizer(opt: pb.OptimizerSpec) -> None:
     _check_unit_interval("optimizer.rho", opt.rho)
     _check_non_negative("optimizer.weight_decay", opt.weight_decay)
     _check_non_negative("optimizer.clip_norm", opt.clip_norm)
-    _check_schedule_options(opt.schedule)
     schedule = opt.schedule
+    _check_schedule_options(schedule, epochs)
     _check_enum("optimizer.schedule.kind", schedule.kind, pb.ScheduleKind.DESCRIPTOR)
     gamma = schedule.gamma
     if not (math.isfinite(gamma) and 0 < gamma <= 1):
@@ -471,7 +493,7 @@ def _check_optimizer(opt: pb.OptimizerSpec) -> None:
         )
 
 
-def _check_schedule_options(schedule: pb.ScheduleSpec) -> None:
+def _check_schedule_options(schedule: pb.ScheduleSpec, epochs: int) -> None:
     path = "optimizer.schedule"
     milestones = list(schedule.milestones)
     if schedule.kind == pb.MULTI_STEP and not milestones:
@@ -480,6 +502,13 @@ def _check_schedule_options(schedule: pb.ScheduleSpec) -> None:
         if epoch < 1 or (i and epoch <= milestones[i - 1]):
             raise InvalidSpec(
                 f"{path}.milestones[{i}]", f"got {epoch}; milestones must be increasing epochs >= 1"
+            )
+        if epoch >= epochs:  # it would lower the rate after the last epoch: never
+            allowed = f"between 1 and {epochs - 1}" if epochs > 1 else "none (there is no second epoch)"
+            raise InvalidSpec(
+                f"{path}.milestones[{i}]",
+                f"got {epoch}; the rate drops after that many epochs, so with epochs {epochs} a milestone "
+                f"must be {allowed}",
             )
     pct = schedule.pct_start
     if not (math.isfinite(pct) and 0 < pct < 1):

@@ -4,6 +4,7 @@ spec is refused before a job exists, with the field, the value and what is allow
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from service.client import CoordinatorClient
 from service.datasets.probe import probe_dataset
 from service.errors import LimitExceeded
 from tests.conftest import start_coordinator
-from tests.helpers import small_spec, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -45,9 +46,14 @@ def _write_data(root: Path) -> None:
     np.savez_compressed(root / "big.npz", x_train=np.zeros((2000, 200), np.float32), y_train=np.zeros(2000))
     (root / "bad.npz").write_bytes(b"this is not a zip archive")
     (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
+    (root / "wide.csv").write_text(("0," * 199 + "0\n") * 2000)  # 800 kB of text, 1.6 MB of arrays
     (root / "idx").mkdir()
     (root / "idx" / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((4, 2, 2))))
     (root / "idx" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2])))
+    (root / "escape").mkdir()  # an IDX directory inside the root whose image file links out of it
+    (root / "escape" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
+    (root.parent / "secret-images").write_bytes(_idx(np.zeros((4, 2, 2))))
+    (root / "escape" / "train-images-idx3-ubyte").symlink_to(root.parent / "secret-images")
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +105,12 @@ REFUSALS = [
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
+    ("symlinked-idx-file", "idx:escape", {}, INVALID, "dataset.uri",
+     "escape/train-images-idx3-ubyte: the path leads outside the data root"),
     ("dataset-too-large", "npz:big.npz", {}, EXHAUSTED, "",
      "needs 1,616,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
+    ("csv-parsed-too-large", "csv:wide.csv", {}, EXHAUSTED, "",
+     "needs 1,608,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
 ]  # fmt: skip
 
 
@@ -128,17 +138,54 @@ def test_refused_specs_create_no_jobs_and_a_fitting_one_is_queued(client):
     client.cancel(job.id)
 
 
-def test_a_rewritten_dataset_is_probed_again(client, server):
-    """The cached dataset facts are dropped when the file changes: 4 classes now need 4 units."""
-    root = server.config.data_root
-    write_blobs(root / "changing.npz", classes=3)
-    job = client.submit(small_spec("npz:changing.npz", epochs=1))
+def _write_csv(path: Path, classes: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    rows = [f"{a:.3f},{b:.3f},{i % classes}" for i, (a, b) in enumerate(rng.normal(size=(200, 2)))]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(("name", "write"), [("changing.npz", write_blobs), ("changing.csv", _write_csv)])
+def test_a_rewritten_dataset_is_probed_again(client, server, name, write):
+    """The cached dataset facts, and for CSV the parsed arrays, are dropped when the file changes:
+    4 classes now need 4 units."""
+    path = server.config.data_root / name
+    uri = f"{name.rsplit('.', 1)[1]}:{name}"
+    write(path, classes=3)
+    job = client.submit(small_spec(uri, epochs=1))
     client.cancel(job.id)
-    time.sleep(0.01)  # a distinct modification time even on coarse clocks
-    write_blobs(root / "changing.npz", classes=4, seed=1)
+    write(path, classes=4, seed=1)
+    stat = path.stat()  # a distinct modification time even on a coarse clock
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(grpc.RpcError) as caught:
-        client.submit(small_spec("npz:changing.npz", epochs=1))
+        client.submit(small_spec(uri, epochs=1))
     assert "the dataset has 4 classes" in caught.value.details()
+
+
+def test_a_large_csv_is_checked_by_its_first_lines_at_submit_and_whole_at_load(ray_session, tmp_path):
+    """SubmitJob parses only the first --csv-check-bytes of a larger CSV file, so it answers at
+    once: a bad row there is refused; a bad row further down, or a label that needs more output
+    units, fails the job when it loads the data, naming the line or the field."""
+    running = start_coordinator(tmp_path, csv_check_bytes=4096)
+    root = running.config.data_root
+    rows = "".join(f"{i % 7},{i % 5},{i % 3}\n" for i in range(2000))  # 12 kB, 3 classes
+    (root / "early.csv").write_text("1,2,0\n1,2\n" + rows)
+    (root / "late.csv").write_text(rows + "1,x,0\n")
+    (root / "classes.csv").write_text(rows + "1,1,7\n")
+    try:
+        with CoordinatorClient(running.address) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.submit(small_spec("csv:early.csv"))
+            assert caught.value.code() == INVALID
+            assert "early.csv: line 2: ragged row" in caught.value.details()
+            late = client.submit(small_spec("csv:late.csv", epochs=1))
+            classes = client.submit(small_spec("csv:classes.csv", epochs=1))
+            late, classes = wait_for(client, late.id), wait_for(client, classes.id)
+    finally:
+        running.stop(grace_s=1.0)
+    assert late.state == pb.FAILED
+    assert "late.csv: line 2001, column 2: non-numeric cell 'x'" in late.message
+    assert classes.state == pb.FAILED
+    assert "layers[1].units: got 3; the dataset has 8 classes" in classes.message
 
 
 def test_fashion_mnist_facts_come_from_headers(fashion_dir, tmp_path):

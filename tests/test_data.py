@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import shutil
 import struct
@@ -12,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.config import ServerConfig
 from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.datasets.tabular import check_csv_prefix
+from service.errors import LimitExceeded
+from service.jobsetup import DatasetCache
 
 NAMES = {
     "x_train": "train-images-idx3-ubyte",
@@ -370,6 +375,36 @@ def test_csv_without_header_and_fractional_label_is_regression(tmp_path):
     assert dataset.num_classes == 0
 
 
+ROWS = b"".join(b"%d,%d,%d\n" % (i % 7, i % 5, i % 3) for i in range(100))  # 6 bytes a line
+# (id, file, features found in its first 200 bytes or None, error phrase or None)
+PREFIXES = [
+    ("header-and-rows", b"a,b,label\n" + ROWS, 2, None),
+    ("bad-row-in-prefix", b"1,2,0\n1,2\n" + ROWS, None, "line 2: ragged row"),
+    ("nan-in-prefix", ROWS[:60] + b"1,inf,0\n" + ROWS, None, "line 11, column 2: 'inf' is not a finite"),
+    ("not-utf8-in-prefix", b"\xff\xfe1,2\n" + ROWS, None, "not UTF-8 text"),
+    ("bad-row-after-prefix", ROWS + b"1,x,0\n", 2, None),  # also: the line cut at byte 200 is skipped
+    ("whole-small-file", b"1,2,3,0\n", 3, None),
+    ("no-complete-line", b"0," * 150 + b"0\n", None, None),
+    ("header-only", b"a,b\n", None, "empty dataset"),
+    ("header-fills-the-prefix", b"a," * 150 + b"b\n" + ROWS, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "features", "phrase"), [r[1:] for r in PREFIXES], ids=[r[0] for r in PREFIXES]
+)
+def test_a_csv_prefix_gets_the_row_checks_of_a_full_load(tmp_path, text, features, phrase):
+    """check_csv_prefix parses only the complete lines in the first bytes of a CSV file, with the
+    row checks load_csv makes, and gives its feature count."""
+    (tmp_path / "d.csv").write_bytes(text)
+    if phrase is None:
+        assert check_csv_prefix(tmp_path / "d.csv", 200) == features
+        return
+    with pytest.raises(DatasetError, match=phrase) as caught:
+        check_csv_prefix(tmp_path / "d.csv", 200)
+    assert str(tmp_path / "d.csv") in str(caught.value)
+
+
 def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):
     """Relative URI paths resolve under data_root; absolute ones inside it are kept."""
     root = tmp_path.resolve()
@@ -379,29 +414,38 @@ def test_resolve_uri_joins_relative_paths_to_data_root(tmp_path):
     assert resolve_uri(" fashion-mnist ", tmp_path) == DatasetUri("fashion-mnist", None)
 
 
-# One row per way out of the data root: (id, uri, files to make, symlinks name -> target).
+# One row per way out of the data root: (id, uri, symlinks name -> target, what the error names).
 ESCAPES = [
-    ("dot-dot", "npz:../outside.npz", {}),
-    ("dot-dot-deep", "npz:sub/../../outside.npz", {}),
-    ("absolute", "npz:/etc/passwd", {}),
-    ("symlinked-file", "npz:link.npz", {"link.npz": "../outside.npz"}),
-    ("symlinked-dir", "idx:linkdir", {"linkdir": ".."}),
-    ("nul-byte", "csv:a\x00b.csv", {}),
-]
+    ("dot-dot", "npz:../outside.npz", {}, None),
+    ("dot-dot-deep", "npz:sub/../../outside.npz", {}, None),
+    ("absolute", "npz:/etc/passwd", {}, None),
+    ("symlinked-file", "npz:link.npz", {"link.npz": "../outside.npz"}, None),
+    ("symlinked-dir", "idx:linkdir", {"linkdir": ".."}, None),
+    ("nul-byte", "csv:a\x00b.csv", {}, None),
+    ("symlinked-idx-file", "idx:d", {f"d/{TRAIN_IMAGES}": f"../../d/{TRAIN_IMAGES}"}, f"d/{TRAIN_IMAGES}"),
+    ("symlinked-gz-idx-file", "idx:d", {f"d/{TRAIN_LABELS}.gz": "/etc/hostname"}, f"{TRAIN_LABELS}.gz"),
+    ("symlinked-test-file", "idx:fashion-mnist",
+     {f"fashion-mnist/{TEST_IMAGES}": f"../../d/{TEST_IMAGES}"}, f"fashion-mnist/{TEST_IMAGES}"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("uri", "links"), [r[1:] for r in ESCAPES], ids=[r[0] for r in ESCAPES])
-def test_paths_leaving_the_data_root_are_refused(tmp_path, uri, links):
-    """It refuses a dataset path that leads outside the data root, whatever the route."""
+@pytest.mark.parametrize(("uri", "links", "named"), [r[1:] for r in ESCAPES], ids=[r[0] for r in ESCAPES])
+def test_paths_leaving_the_data_root_are_refused(tmp_path, uri, links, named):
+    """It refuses a dataset path that leads outside the data root, whatever the route, also for a
+    file inside an IDX directory: the loader checks every file it opens, not only the URI."""
     root = tmp_path / "root"
-    root.mkdir()
+    write(root, idx_files("d") | idx_files("fashion-mnist"))
+    write(tmp_path, idx_files("d"))
     (tmp_path / "outside.npz").write_bytes(npz(x_train=X3, y_train=Y3))
     for name, target in links.items():
+        (root / name).unlink(missing_ok=True)
+        if name.endswith(".gz"):
+            (root / name.removesuffix(".gz")).unlink()
         (root / name).symlink_to(target)
     with pytest.raises(DatasetError) as caught:
         load_dataset(uri, root, extra_search=())
     message = str(caught.value)
-    assert repr(uri) in message
+    assert (named or repr(uri)) in message
     assert "outside the data root" in message or "unusable path" in message
 
 
@@ -421,3 +465,54 @@ def test_dataset_error_is_a_picklable_value_error():
     error = pickle.loads(pickle.dumps(DatasetError("f.csv: line 3: ragged row")))
     assert isinstance(error, ValueError)
     assert str(error) == "f.csv: line 3: ragged row"
+
+
+# One row per kind of change the runner's cache must notice: (id, uri, files before, files after).
+CHANGES = [
+    ("csv-grows", "csv:d.csv", {"d.csv": b"1,2,0\n3,4,1\n"}, {"d.csv": b"1,2,0\n3,4,1\n5,6,2\n"}),
+    ("csv-same-size", "csv:d.csv", {"d.csv": b"1,2,0\n3,4,1\n"}, {"d.csv": b"1,2,2\n3,4,1\n"}),
+    ("npz-rewritten", "npz:d.npz", {"d.npz": npz(x_train=X3, y_train=Y3)},
+     {"d.npz": npz(x_train=X3, y_train=Y3 + 1)}),
+    ("idx-labels-only", "idx:d", idx_files(), idx_files(**{TRAIN_LABELS: idx([2, 1, 2, 1])})),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("uri", "before", "after"), [r[1:] for r in CHANGES], ids=[r[0] for r in CHANGES])
+def test_the_dataset_cache_reloads_a_changed_file(tmp_path, uri, before, after):
+    """The runner's cache serves a dataset while its files are unchanged and reads it again once
+    any of them changes size or modification time, so a job never trains on stale arrays."""
+    cache = DatasetCache(ServerConfig(data_root=tmp_path))
+    write(tmp_path, before)
+    first = cache.load(uri)
+    assert cache.load(uri) is first
+    write(tmp_path, after)
+    for name in after:  # a distinct modification time even on a coarse clock
+        stat = (tmp_path / name).stat()
+        os.utime(tmp_path / name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = cache.load(uri)
+    assert again is not first
+    assert again.y_train.tolist() == load_dataset(uri, tmp_path).y_train.tolist() != first.y_train.tolist()
+
+
+LIMIT = 3000
+# (id, files, uri, bytes needed): declared by the header, or known only once a CSV is parsed (a
+# 2,200-byte file, under the limit, whose arrays are not).
+TOO_LARGE = [
+    ("npz-header", {"big.npz": npz(x_train=np.zeros((100, 10)), y_train=np.zeros(100))}, "npz:big.npz",
+     100 * 10 * 4 + 100 * 8),
+    ("csv-parsed", {"big.csv": b"0,0,0,0,0,0,0,0,0,0,0\n" * 100}, "csv:big.csv", 100 * 10 * 4 + 100 * 8),
+    ("csv-file", {"big.csv": b"0," * LIMIT + b"0\n"}, "csv:big.csv", 2 * LIMIT + 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("files", "uri", "needs"), [r[1:] for r in TOO_LARGE], ids=[r[0] for r in TOO_LARGE])
+def test_the_dataset_cache_refuses_a_dataset_over_the_size_limit(tmp_path, files, uri, needs):
+    """Loading for a job checks --max-dataset-bytes too (a re-queued job skips admission): what the
+    headers declare before reading, and the arrays in memory after parsing a CSV file."""
+    write(tmp_path, files)
+    cache = DatasetCache(ServerConfig(data_root=tmp_path, max_dataset_bytes=LIMIT))
+    with pytest.raises(LimitExceeded) as caught:
+        cache.load(uri)
+    assert (
+        f"needs {needs:,} bytes in memory; the limit is 3,000 (--max-dataset-bytes)" in caught.value.message
+    )

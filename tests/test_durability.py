@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
 from service.client import CoordinatorClient
 from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
+from service.export import load_model, write_model
 from service.jobs import JobStore
 from service.param_server import Diverged, ParameterServer, ParameterServerCore
 from service.recovery import FaultPolicy
@@ -80,6 +82,60 @@ def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path, spec) -> None:
         "step-000000000030.ckpt",
         "step-000000000040.ckpt",
     ]
+
+
+def test_a_corrupt_checkpoint_does_not_push_a_good_one_out(tmp_path: Path, spec) -> None:
+    """A corrupt newest checkpoint does not count toward the two kept: after the job falls back
+    past it and saves again, two intact checkpoints remain, so one more damaged file still leaves
+    a good one."""
+    store = CheckpointStore(tmp_path, "job1")
+    store.save(make_checkpoint(10, spec))
+    corrupt = store.save(make_checkpoint(20, spec))
+    corrupt.write_bytes(corrupt.read_bytes()[:300])
+    restarted = CheckpointStore(tmp_path, "job1")  # a coordinator restart
+    assert restarted.latest(spec_hash(spec))[0].step == 10
+    newer = restarted.save(make_checkpoint(30, spec))
+    names = ["step-000000000010.ckpt", "step-000000000020.ckpt", "step-000000000030.ckpt"]
+    assert sorted(p.name for p in restarted.folder.iterdir()) == names
+    newer.write_bytes(b"damaged as well")
+    loaded, skipped = restarted.latest(spec_hash(spec))
+    assert loaded.step == 10 and len(skipped) == 2
+    restarted.save(make_checkpoint(40, spec))
+    restarted.save(make_checkpoint(50, spec))
+    assert sorted(p.name for p in restarted.folder.iterdir()) == [
+        "step-000000000040.ckpt",
+        "step-000000000050.ckpt",
+    ]
+
+
+def _save_checkpoint(path: Path, spec: pb.JobSpec) -> Path:
+    return CheckpointStore(path, "job1").save(make_checkpoint(10, spec))
+
+
+def _save_model(path: Path, spec: pb.JobSpec) -> Path:
+    model = path / "models" / "job1.npz"
+    write_model(model, {"layer_0_weight": np.ones((2, 3), np.float32)})
+    assert load_model(model)["layer_0_weight"].tolist() == [[1.0] * 3] * 2
+    return model
+
+
+@pytest.mark.parametrize("save", [_save_checkpoint, _save_model], ids=["checkpoint", "model"])
+def test_files_are_synced_then_renamed_then_their_folder_synced(
+    tmp_path: Path, spec, monkeypatch, save
+) -> None:
+    """Checkpoints and exported models fsync a temporary file, rename it into place and fsync the
+    folder (so the rename survives a power cut), leaving no temporary file behind."""
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = save(tmp_path, spec)
+    assert synced == [str(path.parent / f".{path.name}.{os.getpid()}.tmp"), str(path.parent)]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
@@ -93,6 +94,24 @@ def test_watch_streams_are_capped_per_client_and_in_all(limited):
             client.close()
 
 
+def test_a_model_larger_than_the_message_limit_downloads_in_chunks(ray_session, tmp_path):
+    """With --max-message-bytes far under 1 MiB, DownloadModel cuts the model into chunks of half
+    the limit, so a model larger than one message still arrives whole."""
+    running = start_coordinator(tmp_path, max_message_bytes=4096)
+    try:
+        write_blobs(running.config.data_root / "blobs.npz")
+        with CoordinatorClient(running.address) as client:
+            job = client.submit(small_spec("npz:blobs.npz", epochs=1, numWorkers=1))
+            assert wait_for(client, job.id).state == pb.SUCCEEDED
+            size = client.download(job.id, tmp_path / "model.npz")
+    finally:
+        running.stop(grace_s=1.0)
+    assert running.config.download_chunk_bytes == 2048
+    assert size > 4096  # more than one message could carry
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as model:
+        assert model["layer_0_weight"].shape == (20, 16)
+
+
 def test_limits_come_from_flags_and_environment():
     """Flags win over GRADFLEET_* variables, which win over defaults; impossible mixes are refused."""
     config = config_from_env_and_flags(
@@ -104,5 +123,7 @@ def test_limits_come_from_flags_and_environment():
     assert (str(config.tls_cert), str(config.tls_key)) == ("c", "k")
     with pytest.raises(ValueError, match="rpc_threads: got 0; must be at least 1"):
         ServerConfig(rpc_threads=0)
+    with pytest.raises(ValueError, match="max_message_bytes: got 1000; must be at least 4096"):
+        ServerConfig(max_message_bytes=1000)
     with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
         ServerConfig(tls_cert="c")

@@ -122,6 +122,14 @@ INVALID = [
     ),
     ("name-long", {"name": "x" * 129}, "name", "got 129 characters; must be at most 128"),
     (
+        "restarts-huge",
+        {"max_worker_restarts": 4_000_000_000},
+        "max_worker_restarts",
+        "got 4000000000; must be between 0 and 100",
+    ),
+    ("rollbacks-huge", {"max_rollbacks": 101}, "max_rollbacks", "got 101; must be between 0 and 100"),
+    ("divergence-number", {"on_divergence": 9}, "on_divergence", "got 9; must be one of FAIL, ROLLBACK"),
+    (
         "params-certainly-too-many",
         {"layers": [{"units": 1_000_000}, {"units": 1_000_000}]},
         "layers",
@@ -376,6 +384,24 @@ DATASET_MISMATCH = [
         "got 1; the dataset has 10 classes, so the last layer needs 10 units",
     ),
     ("regression-needs-mse", {}, 0, 1000, 10**6, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
+    (
+        "warmup-past-the-end",
+        {"batch_size": 250, "optimizer.schedule.warmup_steps": 41},
+        10,
+        1000,
+        10**6,
+        "optimizer.schedule.warmup_steps",
+        "got 41; must be between 0 and 40, the job's optimizer steps (4 per epoch x 10 epochs)",
+    ),
+    (
+        "warmup-past-the-end-partial-batch",
+        {"batch_size": 300, "epochs": 2, "optimizer.schedule.warmup_steps": 9},
+        10,
+        1000,
+        10**6,
+        "optimizer.schedule.warmup_steps",
+        "got 9; must be between 0 and 8, the job's optimizer steps (4 per epoch x 2 epochs)",
+    ),
 ]
 
 
@@ -402,6 +428,17 @@ def test_validate_against_dataset_accepts_a_fit() -> None:
     validate_against_dataset(mse, 784, 10, 1000, 10**6)
     regression = with_defaults(_spec(loss="MEAN_SQUARED_ERROR", **{"layers.2.units": 3}))
     validate_against_dataset(regression, 784, 0, 1000, 10**6, target_width=3)
+    whole_job_warmup = with_defaults(_spec(batch_size=250, **{"optimizer.schedule.warmup_steps": 40}))
+    validate_against_dataset(whole_job_warmup, 784, 10, 1000, 10**6)
+
+
+def test_validate_against_dataset_skips_what_is_not_known_yet() -> None:
+    """With classes and sample count unknown (a large CSV file before its load), only the
+    parameter count is checked; the rest waits for the load."""
+    unfitting = with_defaults(_spec(batch_size=5000, **{"layers.2.units": 5}))
+    validate_against_dataset(unfitting, 784, None, None, 10**6)
+    with pytest.raises(InvalidSpec, match="the model has 12,741 parameters"):
+        validate_against_dataset(unfitting, 784, None, None, 1000)
 
 
 @settings(max_examples=50, derandomize=True, deadline=None)
@@ -464,6 +501,19 @@ NEW_OPTION_INVALID = [
         {"optimizer.schedule.kind": "MULTI_STEP", "optimizer.schedule.milestones": [5, 3]},
         "optimizer.schedule.milestones[1]",
         "got 3; milestones must be increasing epochs >= 1",
+    ),
+    (
+        "milestone-at-the-last-epoch",
+        {"epochs": 10, "optimizer.schedule.kind": "MULTI_STEP", "optimizer.schedule.milestones": [5, 10]},
+        "optimizer.schedule.milestones[1]",
+        "got 10; the rate drops after that many epochs, so with epochs 10 a milestone must be between 1 "
+        "and 9",
+    ),
+    (
+        "milestone-in-a-one-epoch-job",
+        {"epochs": 1, "optimizer.schedule.kind": "MULTI_STEP", "optimizer.schedule.milestones": [1]},
+        "optimizer.schedule.milestones[0]",
+        "got 1; the rate drops after that many epochs, so with epochs 1 a milestone must be none",
     ),
     (
         "pct-start-one",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +15,26 @@ _MAX_WHOLE_LABEL = 2**31
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message names the file, the problem and the fix."""
+
+
+def confine(path: Path, data_root: Path, what: str) -> Path:
+    """The real path of `path` (relative to `data_root`), refused unless it stays inside the root.
+
+    Every file a loader opens from a client's URI goes through here, at submit time and again at
+    load time (a file can be swapped for a symlink in between). `what` names it in the error.
+    """
+    try:
+        root = data_root.resolve()
+        real = (root / path).resolve()  # an absolute `path` replaces root in the join
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, names too long, symlink loops
+        raise DatasetError(f"{what}: unusable path ({exc})") from None
+    if not real.is_relative_to(root):
+        raise DatasetError(
+            f"{what}: the path leads outside the data root {root} (through '..', an absolute path "
+            "or a symlink); put the dataset under the data root (--data-root) and give its path "
+            "relative to it"
+        )
+    return real
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays elementwise has no single truth
@@ -39,6 +60,17 @@ class Dataset:
     @property
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def target_width(self) -> int:
+        """Target columns: 1 for class labels (and for a single regression target)."""
+        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the arrays take in memory."""
+        arrays = (self.x_train, self.y_train, self.x_test, self.y_test)
+        return sum(a.nbytes for a in arrays if a is not None)
 
 
 def assemble(

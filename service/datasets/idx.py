@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, assemble
+from service.datasets.core import Dataset, DatasetError, assemble, confine
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,12 @@ def find_idx_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def load_idx_dir(directory: Path, *, require_test: bool, source: str) -> Dataset:
-    """Load the four IDX files of `directory`; the t10k pair may be absent unless `require_test`."""
-    paths = idx_paths(directory, require_test=require_test)
+def load_idx_dir(directory: Path, *, require_test: bool, source: str, root: Path | None = None) -> Dataset:
+    """Load the four IDX files of `directory`; the t10k pair may be absent unless `require_test`.
+
+    With `root`, every file must lie inside it (see `idx_paths`).
+    """
+    paths = idx_paths(directory, require_test=require_test, root=root)
     arrays = {key: read_idx(p, labels=key.startswith("y")) for key, p in paths.items() if p}
     names = ", ".join(p.name for p in paths.values() if p)
     return assemble(
@@ -61,8 +64,12 @@ def load_idx_dir(directory: Path, *, require_test: bool, source: str) -> Dataset
     )
 
 
-def idx_paths(directory: Path, *, require_test: bool) -> dict[str, Path | None]:
-    """The IDX file of each array key in `directory` (None: an absent optional test file)."""
+def idx_paths(directory: Path, *, require_test: bool, root: Path | None = None) -> dict[str, Path | None]:
+    """The IDX file of each array key in `directory` (None: an absent optional test file).
+
+    With `root` (a client's directory), each file's real path, refused if it is a symlink leading
+    out of `root`: the directory being inside says nothing about the files in it.
+    """
     if not directory.is_dir():
         raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
     paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
@@ -73,7 +80,9 @@ def idx_paths(directory: Path, *, require_test: bool) -> dict[str, Path | None]:
             f"{directory}: IDX file(s) not found: {', '.join(missing)} (with or without .gz); "
             f"the directory must hold {', '.join(IDX_FILES.values())}"
         )
-    return paths
+    if root is None:
+        return paths
+    return {key: p and confine(p, root, f"dataset file {p}") for key, p in paths.items()}
 
 
 def read_idx(path: Path, *, labels: bool) -> np.ndarray:

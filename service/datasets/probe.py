@@ -4,7 +4,7 @@ can be checked against its data when it is submitted, before anything starts.
 IDX files are read up to their header, .npz arrays up to their .npy header; only the labels are
 loaded, and only after the sizes every header declares are checked against the size limit (a small
 gzip file can claim gigabytes). CSV files have no header to read: they are loaded whole, after a
-check of the file size.
+check of the file size, and their arrays checked against the limit once parsed.
 """
 
 from __future__ import annotations
@@ -25,17 +25,22 @@ from service.errors import LimitExceeded
 _LABEL_BYTES = 8  # labels become int64
 _SPLITS = (("x_train", "y_train"), ("x_test", "y_test"))
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a spec is checked against; sizes in samples and bytes (in memory once loaded)."""
+    """What a spec is checked against; sizes in samples and bytes (in memory once loaded).
+
+    None: not known until the whole file is parsed (a large CSV file, see `csv_prefix_info`).
+    """
 
     num_features: int
-    num_classes: int  # 0 for float (regression) targets
-    target_width: int  # target columns: 1 for class labels
-    num_train: int
-    num_test: int
-    nbytes: int
+    num_classes: int | None  # 0 for float (regression) targets
+    target_width: int | None  # target columns: 1 for class labels
+    num_train: int | None
+    num_test: int | None
+    nbytes: int | None
     files: tuple[Path, ...]  # the files read, to notice when they change
 
 
@@ -44,41 +49,67 @@ def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], ma
     resolved = resolve_uri(uri, data_root)
     if resolved.path is None:
         directory = fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
-        return _probe_idx(directory, data_root, require_test=True, max_bytes=max_bytes, confined=False)
+        return _probe_idx(directory, None, require_test=True, max_bytes=max_bytes)
     if resolved.scheme == "idx":
-        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes, confined=True)
+        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes)
     if resolved.scheme == "npz":
         return _probe_npz(resolved.path, max_bytes)
     raise ValueError(f"probe_dataset cannot read {resolved.scheme} headers; use info_from_dataset")
 
 
+def check_declared_size(
+    uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int
+) -> tuple[Path, ...]:
+    """The files the dataset `uri` is read from, once the size their headers declare (for a CSV
+    file, its size) is within `max_bytes`; LimitExceeded otherwise. Reads no features."""
+    resolved = resolve_uri(uri, data_root)
+    if resolved.scheme == "csv":
+        check_file_size(resolved.path, max_bytes)
+        return (resolved.path,)
+    return probe_dataset(uri, data_root, extra_search=extra_search, max_bytes=max_bytes).files
+
+
+def fingerprint(files: tuple[Path, ...]) -> Fingerprint:
+    """Size and modification time of each file; () for files that are gone (never matches)."""
+    try:
+        stats = [(str(path), path.stat()) for path in files]
+    except OSError:
+        return ()
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
+def csv_prefix_info(path: Path, num_features: int) -> DatasetInfo:
+    """The facts a CSV file's first lines give: only its feature count (the rest stay None)."""
+    return DatasetInfo(num_features, None, None, None, None, None, (path,))
+
+
 def info_from_dataset(dataset: Dataset, files: tuple[Path, ...]) -> DatasetInfo:
     """The facts of a dataset already loaded (CSV files have no header to read them from)."""
-    y = dataset.y_train
-    arrays = (dataset.x_train, y, dataset.x_test, dataset.y_test)
     return DatasetInfo(
         num_features=dataset.num_features,
         num_classes=dataset.num_classes,
-        target_width=1 if y.ndim == 1 else int(y.shape[1]),
-        num_train=len(y),
+        target_width=dataset.target_width,
+        num_train=len(dataset.y_train),
         num_test=0 if dataset.y_test is None else len(dataset.y_test),
-        nbytes=sum(a.nbytes for a in arrays if a is not None),
+        nbytes=dataset.nbytes,
         files=files,
     )
 
 
-def check_file_size(path: Path, max_bytes: int) -> None:
-    """LimitExceeded if the file at `path` is larger than `max_bytes`; DatasetError if missing."""
+def check_file_size(path: Path, max_bytes: int) -> int:
+    """The size of the file at `path`; LimitExceeded if over `max_bytes`, DatasetError if missing."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
-    _check_size(str(path), size, max_bytes)
+    check_size(str(path), size, max_bytes)
+    return size
 
 
-def _check_size(what: str, nbytes: int, max_bytes: int) -> None:
+def check_size(what: str, nbytes: int, max_bytes: int) -> None:
+    """LimitExceeded naming the limit and its flag when `nbytes` of dataset `what` exceed it."""
     if nbytes > max_bytes:
         raise LimitExceeded(
             f"dataset {what} needs {nbytes:,} bytes in memory; the limit is {max_bytes:,} "
@@ -86,20 +117,16 @@ def _check_size(what: str, nbytes: int, max_bytes: int) -> None:
         )
 
 
-def _probe_idx(
-    directory: Path, data_root: Path, *, require_test: bool, max_bytes: int, confined: bool
-) -> DatasetInfo:
-    paths = {k: p for k, p in idx_paths(directory, require_test=require_test).items() if p}
-    if confined:  # the directory is inside the root; a file in it may still be a symlink out
-        for path in paths.values():
-            resolve_uri(f"idx:{path}", data_root)
+def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_bytes: int) -> DatasetInfo:
+    """`root`: the data root every file must stay in (None for the operator's Fashion-MNIST copy)."""
+    paths = {k: p for k, p in idx_paths(directory, require_test=require_test, root=root).items() if p}
     headers = {key: read_idx_header(path) for key, path in paths.items()}
     shapes = {key: dims for key, (_dtype, dims) in headers.items()}
     nbytes = sum(
         math.prod(dims) * (_LABEL_BYTES if key.startswith("y") else dtype.itemsize)
         for key, (dtype, dims) in headers.items()
     )
-    _check_size(str(directory), nbytes, max_bytes)
+    check_size(str(directory), nbytes, max_bytes)
     origins = {key: str(path) for key, path in paths.items()}
     _check_shapes(shapes, origins)
     labels = {key: read_idx(paths[key], labels=True) for key in ("y_train", "y_test") if key in paths}
@@ -113,7 +140,7 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         nbytes = sum(
             math.prod(shape) * _loaded_itemsize(key, dtype) for key, (shape, dtype) in headers.items()
         )
-        _check_size(str(path), nbytes, max_bytes)
+        check_size(str(path), nbytes, max_bytes)
         origins = {key: f"{path} (array {key})" for key in keys}
         shapes = {key: shape for key, (shape, _dtype) in headers.items()}
         _check_shapes(shapes, origins)

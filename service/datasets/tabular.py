@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import logging
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -93,11 +96,8 @@ def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
 
 def load_csv(path: Path) -> Dataset:
     """Load numeric rows, label in the last column; a non-numeric first row is a header."""
-    table = np.array(_read_csv_rows(path), dtype=np.float64)
-    if table.size == 0:
-        raise DatasetError(f"{path}: empty dataset: no data rows (only a header or blank lines?)")
-    if table.shape[1] < 2:
-        raise DatasetError(f"{path}: only 1 column; need at least 2 (features..., label)")
+    with _csv_errors(path), path.open(newline="", encoding="utf-8") as handle:
+        table = _table(_parse_rows(handle, path), path)
     return assemble(
         {"x_train": table[:, :-1], "y_train": table[:, -1]},
         {"x_train": str(path), "y_train": f"{path} (last column)"},
@@ -106,10 +106,39 @@ def load_csv(path: Path) -> Dataset:
     )
 
 
-def _read_csv_rows(path: Path) -> list[np.ndarray]:
+def check_csv_prefix(path: Path, max_bytes: int) -> int | None:
+    """The feature count of a CSV file, from the complete lines in its first `max_bytes` only,
+    which get every per-row check `load_csv` makes (header, ragged rows, non-numeric and
+    non-finite cells, with line numbers). None when no data row is complete within `max_bytes`.
+
+    Labels are not checked: a later row can turn whole-number labels into regression targets.
+    """
+    with _csv_errors(path):
+        with path.open("rb") as handle:
+            head = handle.read(max_bytes + 1)
+        cut = len(head) > max_bytes
+        if cut:  # after the last complete line
+            head = head[: head.rfind(b"\n", 0, max_bytes) + 1]
+        rows = _parse_rows(io.StringIO(head.decode("utf-8"), newline=""), path)
+    if cut and not rows:
+        return None
+    return _table(rows, path).shape[1] - 1
+
+
+def _table(rows: list[np.ndarray], path: Path) -> np.ndarray:
+    table = np.array(rows, dtype=np.float64)
+    if table.size == 0:
+        raise DatasetError(f"{path}: empty dataset: no data rows (only a header or blank lines?)")
+    if table.shape[1] < 2:
+        raise DatasetError(f"{path}: only 1 column; need at least 2 (features..., label)")
+    return table
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """Reading errors as DatasetErrors naming the file."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return _parse_rows(handle, path)
+        yield
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: file not found") from exc
     except UnicodeDecodeError as exc:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.datasets.core import Dataset, DatasetError
+from service.datasets.core import Dataset, DatasetError, confine
 from service.datasets.idx import IDX_FILES, find_idx_file, load_idx_dir
 from service.datasets.tabular import load_csv, load_npz
 
@@ -21,10 +21,11 @@ ACCEPTED_FORMS = (
     "npz:FILE (arrays x_train, y_train, optional x_test, y_test)",
     "csv:FILE (numeric columns, label last, optional header row)",
 )
+# Each loader takes the URI's real path and the data root its files must stay in.
 _LOADERS = {
-    "idx": lambda path: load_idx_dir(path, require_test=False, source="IDX"),
-    "npz": load_npz,
-    "csv": load_csv,
+    "idx": lambda path, root: load_idx_dir(path, require_test=False, source="IDX", root=root),
+    "npz": lambda path, _root: load_npz(path),
+    "csv": lambda path, _root: load_csv(path),
 }
 
 
@@ -51,23 +52,7 @@ def resolve_uri(uri: str, data_root: Path) -> DatasetUri:
         raise DatasetError(
             f"dataset URI {uri!r}: unknown or incomplete form; accepted forms: " + "; ".join(ACCEPTED_FORMS)
         )
-    return DatasetUri(scheme, confine(Path(rest), data_root, uri))
-
-
-def confine(path: Path, data_root: Path, uri: str) -> Path:
-    """The real path of `path` (relative to `data_root`), refused unless it stays inside the root."""
-    try:
-        root = data_root.resolve()
-        real = (root / path).resolve()  # an absolute `path` replaces root in the join
-    except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, names too long, symlink loops
-        raise DatasetError(f"dataset URI {uri!r}: unusable path ({exc})") from None
-    if not real.is_relative_to(root):
-        raise DatasetError(
-            f"dataset URI {uri!r}: the path leads outside the data root {root} (through '..', an "
-            "absolute path or a symlink); put the dataset under the data root (--data-root) and "
-            "give its path relative to it"
-        )
-    return real
+    return DatasetUri(scheme, confine(Path(rest), data_root, f"dataset URI {uri!r}"))
 
 
 def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Dataset:
@@ -79,7 +64,7 @@ def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DE
     if resolved.path is None:
         dataset = _load_fashion_mnist([data_root / FASHION_MNIST, *extra_search])
     else:
-        dataset = _LOADERS[resolved.scheme](resolved.path)
+        dataset = _LOADERS[resolved.scheme](resolved.path, data_root)
     logger.info(
         "loaded %s: %d train / %s test samples, %d features, %d classes",
         dataset.source,
