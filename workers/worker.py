@@ -109,7 +109,7 @@ class GradientWorkerCore:
         self.scale = input_scale.astype(np.float32)
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
-        self._buffers: ReductionBuffers | None = None  # node sums, reused every step
+        self._buffers: ReductionBuffers | None = None  # node sums and scratch, reused every step
         self._raw_rows = np.empty((plan.batch_size, x_train.shape[1]), dtype=x_train.dtype)
         self._input_rows = np.empty((plan.batch_size, x_train.shape[1]), dtype=np.float32)
 
@@ -142,8 +142,8 @@ class GradientWorkerCore:
         return batch_indices(self._order, batch_index, self.plan.batch_size)
 
     def train_step(self, command: StepCommand) -> TrainResult:
-        """This worker's share of one step. The gradient arrays it returns are reused by the next
-        call (the compiled graph copies them into its channel first)."""
+        """This worker's share of one step, in buffers reused by the next call: the compiled graph
+        copies the returned sums into its channel before that call."""
         start = time.perf_counter()
         m = self.plan.num_microshards
         lo, hi = (

@@ -1,6 +1,7 @@
 """Micro-shard bounds, worker assignment and the fixed-tree reduction."""
 
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
@@ -202,6 +203,17 @@ def test_reused_buffers_give_the_same_bits_and_allocate_nothing_parameter_sized(
         for node, grad_sum, *_ in shard_gradients(net, flat, x, y, bounds, lo, hi):
             fresh[node] = grad_sum.copy()
     assert np.array_equal(reused, tree_reduce(fresh, 4))
+
+
+def test_reduction_buffers_do_not_keep_their_template_alive() -> None:
+    """The template may be a view of a Ray channel buffer: holding it past its step would stall the
+    channel's next write, so the buffers keep only its shape and dtype."""
+    template = np.ones(16, np.float32)
+    buffers = ReductionBuffers(template)
+    alive = weakref.ref(template)
+    del template
+    assert alive() is None
+    assert buffers.get(0).shape == (16,) and buffers.output((0, 1)).dtype == np.float32
 
 
 def test_tree_reduce_creates_no_reference_cycles():

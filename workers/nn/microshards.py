@@ -169,24 +169,26 @@ def _check_shard_rows(
 
 class ReductionBuffers:
     """Arrays shaped like ``template`` reused across steps: one sum per tree node a caller returns,
-    and one temporary per tree depth, each allocated on first use."""
+    one temporary per tree depth, each allocated on first use. Keeps only the shape and dtype:
+    ``template`` may be a view of a Ray channel buffer, which must not outlive its step (the
+    channel's next write waits until it is released)."""
 
     def __init__(self, template: np.ndarray) -> None:
-        self._template = template
+        self._shape, self._dtype = template.shape, template.dtype
         self._outputs: dict[Node, np.ndarray] = {}
         self._scratch: list[np.ndarray] = []
 
-    def fits(self, array: np.ndarray) -> bool:
-        return array.shape == self._template.shape and array.dtype == self._template.dtype
-
     def output(self, node: Node) -> np.ndarray:
         if node not in self._outputs:
-            self._outputs[node] = np.empty_like(self._template)
+            self._outputs[node] = np.empty(self._shape, self._dtype)
         return self._outputs[node]
+
+    def fits(self, array: np.ndarray) -> bool:
+        return array.shape == self._shape and array.dtype == self._dtype
 
     def get(self, depth: int) -> np.ndarray:
         while len(self._scratch) <= depth:
-            self._scratch.append(np.empty_like(self._template))
+            self._scratch.append(np.empty(self._shape, self._dtype))
         return self._scratch[depth]
 
 
