@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, spec_hash
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.5  # how often the parameter server reports back (progress, cancel checks)
 THROUGHPUT_WINDOW_S = 5.0
 SHUTDOWN_CHECKPOINT_TIMEOUT_S = 15.0  # a SIGTERM'd coordinator exits in bounded time
+START_GRACE_S = 3.0  # actors start and CPUs get placed within a second or two; longer waits are shown
 
 
 class JobCancelled(Exception):
@@ -99,6 +102,7 @@ class JobRunner:
         self._replacing = 0  # ranks of _group that died and wait for their replacement
         self._reservation: Reservation | None = None  # the workers' CPUs; kept across restarts and scales
         self._extra: PlacementGroup | None = None  # CPUs asked for to scale up, not yet granted
+        self._extra_asked = 0.0  # time.monotonic() when _extra was asked for
         self._ps = None
         self._setup: _JobSetup | None = None
         self._step = 0  # optimizer steps applied (as the parameter server last reported)
@@ -201,10 +205,17 @@ class JobRunner:
         if self._reservation is None:
             self._reservation = Reservation([self._reserve(spec)])
         self._group = WorkerGroup.start(
-            setup.plan, spec.num_workers, setup.refs, reservation=self._reservation
+            setup.plan,
+            spec.num_workers,
+            setup.refs,
+            ready_timeout_s=self.config.worker_wait_s,
+            reservation=self._reservation,
+            on_wait=self._waiter(f"waiting for CPUs to start {spec.num_workers} workers"),
         )
         self._check_cancel()
-        self._ps = ParameterServerActor.remote(
+        # Next to the coordinator: losing a worker's node then costs that worker, not a restart.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._ps = ParameterServerActor.options(scheduling_strategy=here).remote(
             self._group,
             params,
             optimizer,
@@ -470,6 +481,7 @@ class JobRunner:
         log.info("job %s: %s", self.job_id, note)
         self.store.update(self.job_id, _scaled(target, note), kind=pb.JobEvent.STATE)
         self._start_actors(ckpt)  # WorkersNotStarted: restarted from the checkpoint, with `target`
+        self._say(note)  # over a "waiting for CPUs" shown while they started
         self.metrics.job_workers.labels(self.job_id).set(target)
 
     def _room_to_scale(self, target: int) -> bool:
@@ -482,19 +494,31 @@ class JobRunner:
         if self._extra is not None and self._extra.bundle_count != missing:
             self._drop_extra()
         if self._extra is None:
-            self._extra = request_workers(missing)
+            self._extra, self._extra_asked = request_workers(missing), time.monotonic()
         if is_ready(self._extra):
             self._reservation.add(self._extra)
             self._extra = None
             return True
-        _total, free = cluster_cpus()
-        cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
-        self._say(f"waiting for {cpus} to scale to {target} workers; cluster has {free:g} free")
+        if time.monotonic() - self._extra_asked > START_GRACE_S:  # not just Ray placing it
+            _total, free = cluster_cpus()
+            cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
+            self._say(f"waiting for {cpus} to scale to {target} workers; cluster has {free:g} free")
         return False
 
     def _drop_extra(self) -> None:
         release(self._extra)
         self._extra = None
+
+    def _waiter(self, note: str) -> Callable[[], None]:
+        """What to do while actors start: stop for a cancel, and show `note` once it takes long."""
+        since = time.monotonic()
+
+        def on_wait() -> None:
+            self._check_cancel()
+            if time.monotonic() - since > START_GRACE_S:
+                self._say(note)
+
+        return on_wait
 
     def _say(self, message: str) -> None:
         """Show `message` on the job unless it already shows it (waits call this about once a second)."""
@@ -524,12 +548,7 @@ class JobRunner:
         what = f"{names} died at step {failed_step}"
         deadline = time.monotonic() + self.config.worker_wait_s
         cpus = "a CPU" if len(dead) == 1 else f"{len(dead)} CPUs"
-        waiting = f"{what}; waiting for {cpus} to replace {'it' if len(dead) == 1 else 'them'}"
-
-        def on_wait() -> None:
-            self._check_cancel()
-            self._say(waiting)
-
+        on_wait = self._waiter(f"{what}; waiting for {cpus} to replace {'it' if len(dead) == 1 else 'them'}")
         while True:
             self._check_cancel()
             try:

@@ -95,8 +95,9 @@ def test_scale_refuses_bad_counts_and_ended_jobs(client, coordinator) -> None:
 def test_scaling_up_trains_on_until_the_cpus_are_held(client, coordinator) -> None:
     """Scaling past the cluster's CPUs is FAILED_PRECONDITION; scaling up with too few free CPUs keeps
     the job RUNNING on its old workers with the reason, then switches, checkpointing the live state."""
-    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=20000)
-    job = client.submit(small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, checkpointEverySteps=10**6))
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=50000)  # 5000 steps an epoch
+    spec = small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=50, checkpointEverySteps=10**6)
+    job = client.submit(spec)
     wait_until(client, job.id, lambda j: j.progress.step > 0)
     with pytest.raises(grpc.RpcError) as too_many:
         client.scale(job.id, 5)

@@ -55,16 +55,18 @@ class WorkerGroup:
         data_refs: dict,
         ready_timeout_s: float = 120.0,
         reservation: Reservation | None = None,
+        on_wait: Callable[[], None] | None = None,
     ):
         """Create `num_workers` actors holding refs to the data already in the object store.
 
-        With `reservation` (see workers.placement) worker `rank` runs in its slot `rank`.
-        WorkerLost when they do not all start within `ready_timeout_s`.
+        With `reservation` (see workers.placement) worker `rank` runs in its slot `rank`. While they
+        are not up it calls `on_wait()` about once a second (an exception from it ends the wait);
+        WorkersNotStarted when they do not all start within `ready_timeout_s`.
         """
         actors = [_new_worker(plan, rank, data_refs, reservation) for rank in range(num_workers)]
         group = cls(plan, actors, data_refs, _reservation=reservation)
         try:
-            group.pids = ray.get([a.pid.remote() for a in actors], timeout=ready_timeout_s)
+            group.pids = _wait_started(actors, ready_timeout_s, on_wait)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             group.shutdown()
             raise WorkersNotStarted(
@@ -98,14 +100,8 @@ class WorkerGroup:
         for rank in ranks:
             ray.kill(self.actors[rank], no_restart=True)  # a hung actor must not linger
             self.actors[rank] = _new_worker(self.plan, rank, self.data_refs, self._reservation)
-        refs = [self.actors[rank].pid.remote() for rank in ranks]
-        deadline = time.monotonic() + ready_timeout_s
-        while not _all_ready(refs):
-            if time.monotonic() > deadline:
-                raise ray.exceptions.GetTimeoutError(f"no replacement started within {ready_timeout_s:.0f} s")
-            if on_wait is not None:
-                on_wait()
-        for rank, pid in zip(ranks, ray.get(refs, timeout=10), strict=True):
+        pids = _wait_started([self.actors[rank] for rank in ranks], ready_timeout_s, on_wait)
+        for rank, pid in zip(ranks, pids, strict=True):
             self.pids[rank] = pid
 
     @property
@@ -150,9 +146,18 @@ class WorkerGroup:
         return {**self.__dict__, "_graph": None, "_reservation": None}
 
 
-def _all_ready(refs: list, poll_s: float = WAIT_POLL_S) -> bool:
-    """Whether every ref is ready (a dead actor's ref is: reading it raises), after up to `poll_s`."""
-    return len(ray.wait(refs, num_returns=len(refs), timeout=poll_s)[0]) == len(refs)
+def _wait_started(actors: list, timeout_s: float, on_wait: Callable[[], None] | None) -> list[int]:
+    """The process ids of `actors` once all answer, calling `on_wait()` about once a second until
+    then. GetTimeoutError after `timeout_s`; RayActorError when one died."""
+    refs = [actor.pid.remote() for actor in actors]
+    deadline = time.monotonic() + timeout_s
+    # A dead actor's ref is ready too: reading it raises.
+    while len(ray.wait(refs, num_returns=len(refs), timeout=WAIT_POLL_S)[0]) < len(refs):
+        if time.monotonic() > deadline:
+            raise ray.exceptions.GetTimeoutError(f"the workers did not start within {timeout_s:.0f} s")
+        if on_wait is not None:
+            on_wait()
+    return ray.get(refs, timeout=10)
 
 
 def _first_line(exc: Exception, limit: int = 160) -> str:
