@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 )
 """
 # Idempotent submission: one job per client request id (NULLs, jobs without one, never clash).
+# Spec fields the server itself rewrites after the submission (ScaleJob): a retry still matches.
+_CHANGED_AFTER_SUBMIT = ("num_workers",)
 _MIGRATIONS = (("request_id", "ALTER TABLE jobs ADD COLUMN request_id TEXT"),)
 _REQUEST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id)"
 
@@ -63,11 +65,13 @@ class JobStore:
         self._jobs: dict[str, pb.Job] = {}
         self._seq: dict[str, int] = {}
         self._events: dict[str, collections.deque] = {}
+        self._state_since: dict[str, float] = {}  # time.time() the job entered its state (or was loaded)
         self._version = 0
         for seq, job_id, record in self._db.execute("SELECT seq, id, record FROM jobs ORDER BY seq"):
             self._jobs[job_id] = pb.Job.FromString(record)
             self._seq[job_id] = seq
             self._events[job_id] = collections.deque(maxlen=EVENT_HISTORY)
+            self._state_since[job_id] = time.time()
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +95,7 @@ class JobStore:
             self._jobs[job.id] = job
             self._seq[job.id] = cursor.lastrowid
             self._events[job.id] = collections.deque(maxlen=EVENT_HISTORY)
+            self._state_since[job.id] = time.time()
             self._record_event(job, pb.JobEvent.STATE)
             return _copy(job), True
 
@@ -108,7 +113,7 @@ class JobStore:
         if row is None:
             return None
         job = self._jobs[row[0]]
-        if job.spec != spec:
+        if not _same_submission(job.spec, spec):
             raise InvalidRequest(
                 f"request_id: {request_id!r} was already used for job {job.id} with a different spec; "
                 "send a new request id for a new job"
@@ -135,6 +140,7 @@ class JobStore:
             change(job)
             if job.state != before:
                 kind = pb.JobEvent.STATE
+                self._state_since[job_id] = time.time()
                 if job.state == pb.RUNNING and not job.HasField("started_at"):
                     job.started_at.CopyFrom(now_timestamp())
                 if job.state in TERMINAL_STATES:
@@ -186,6 +192,13 @@ class JobStore:
             ids = sorted(self._jobs, key=self._seq.__getitem__)
             return [_copy(self._jobs[j]) for j in ids if self._jobs[j].state not in TERMINAL_STATES]
 
+    def seconds_in_state(self, state: int) -> list[float]:
+        """For each job now in `state`: seconds since it last entered it (at most since this store
+        was opened: a restart re-queues what it finds)."""
+        now = time.time()
+        with self._lock:
+            return [now - self._state_since[j] for j, job in self._jobs.items() if job.state == state]
+
     def counts_by_state(self) -> dict[int, int]:
         with self._lock:
             counts = collections.Counter(job.state for job in self._jobs.values())
@@ -216,6 +229,17 @@ class JobStore:
 
 def _request_id(spec: pb.JobSpec) -> str | None:
     return spec.request_id if spec.HasField("request_id") else None
+
+
+def _same_submission(stored: pb.JobSpec, submitted: pb.JobSpec) -> bool:
+    """Whether `submitted` is the spec `stored` was created from, before the server changed it."""
+    a, b = pb.JobSpec(), pb.JobSpec()
+    a.CopyFrom(stored)
+    b.CopyFrom(submitted)
+    for name in _CHANGED_AFTER_SUBMIT:
+        a.ClearField(name)
+        b.ClearField(name)
+    return a == b
 
 
 def _copy(job: pb.Job) -> pb.Job:

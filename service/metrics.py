@@ -123,12 +123,12 @@ class Metrics:
         )
         self.queue_oldest_age = Gauge(
             "gradfleet_queue_oldest_age_seconds",
-            "How long the oldest queued job has waited (0 when none waits).",
+            "How long the longest-waiting job has been QUEUED this time (0 when none waits).",
             registry=registry,
         )
         self.workers_alive = Gauge(
             "gradfleet_workers_alive",
-            "Worker actors held by running jobs, all jobs together.",
+            "Live worker actors of running jobs, all jobs together.",
             registry=registry,
         )
         self.param_server_apply = Histogram(

@@ -41,10 +41,14 @@ class FaultPolicy:
                 f"gave up after {self.max_restarts} replacements (max_worker_restarts)"
             )
 
+    def rolls_back(self) -> bool:
+        """Whether the next divergence rolls back (rather than failing the job)."""
+        return self.rollback_on_divergence and self.rollbacks < self.max_rollbacks
+
     def diverged(self, message: str, last_good: str | None) -> float:
         """Count a rollback and return the new learning-rate scale, or raise TrainingFailed when
         rollbacks are off or used up; `last_good` names the checkpoint that stays downloadable."""
-        if not self.rollback_on_divergence or self.rollbacks >= self.max_rollbacks:
+        if not self.rolls_back():
             tried = f" after {self.rollbacks} rollbacks" if self.rollback_on_divergence else ""
             keep = f"; {last_good} stays downloadable" if last_good else ""
             raise TrainingFailed(f"{message}{tried}{keep}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, spec_hash
@@ -28,8 +30,17 @@ from service.param_server import Diverged, ParameterServerActor, StepStats, Trai
 from service.recovery import FaultPolicy
 from service.spec import spec_to_json, validate_against_dataset
 from workers.batches import steps_per_epoch
-from workers.group import WorkerGroup, WorkerLost
-from workers.placement import Unplaceable, reserve_workers
+from workers.group import WorkerGroup, WorkerLost, WorkersNotStarted
+from workers.placement import (
+    PlacementGroup,
+    Reservation,
+    Unplaceable,
+    cluster_cpus,
+    is_ready,
+    release,
+    request_workers,
+    reserve_workers,
+)
 from workers.worker import ModelPlan
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.5  # how often the parameter server reports back (progress, cancel checks)
 THROUGHPUT_WINDOW_S = 5.0
 SHUTDOWN_CHECKPOINT_TIMEOUT_S = 15.0  # a SIGTERM'd coordinator exits in bounded time
+START_GRACE_S = 3.0  # actors start and CPUs get placed within a second or two; longer waits are shown
 
 
 class JobCancelled(Exception):
@@ -45,6 +57,10 @@ class JobCancelled(Exception):
 
 class ParameterServerLost(WorkerLost):
     """The parameter-server actor died or stopped answering."""
+
+
+class _Rescaled(Exception):
+    """A ScaleJob arrived while the job waited for CPUs: wait for the new count instead."""
 
 
 @dataclass
@@ -78,10 +94,15 @@ class JobRunner:
         self.config = config
         self.cache = cache
         self.cancel_requested = threading.Event()
-        self._scale_to: int | None = None  # set by ScaleJob, applied at the next step boundary
+        self._scale_lock = threading.Lock()
+        self._scale_to: int | None = None  # set by ScaleJob, applied at a step boundary with room for it
         self.shutting_down = threading.Event()  # set with cancel_requested: re-queue, not cancel
         self.checkpoints = CheckpointStore(config.state_dir, job_id)
         self._group: WorkerGroup | None = None
+        self._replacing = 0  # ranks of _group that died and wait for their replacement
+        self._reservation: Reservation | None = None  # the workers' CPUs; kept across restarts and scales
+        self._extra: PlacementGroup | None = None  # CPUs asked for to scale up, not yet granted
+        self._extra_asked = 0.0  # time.monotonic() when _extra was asked for
         self._ps = None
         self._setup: _JobSetup | None = None
         self._step = 0  # optimizer steps applied (as the parameter server last reported)
@@ -95,9 +116,10 @@ class JobRunner:
 
     @property
     def num_workers(self) -> int:
-        """Worker actors this job holds right now (0 before they start and after release)."""
+        """Live worker actors of this job (0 before they start and after release; dead ones being
+        replaced do not count)."""
         group = self._group
-        return group.size if group is not None else 0
+        return group.size - self._replacing if group is not None else 0
 
     def run(self) -> None:
         job = self.store.get(self.job_id)
@@ -158,6 +180,7 @@ class JobRunner:
             steps_per_epoch=per_epoch,
             spec_hash=spec_hash(spec),
         )
+        self._adopt(resume)
         self._start_actors(resume)
         self.metrics.start_job(self.job_id, spec.num_workers)
         note = _resume_note(resume, skipped)
@@ -174,7 +197,8 @@ class JobRunner:
     # -- actors ---------------------------------------------------------------------------------
 
     def _start_actors(self, ckpt: Checkpoint | None) -> None:
-        """Start workers and a parameter server at `ckpt` (None: the spec's initial weights)."""
+        """Start workers (in the job's reservation, made first if need be) and a parameter server at
+        `ckpt` (None: the spec's initial weights)."""
         setup = self._setup
         spec = setup.spec
         net = setup.plan.network()
@@ -183,12 +207,20 @@ class JobRunner:
             params, state = net.init_params(np.random.default_rng(spec.seed)), None
         else:
             params, state = ckpt.params, TrainingState(ckpt.step, ckpt.params, ckpt.optimizer, ckpt.lr_scale)
-        self._adopt(ckpt)
+        if self._reservation is None:
+            self._reservation = Reservation([self._reserve(spec)])
         self._group = WorkerGroup.start(
-            setup.plan, spec.num_workers, setup.refs, placement_group=self._reserve(spec)
+            setup.plan,
+            spec.num_workers,
+            setup.refs,
+            ready_timeout_s=self.config.worker_wait_s,
+            reservation=self._reservation,
+            on_wait=self._waiter(f"waiting for CPUs to start {spec.num_workers} workers"),
         )
         self._check_cancel()
-        self._ps = ParameterServerActor.remote(
+        # Next to the coordinator: losing a worker's node then costs that worker, not a restart.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._ps = ParameterServerActor.options(scheduling_strategy=here).remote(
             self._group,
             params,
             optimizer,
@@ -200,29 +232,51 @@ class JobRunner:
             state=state,
         )
 
-    def _reserve(self, spec: pb.JobSpec):
-        """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason."""
+    def _reserve(self, spec: pb.JobSpec) -> PlacementGroup:
+        """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason,
+        and a ScaleJob meanwhile makes it wait for the new count instead."""
         shown = [""]  # the reason last written to the job record
 
         def on_wait(reason: str) -> None:
             self._check_cancel()
+            if self._take_scale(spec):
+                raise _Rescaled()
             if reason != shown[0]:
                 self.store.update(self.job_id, _set_state(pb.QUEUED, reason))
                 shown[0] = reason
 
-        group = reserve_workers(
-            spec.num_workers,
-            self.config.worker_wait_s,
-            fail_if_too_small=not self.config.autoscaling,
-            on_wait=on_wait,
-        )
+        while True:
+            self._take_scale(spec)
+            try:
+                group = reserve_workers(
+                    spec.num_workers,
+                    self.config.worker_wait_s,
+                    fail_if_too_small=not self.config.autoscaling,
+                    on_wait=on_wait,
+                )
+                break
+            except _Rescaled:
+                continue
         if shown[0]:
             self.store.update(self.job_id, _set_state(pb.RUNNING, "starting workers"))
         return group
 
+    def _take_scale(self, spec: pb.JobSpec) -> bool:
+        """Before the workers start: adopt a requested worker count; True when it changed."""
+        target = self._scale_request()
+        if target is None:
+            return False
+        self._scale_applied(target)
+        if target == spec.num_workers:
+            return False
+        note = f"scaled from {spec.num_workers} to {target} workers before starting"
+        spec.num_workers = target
+        self.store.update(self.job_id, _scaled(target, note), kind=pb.JobEvent.STATE)
+        return True
+
     def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
-        """Take the counters of the state training continues from (a rollback keeps its own
-        count and learning-rate scale: they are what changed)."""
+        """Take the counters of the checkpoint read from disk that training continues from (a
+        rollback keeps its own count and learning-rate scale: they are what changed)."""
         self._step = ckpt.step if ckpt else 0
         self._samples = ckpt.samples_trained if ckpt else 0
         self._checkpoint_step = self._queued_step = self._step
@@ -236,10 +290,10 @@ class JobRunner:
         self._window: list = []  # (time, samples) for throughput
         while self._step < self._setup.total_steps:
             self._check_cancel()
-            self._scale_if_asked()
             try:
+                self._scale_if_asked()
                 self._advance(has_test)
-            except ParameterServerLost as exc:
+            except (ParameterServerLost, WorkersNotStarted) as exc:
                 self._restart_from_checkpoint(exc)
 
     def _advance(self, has_test: bool) -> None:
@@ -315,11 +369,13 @@ class JobRunner:
     def _checkpoint(self, timeout_s: float | None = None) -> None:
         """Fetch the parameter server's state and write it with the job's counters."""
         state: TrainingState = self._call(self._ps.state.remote(), timeout_s)
-        ckpt = self._checkpoint_of(state)
+        self._queue_checkpoint(self._checkpoint_of(state))
+
+    def _queue_checkpoint(self, ckpt: Checkpoint) -> None:
         # Written on a thread while training goes on (the fsync is most of the cost); one at a
         # time and in order, and always waited for before a checkpoint is read back.
         self._flush_checkpoints()
-        self._queued_step = state.step
+        self._queued_step = ckpt.step
         self._pending_write = self._writer.submit(self._write_checkpoint, ckpt)
 
     def _checkpoint_of(self, state: TrainingState) -> Checkpoint:
@@ -355,6 +411,13 @@ class JobRunner:
         if pending is not None:
             pending.result()
 
+    def _drain_writer(self) -> None:
+        """Before the job ends: no checkpoint write may post an update after its final state."""
+        try:
+            self._flush_checkpoints()
+        except Exception:
+            log.warning("job %s: the last checkpoint could not be written", self.job_id, exc_info=True)
+
     def _checkpoint_quietly(self) -> None:
         """On shutdown: save progress made since the last checkpoint, within a bounded time."""
         if self._ps is None or self._setup is None or self._step == self._queued_step:
@@ -386,23 +449,86 @@ class JobRunner:
         self._policy.actor_died(what, failed_step, epoch, cause)
 
     def request_scale(self, num_workers: int) -> None:
-        """Switch to `num_workers` workers at the next step boundary (called from an RPC thread)."""
-        self._scale_to = num_workers
+        """Switch to `num_workers` workers at the first step boundary with CPUs for them (called from
+        an RPC thread); a job still waiting for CPUs waits for the new count instead."""
+        with self._scale_lock:
+            self._scale_to = num_workers
+
+    def _scale_request(self) -> int | None:
+        with self._scale_lock:
+            return self._scale_to
+
+    def _scale_applied(self, target: int) -> None:
+        with self._scale_lock:
+            if self._scale_to == target:  # a newer request stays for the next boundary
+                self._scale_to = None
 
     def _scale_if_asked(self) -> None:
-        """New actors continue from the live state; fixed micro-shards keep the results the same."""
-        target, self._scale_to = self._scale_to, None
-        if target is None or target == self._setup.spec.num_workers:
+        """Switch worker counts once the reservation has room; training goes on with the old workers
+        until then. The new actors continue from the live state, written as a checkpoint first (a
+        shutdown right after resumes from here); fixed micro-shards keep the results the same."""
+        target, before = self._scale_request(), self._setup.spec.num_workers
+        if target is None or target == before:
+            self._drop_extra()
+            if target is not None:
+                self._scale_applied(target)
+            return
+        if not self._room_to_scale(target):
             return
         ckpt = self._checkpoint_of(self._call(self._ps.state.remote()))
-        before = self._setup.spec.num_workers
-        self._release()
+        if ckpt.step != self._queued_step:
+            self._queue_checkpoint(ckpt)
+        self._stop_actors()
+        self._reservation.shrink_to(target)
         self._setup.spec.num_workers = target
-        self._start_actors(ckpt)
-        self.metrics.job_workers.labels(self.job_id).set(target)
+        self._scale_applied(target)
         note = f"scaled from {before} to {target} workers at step {ckpt.step}"
         log.info("job %s: %s", self.job_id, note)
         self.store.update(self.job_id, _scaled(target, note), kind=pb.JobEvent.STATE)
+        self._start_actors(ckpt)  # WorkersNotStarted: restarted from the checkpoint, with `target`
+        self._say(note)  # over a "waiting for CPUs" shown while they started
+        self.metrics.job_workers.labels(self.job_id).set(target)
+
+    def _room_to_scale(self, target: int) -> bool:
+        """Whether the reservation has a CPU for each of `target` workers. If not, it asks for the
+        missing ones (without waiting) and says so in the job's message; the caller tries again later."""
+        missing = target - self._reservation.size
+        if missing <= 0:
+            self._drop_extra()
+            return True
+        if self._extra is not None and self._extra.bundle_count != missing:
+            self._drop_extra()
+        if self._extra is None:
+            self._extra, self._extra_asked = request_workers(missing), time.monotonic()
+        if is_ready(self._extra):
+            self._reservation.add(self._extra)
+            self._extra = None
+            return True
+        if time.monotonic() - self._extra_asked > START_GRACE_S:  # not just Ray placing it
+            _total, free = cluster_cpus()
+            cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
+            self._say(f"waiting for {cpus} to scale to {target} workers; cluster has {free:g} free")
+        return False
+
+    def _drop_extra(self) -> None:
+        release(self._extra)
+        self._extra = None
+
+    def _waiter(self, note: str) -> Callable[[], None]:
+        """What to do while actors start: stop for a cancel, and show `note` once it takes long."""
+        since = time.monotonic()
+
+        def on_wait() -> None:
+            self._check_cancel()
+            if time.monotonic() - since > START_GRACE_S:
+                self._say(note)
+
+        return on_wait
+
+    def _say(self, message: str) -> None:
+        """Show `message` on the job unless it already shows it (waits call this about once a second)."""
+        if self.store.get(self.job_id).message != message:
+            self.store.update(self.job_id, _set_message(message))
 
     def _replace_workers(self, cause: Exception, failed_step: int) -> None:
         """Replace dead workers; the failed step is redone from the same parameters."""
@@ -410,30 +536,57 @@ class JobRunner:
         dead = self._group.dead_ranks() or list(range(self._group.size))
         names = ", ".join(f"worker {r} (pid {self._group.pids[r]})" for r in dead)
         self._count_restart(names, failed_step, cause)
-        while True:
-            try:
-                self._group.replace(dead)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as again:
-                # The replacement died or never started (say its node went too): that counts as well.
-                log.warning("job %s: replacing %s failed (%s); trying again", self.job_id, names, again)
-                self._count_restart(names, failed_step, again)
+        self._replacing = len(dead)
+        try:
+            self._start_replacements(dead, names, failed_step)
+        finally:
+            self._replacing = 0
         self._call(self._ps.set_group.remote(self._group))
         self.metrics.worker_replacements.inc(len(dead))
         note = f"{names} died at step {failed_step}: {cause}; replaced, the step is redone"
         log.warning("job %s: %s", self.job_id, note)
         self.store.update(self.job_id, _recovered(note, self._policy.restarts), kind=pb.JobEvent.RECOVERED)
 
+    def _start_replacements(self, dead: list[int], names: str, failed_step: int) -> None:
+        """New actors for the `dead` ranks, tried again while a new one dies too (each counts as a
+        restart); waiting for CPUs for them at most worker_wait_s in all, and saying so meanwhile."""
+        what = f"{names} died at step {failed_step}"
+        deadline = time.monotonic() + self.config.worker_wait_s
+        cpus = "a CPU" if len(dead) == 1 else f"{len(dead)} CPUs"
+        on_wait = self._waiter(f"{what}; waiting for {cpus} to replace {'it' if len(dead) == 1 else 'them'}")
+        while True:
+            self._check_cancel()
+            try:
+                self._group.replace(dead, max(deadline - time.monotonic(), 1.0), on_wait)
+                return
+            except ray.exceptions.GetTimeoutError:
+                raise WorkerLost(
+                    f"{what} and no replacement started within {self.config.worker_wait_s:.0f} s "
+                    "(worker_wait_s); add CPUs to the cluster or lower num_workers"
+                ) from None
+            except ray.exceptions.RayActorError as again:
+                # The replacement died too (say its node went as well): that counts as well.
+                log.warning("job %s: replacing after %s failed (%s); trying again", self.job_id, what, again)
+                self._count_restart(names, failed_step, again)
+
     def _restart_from_checkpoint(self, cause: Exception) -> None:
-        """The parameter server is gone: new actors from the last checkpoint."""
+        """The parameter server is gone, or new workers did not start: new actors from the last
+        checkpoint, in the CPUs the job already holds."""
         failed_step = self._step + 1
-        self._count_restart("the parameter server", failed_step, cause)
-        self._release()
-        ckpt = self._latest_checkpoint()
-        self._start_actors(ckpt)
+        while True:
+            what = "the parameter server" if isinstance(cause, ParameterServerLost) else "the new workers"
+            self._count_restart(what, failed_step, cause)
+            self._stop_actors()
+            ckpt = self._latest_checkpoint()
+            self._adopt(ckpt)
+            try:
+                self._start_actors(ckpt)
+                break
+            except WorkersNotStarted as exc:
+                cause = exc
         self.metrics.worker_replacements.inc()
         note = (
-            f"the parameter server died at step {failed_step}: {cause}; "
+            f"{what} died at step {failed_step}: {cause}; "
             f"restarted from {'the checkpoint at step ' + str(ckpt.step) if ckpt else 'the initial weights'}"
         )
         log.warning("job %s: %s", self.job_id, note)
@@ -441,6 +594,10 @@ class JobRunner:
 
     def _rollback(self, diverged: Diverged) -> None:
         spec = self._setup.spec
+        if not self._policy.rolls_back():  # fail with the divergence, whatever the checkpoints hold
+            self._drain_writer()
+            last = self._checkpoint_step
+            self._policy.diverged(diverged.message, f"the checkpoint at step {last}" if last else None)
         ckpt = self._latest_checkpoint()
         where = f"the checkpoint at step {ckpt.step}" if ckpt else "the initial weights"
         scale = self._policy.diverged(diverged.message, where if ckpt else None)
@@ -498,11 +655,21 @@ class JobRunner:
             raise JobCancelled()
 
     def _finish(self, state: int, message: str) -> None:
+        self._drain_writer()
         self.store.update(self.job_id, _set_state(state, message))
         self.metrics.finish_job(self.job_id, pb.JobState.Name(state).lower())
         log.info("job %s %s %s", self.job_id, pb.JobState.Name(state), message)
 
     def _release(self) -> None:
+        """Stop the actors and give back the job's CPUs."""
+        self._stop_actors()
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+        self._drop_extra()
+
+    def _stop_actors(self) -> None:
+        """Stop the parameter server and the workers; the reservation stays for their successors."""
         if self._ps is not None:
             try:
                 ray.get(self._ps.close.remote(), timeout=10)
@@ -544,6 +711,13 @@ def _resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:
 def _set_state(state: int, message: str):
     def change(job: pb.Job) -> None:
         job.state = state
+        job.message = message
+
+    return change
+
+
+def _set_message(message: str):
+    def change(job: pb.Job) -> None:
         job.message = message
 
     return change

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from datetime import datetime, timezone
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
-from service.errors import LimitExceeded
+from service.errors import JobNotReady, LimitExceeded
 from service.jobs import TERMINAL_STATES, JobStore
 from service.jobsetup import DatasetCache
 from service.metrics import Metrics
 from service.runner import JobRunner
+from workers.placement import cluster_cpus
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,14 @@ class Scheduler:
         return self.store.get(job_id)
 
     def scale(self, job_id: str, num_workers: int) -> pb.Job:
-        """A queued job starts with `num_workers`; a running one switches at its next step boundary."""
+        """A queued job starts with `num_workers`; a running one switches at the first step boundary
+        with CPUs for them. JobNotReady when the cluster can never hold them (and cannot grow)."""
+        total, _free = cluster_cpus()
+        if not self.config.autoscaling and num_workers > total:
+            raise JobNotReady(
+                f"num_workers: {num_workers} workers need {num_workers} CPUs (one each) but the cluster "
+                f"has {total:g} in total; scale to at most {total:g} workers or add nodes first"
+            )
         with self._lock:
             runner = self._running.get(job_id)
             if runner is None:
@@ -105,17 +112,12 @@ class Scheduler:
         return self.store.counts_by_state().get(pb.QUEUED, 0)
 
     def oldest_queued_seconds(self) -> float:
-        """Seconds the oldest QUEUED job has waited since it was created; 0 when none waits."""
-        now = datetime.now(timezone.utc)
-        waits = [
-            (now - job.created_at.ToDatetime(tzinfo=timezone.utc)).total_seconds()
-            for job in self.store.unfinished()
-            if job.state == pb.QUEUED
-        ]
-        return max(waits, default=0.0)
+        """Seconds the longest-waiting QUEUED job has been QUEUED this time (since it was submitted,
+        re-queued by a restart or went back to wait for CPUs); 0 when none waits."""
+        return max(self.store.seconds_in_state(pb.QUEUED), default=0.0)
 
     def workers_alive(self) -> int:
-        """Worker actors held by the running jobs."""
+        """Live worker actors of the running jobs (dead ones not yet replaced do not count)."""
         with self._lock:
             return sum(runner.num_workers for runner in self._running.values())
 

@@ -1,5 +1,5 @@
 """Runs in its own process (it needs a Ray of its own): a coordinator joined to a real multi-node Ray
-cluster (ray.cluster_utils.Cluster: a head without CPUs and worker nodes of 1 CPU each, each its own
+cluster (ray.cluster_utils.Cluster: a head without CPUs and worker nodes of 2 CPUs each, each its own
 raylet). Prints one JSON object of what it saw; tests/test_multinode.py asserts on it."""
 
 from __future__ import annotations
@@ -12,17 +12,40 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A dead node is marked dead after about 4 s instead of 15 (see FACTS.md); every node inherits these.
+os.environ.setdefault("RAY_health_check_period_ms", "1000")
+os.environ.setdefault("RAY_health_check_failure_threshold", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray
 from ray.cluster_utils import Cluster
-from ray.util import placement_group_table
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.server import start_server
 from tests.helpers import small_spec, write_blobs
+
+CPUS_PER_NODE = 2  # two per node: a PACK placement of two workers would share one, SPREAD does not
+
+
+@ray.remote(num_cpus=0)
+class CpuHog:
+    def ping(self) -> bool:
+        return True
+
+
+def fill_free_cpus(cluster: Cluster, used: list[str], spare: str) -> list:
+    """Hog every free CPU of the nodes other than `spare`, given the node of each CPU in use."""
+    hogs = []
+    for node in cluster.list_all_nodes():
+        free = CPUS_PER_NODE - used.count(node.node_id)
+        if node.node_id != spare and not node.head and free > 0:
+            strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+            hogs.append(CpuHog.options(num_cpus=free, scheduling_strategy=strategy).remote())
+    ray.get([h.ping.remote() for h in hogs], timeout=60)
+    return hogs
 
 
 def wait(client: CoordinatorClient, job_id: str, done, timeout_s: float = 120.0) -> pb.Job:
@@ -48,7 +71,7 @@ def main() -> None:
     write_blobs(folder / "data" / "blobs.npz", n_train=3000)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=CPUS_PER_NODE)
     cluster.wait_for_nodes()
     config = ServerConfig(
         port=0,
@@ -65,36 +88,42 @@ def main() -> None:
         with CoordinatorClient(running.address) as client:
             spread = client.submit(small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=20))
             wait(client, spread.id, lambda j: j.progress.step > 0)
-            group = running.scheduler.runner(spread.id)._group
-            nodes = placement_group_table(group._placement)["bundles_to_node_id"]
-            seen["spread_nodes"] = sorted(set(nodes.values()))
+            seen["spread_nodes"] = sorted(set(running.scheduler.runner(spread.id)._reservation.nodes()))
             seen["node_addresses"] = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
             client.cancel(spread.id)
             wait(client, spread.id, lambda j: j.state == pb.CANCELLED)
 
-            big = client.submit(small_spec("npz:blobs.npz", numWorkers=3, epochs=2))
+            big = client.submit(small_spec("npz:blobs.npz", numWorkers=5, epochs=2))
             waiting = wait(client, big.id, lambda j: "waiting for" in j.message)
             seen["waiting"] = {"state": pb.JobState.Name(waiting.state), "message": waiting.message}
             time.sleep(2)
             seen["still_waiting"] = pb.JobState.Name(client.get(big.id).state)
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=CPUS_PER_NODE)
             done = wait(client, big.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED))
             seen["after_node_added"] = {"state": pb.JobState.Name(done.state), "message": done.message}
 
-            # A node dies mid-job (its raylet and the worker on it go): the job notices, replaces the
-            # worker when there is room again, and ends with the weights of an undisturbed run.
+            # A node dies mid-job (its raylet is killed, and the worker on it goes): the job notices,
+            # waits while every other CPU is taken, replaces the worker once one is free, and ends with
+            # the weights of an undisturbed run.
             spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=6)
             hit = client.submit(spec)
             wait(client, hit.id, lambda j: j.progress.step > 0)
-            # The node holding worker 0 (three worker nodes exist by now, so pick it, not any node).
-            group = running.scheduler.runner(hit.id)._group
-            target = placement_group_table(group._placement)["bundles_to_node_id"][0]
-            node = next(n for n in cluster.list_all_nodes() if n.node_id == target)
+            slots = running.scheduler.runner(hit.id)._reservation.nodes()
+            hogs = fill_free_cpus(cluster, slots, spare=slots[0])
+            node = next(n for n in cluster.list_all_nodes() if n.node_id == slots[0])
             killed_at = time.monotonic()
-            cluster.remove_node(node)
+            cluster.remove_node(node, allow_graceful=False)
             noticed = wait(client, hit.id, lambda j: "died" in j.message or j.state != pb.RUNNING)
             seen["noticed_after_s"] = round(time.monotonic() - killed_at, 1)
-            cluster.add_node(num_cpus=1)
+            waiting = wait(client, hit.id, lambda j: "waiting for" in j.message or j.state != pb.RUNNING)
+            seen["replacing"] = {
+                "state": pb.JobState.Name(waiting.state),
+                "message": waiting.message,
+                "workers_alive": running.scheduler.workers_alive(),
+            }
+            for hog in hogs:
+                ray.kill(hog)
+            cluster.add_node(num_cpus=CPUS_PER_NODE)
             done = wait(client, hit.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
             seen["node_lost"] = {
                 "state": pb.JobState.Name(done.state),
@@ -108,17 +137,14 @@ def main() -> None:
             seen["same_weights"] = _same_weights(folder / "hit.npz", folder / "straight.npz")
 
             # Scaled 1 -> 3 -> 2 workers across the nodes mid-job: the weights of the fixed 2-worker run.
+            # One worker trains this job in seconds, so each switch is asked for as soon as the one
+            # before it shows.
             scaled = client.submit(small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=6))
             wait(client, scaled.id, lambda j: j.progress.step > 0)
             client.scale(scaled.id, 3)
-            at_three = wait(client, scaled.id, lambda j: j.spec.num_workers == 3 or j.state != pb.RUNNING)
-            wait(
-                client, scaled.id, lambda j: j.progress.step > at_three.progress.step or j.state != pb.RUNNING
-            )
-            group = running.scheduler.runner(scaled.id)._group
-            seen["scaled_nodes"] = len(
-                set(placement_group_table(group._placement)["bundles_to_node_id"].values())
-            )
+            wait(client, scaled.id, lambda j: j.spec.num_workers == 3 or j.state != pb.RUNNING)
+            runner = running.scheduler.runner(scaled.id)
+            seen["scaled_nodes"] = len(set(runner._reservation.nodes())) if runner else 0
             client.scale(scaled.id, 2)
             done = wait(client, scaled.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
             seen["scaled"] = {"state": pb.JobState.Name(done.state), "workers": done.spec.num_workers}

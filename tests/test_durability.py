@@ -1,24 +1,31 @@
-"""Checkpoint files, idempotent submission and the recovery spec fields, without Ray."""
+"""Checkpoint files, idempotent submission, the recovery spec fields and the runner's fault bookkeeping,
+without Ray."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
 from service.client import CoordinatorClient
+from service.config import ServerConfig
 from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
 from service.export import load_model, write_model
 from service.jobs import JobStore
+from service.metrics import Metrics
 from service.param_server import Diverged, ParameterServer, ParameterServerCore
 from service.recovery import FaultPolicy
+from service.runner import JobRunner
+from service.scheduler import Scheduler
 from service.spec import validate_spec, with_defaults
 from tests.helpers import small_spec
 from workers.group import WorkerLost
@@ -307,3 +314,65 @@ def test_a_finished_model_is_served_after_a_restart(tmp_path: Path, spec) -> Non
     store.close()
     reopened = JobStore(tmp_path)
     assert downloadable_model(tmp_path, final, reopened.get(job.id)) == b"the final model"
+
+
+def test_a_retried_submit_matches_its_job_after_a_scale(tmp_path: Path, spec) -> None:
+    """A retry with the request id returns the job also after ScaleJob changed its num_workers."""
+    spec.request_id = "req-scaled"
+    store = JobStore(tmp_path)
+    job, _ = store.create(spec)
+    store.update(job.id, lambda j: setattr(j.spec, "num_workers", 5))
+    assert store.find_request(spec).id == job.id
+
+
+def test_the_queue_age_counts_from_when_a_job_last_became_queued(tmp_path: Path, spec) -> None:
+    """A job submitted an hour ago and re-queued just now has waited seconds, not an hour."""
+    store = JobStore(tmp_path)
+    job, _ = store.create(spec)
+    store.update(job.id, lambda j: j.created_at.FromSeconds(j.created_at.seconds - 3600))
+    store.update(job.id, lambda j: setattr(j, "state", pb.RUNNING))
+    store.update(job.id, lambda j: setattr(j, "state", pb.QUEUED))
+    config = ServerConfig(state_dir=tmp_path)
+    scheduler = Scheduler(store, Metrics(CollectorRegistry(), store.counts_by_state), config)
+    assert 0 <= scheduler.oldest_queued_seconds() < 60
+
+
+def _runner(tmp_path: Path, spec: pb.JobSpec) -> JobRunner:
+    """A runner of a stored job, set up as far as its checkpoints and fault policy go (no Ray)."""
+    store = JobStore(tmp_path)
+    job, _ = store.create(spec)
+    config = ServerConfig(state_dir=tmp_path)
+    runner = JobRunner(job.id, store, Metrics(CollectorRegistry(), store.counts_by_state), config, None)
+    runner._setup = SimpleNamespace(spec=spec, spec_hash=spec_hash(spec))
+    runner._policy = FaultPolicy.for_spec(spec)
+    return runner
+
+
+def test_divergence_fails_with_its_reason_even_when_checkpoints_are_damaged(tmp_path: Path, spec) -> None:
+    """With on_divergence FAIL the job fails naming the divergence, never a checkpoint error."""
+    runner = _runner(tmp_path, spec)
+    runner.checkpoints.folder.mkdir(parents=True)
+    (runner.checkpoints.folder / "step-000000000020.ckpt").write_bytes(b"truncated")
+    message = (
+        "loss became NaN at epoch 1 step 21 (learning rate 0.1); lower the learning rate or enable clipping"
+    )
+    with pytest.raises(TrainingFailed) as failed:
+        runner._rollback(Diverged(message))
+    assert failed.value.message == message
+
+
+def test_a_checkpoint_being_written_lands_before_the_job_ends(tmp_path: Path, spec) -> None:
+    """A slow checkpoint write still pending when the job fails is finished first: the final state
+    is the job's last event, and its record has the checkpoint."""
+    runner = _runner(tmp_path, spec)
+
+    def slow_write() -> None:
+        time.sleep(0.3)  # a slow disk
+        runner._write_checkpoint(make_checkpoint(20, spec))
+
+    runner._pending_write = runner._writer.submit(slow_write)
+    runner._finish(pb.FAILED, "boom")
+    runner._writer.shutdown(wait=True)
+    events = runner.store.events_after(runner.job_id, 0, 0)
+    assert events[-1][1].kind == pb.JobEvent.STATE and events[-1][1].job.state == pb.FAILED
+    assert runner.store.get(runner.job_id).progress.checkpoint_step == 20

@@ -1,8 +1,8 @@
 """A coordinator on a real multi-node Ray cluster: workers spread over nodes, a job larger than the
-cluster waits and starts when a node joins, a lost node is noticed within seconds and its worker
-replaced with the same final weights. The cluster runs in tests/multinode_scenario.py, a process of
-its own (this test session already holds a Ray), inside a network namespace that has only loopback, so
-all of the cluster's traffic stays on 127.0.0.1."""
+cluster waits and starts when a node joins, a killed node is noticed within seconds and its worker
+replaced, once a CPU is free, with the same final weights. The cluster runs in
+tests/multinode_scenario.py, a process of its own (this test session already holds a Ray), inside a
+network namespace that has only loopback, so all of the cluster's traffic stays on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -46,31 +46,35 @@ def test_the_cluster_uses_only_loopback(seen) -> None:
 
 
 def test_a_jobs_workers_land_on_two_distinct_nodes(seen) -> None:
-    """Two workers on a cluster of two 1-CPU worker nodes are placed one per node (SPREAD)."""
+    """Two workers on a cluster of two 2-CPU worker nodes are placed one per node (SPREAD, not PACK)."""
     assert len(seen["spread_nodes"]) == 2
 
 
 def test_a_job_larger_than_the_cluster_waits_then_runs_when_a_node_joins(seen) -> None:
-    """A 3-worker job on 2 CPUs stays QUEUED with the reason, and succeeds once a third node joins."""
+    """A 5-worker job on 4 CPUs stays QUEUED with the reason, and succeeds once a third node joins."""
     assert seen["waiting"] == {
         "state": "QUEUED",
-        "message": "waiting for 3 CPUs for the workers; cluster has 2 free",
+        "message": "waiting for 5 CPUs for the workers; cluster has 4 free",
     }
     assert seen["still_waiting"] == "QUEUED"
     assert seen["after_node_added"]["state"] == "SUCCEEDED"
 
 
-def test_a_lost_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> None:
-    """Removing a worker's node mid-job is noticed within seconds; the job replaces the worker when a node
-    is back and ends with bit-identical weights to an undisturbed run."""
-    assert seen["noticed_after_s"] < 30
+def test_a_killed_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> None:
+    """Killing a worker's raylet mid-job is noticed within 20 s; while no CPU is free the job says it
+    waits and counts one live worker; it replaces the worker once one is free and ends with bit-identical
+    weights to an undisturbed run."""
+    assert seen["noticed_after_s"] < 20
+    assert "worker 0 (pid " in seen["node_lost"]["message"]
+    replacing = seen["replacing"]
+    assert replacing["state"] == "RUNNING" and replacing["workers_alive"] == 1
+    assert replacing["message"].endswith("; waiting for a CPU to replace it"), replacing
     assert seen["node_lost"]["state"] == "SUCCEEDED"
-    assert "died" in seen["node_lost"]["message"]
     assert seen["same_weights"] is True
 
 
 def test_scaling_across_nodes_mid_job_keeps_the_weights(seen) -> None:
-    """Scaled 1 -> 3 -> 2 workers over three nodes mid-job, it ends with a fixed 2-worker run's weights."""
-    assert seen["scaled_nodes"] == 3
+    """Scaled 1 -> 3 -> 2 workers over several nodes mid-job, it ends with a fixed 2-worker run's weights."""
+    assert seen["scaled_nodes"] >= 2
     assert seen["scaled"] == {"state": "SUCCEEDED", "workers": 2}
     assert seen["scaled_same_weights"] is True

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import ray
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from tests.helpers import small_spec, wait_for, write_blobs
@@ -21,8 +22,22 @@ def weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
         return {name: model[name] for name in model.files if name.startswith("layer_")}
 
 
-def wait_until(client, job_id: str, done) -> pb.Job:
-    deadline = time.monotonic() + 120
+@ray.remote(num_cpus=0)
+class CpuHog:
+    """Holds CPUs (given by .options(num_cpus=N)) of the session's 4 while alive."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def hog(cpus: int):
+    actor = CpuHog.options(num_cpus=cpus).remote()
+    ray.get(actor.ping.remote(), timeout=60)
+    return actor
+
+
+def wait_until(client, job_id: str, done, timeout_s: float = 120) -> pb.Job:
+    deadline = time.monotonic() + timeout_s
     while not done(job := client.get(job_id)):
         # QUEUED too: while new workers wait for CPUs the job shows QUEUED with the reason
         assert job.state in (pb.QUEUED, pb.RUNNING) and time.monotonic() < deadline, job
@@ -75,3 +90,44 @@ def test_scale_refuses_bad_counts_and_ended_jobs(client, coordinator) -> None:
     client.cancel(long.id)
     finished = wait_for(client, queued.id)
     assert finished.state == pb.SUCCEEDED and finished.spec.num_workers == 1
+
+
+def test_scaling_up_trains_on_until_the_cpus_are_held(client, coordinator) -> None:
+    """Scaling past the cluster's CPUs is FAILED_PRECONDITION; scaling up with too few free CPUs keeps
+    the job RUNNING on its old workers with the reason, then switches, checkpointing the live state."""
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=50000)  # 5000 steps an epoch
+    spec = small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=50, checkpointEverySteps=10**6)
+    job = client.submit(spec)
+    wait_until(client, job.id, lambda j: j.progress.step > 0)
+    with pytest.raises(grpc.RpcError) as too_many:
+        client.scale(job.id, 5)
+    assert too_many.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "num_workers: 5" in too_many.value.details() and "4 in total" in too_many.value.details()
+    held = hog(2)  # 1 CPU left free: 3 workers need 2 more
+    try:
+        client.scale(job.id, 3)
+        waiting = wait_until(client, job.id, lambda j: j.message.startswith("waiting"), timeout_s=30)
+        assert waiting.message == "waiting for 2 more CPUs to scale to 3 workers; cluster has 1 free"
+        later = wait_until(client, job.id, lambda j: j.progress.step > waiting.progress.step)
+        assert later.state == pb.RUNNING and later.spec.num_workers == 1
+    finally:
+        ray.kill(held)
+    scaled = wait_until(client, job.id, lambda j: j.spec.num_workers == 3, timeout_s=30)
+    at = int(scaled.message.rsplit(" ", 1)[1])
+    wait_until(client, job.id, lambda j: j.progress.checkpoint_step == at, timeout_s=10)
+    client.cancel(job.id)
+
+
+def test_a_job_waiting_for_cpus_waits_for_its_new_count(client, coordinator) -> None:
+    """A 2-worker job queued for CPUs (1 free) and scaled to 1 worker starts at once and succeeds."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    held = hog(3)
+    try:
+        job = client.submit(small_spec("npz:blobs.npz", numWorkers=2))
+        wait_until(client, job.id, lambda j: j.message.startswith("waiting for 2 CPUs"), timeout_s=30)
+        client.scale(job.id, 1)
+        done = wait_for(client, job.id, timeout_s=30)
+        assert done.state == pb.SUCCEEDED, done.message
+        assert done.spec.num_workers == 1
+    finally:
+        ray.kill(held)

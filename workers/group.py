@@ -9,16 +9,19 @@ to shared-memory channels (about 1 ms with 2 workers) instead of several actor c
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
 from ray.dag import InputNode, MultiOutputNode
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from workers import placement
+from workers.placement import Reservation
 from workers.worker import EvalResult, GradientWorker, ModelPlan, StepCommand, TrainResult
 
 log = logging.getLogger(__name__)
+
+WAIT_POLL_S = 1.0  # how often a wait for replacement workers reports back
 
 
 class WorkerLost(RuntimeError):
@@ -26,6 +29,10 @@ class WorkerLost(RuntimeError):
 
     def __reduce__(self):  # crosses from the parameter-server actor to the coordinator
         return (type(self), self.args)
+
+
+class WorkersNotStarted(WorkerLost):
+    """New worker actors did not come up (their node went, or they never got a CPU)."""
 
 
 @dataclass
@@ -37,7 +44,8 @@ class WorkerGroup:
     data_refs: dict = field(default_factory=dict)
     pids: list = field(default_factory=list)  # process id of each rank's actor, for messages
     _graph: object = None
-    _placement: object = None  # the placement group reserving the workers' CPUs; the group owns it
+    # Where each rank runs; the runner owns it (it outlives the group when a job scales or restarts).
+    _reservation: Reservation | None = None
 
     @classmethod
     def start(
@@ -46,18 +54,25 @@ class WorkerGroup:
         num_workers: int,
         data_refs: dict,
         ready_timeout_s: float = 120.0,
-        placement_group=None,
+        reservation: Reservation | None = None,
+        on_wait: Callable[[], None] | None = None,
     ):
         """Create `num_workers` actors holding refs to the data already in the object store.
 
-        With `placement_group` (one bundle per worker, see workers.placement) worker `rank` runs in
-        bundle `rank`, and the group removes the placement group on shutdown.
+        With `reservation` (see workers.placement) worker `rank` runs in its slot `rank`. While they
+        are not up it calls `on_wait()` about once a second (an exception from it ends the wait);
+        WorkersNotStarted when they do not all start within `ready_timeout_s`.
         """
-        actors = [_new_worker(plan, rank, data_refs, placement_group) for rank in range(num_workers)]
-        group = cls(plan, actors, data_refs, _placement=placement_group)
+        actors = [_new_worker(plan, rank, data_refs, reservation) for rank in range(num_workers)]
+        group = cls(plan, actors, data_refs, _reservation=reservation)
         try:
-            group.pids = ray.get([a.pid.remote() for a in actors], timeout=ready_timeout_s)
-        except Exception:
+            group.pids = _wait_started(actors, ready_timeout_s, on_wait)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            group.shutdown()
+            raise WorkersNotStarted(
+                f"new workers did not start: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        except BaseException:
             group.shutdown()
             raise
         return group
@@ -73,13 +88,19 @@ class WorkerGroup:
                 dead.append(rank)
         return dead
 
-    def replace(self, ranks: list[int], ready_timeout_s: float = 120.0) -> None:
-        """Start a new actor for each of `ranks`; it takes over that rank's micro-shards."""
+    def replace(
+        self, ranks: list[int], ready_timeout_s: float = 120.0, on_wait: Callable[[], None] | None = None
+    ) -> None:
+        """Start a new actor for each of `ranks`; it takes over that rank's micro-shards.
+
+        While they are not up it calls `on_wait()` about once a second (an exception from it ends the
+        wait); GetTimeoutError after `ready_timeout_s`, RayActorError when a new actor dies.
+        """
         self.release_graph()
         for rank in ranks:
             ray.kill(self.actors[rank], no_restart=True)  # a hung actor must not linger
-            self.actors[rank] = _new_worker(self.plan, rank, self.data_refs, self._placement)
-        pids = ray.get([self.actors[rank].pid.remote() for rank in ranks], timeout=ready_timeout_s)
+            self.actors[rank] = _new_worker(self.plan, rank, self.data_refs, self._reservation)
+        pids = _wait_started([self.actors[rank] for rank in ranks], ready_timeout_s, on_wait)
         for rank, pid in zip(ranks, pids, strict=True):
             self.pids[rank] = pid
 
@@ -113,24 +134,30 @@ class WorkerGroup:
             self._graph = None
 
     def shutdown(self) -> None:
-        """Kill the actors (they hold no state worth a graceful stop)."""
+        """Kill the actors (they hold no state worth a graceful stop); the reservation stays."""
         self.release_graph()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
-        placement.release(self._placement)
-        self._placement = None
 
     def __getstate__(self):
         # The compiled graph lives in one process only; a copy sent to another actor starts without it.
-        # The placement group stays with the coordinator's copy, which owns the workers' lifecycle.
-        return {**self.__dict__, "_graph": None, "_placement": None}
+        # The reservation stays with the coordinator's copy, which owns the workers' lifecycle.
+        return {**self.__dict__, "_graph": None, "_reservation": None}
 
 
-def _in_bundle(group, rank: int):
-    if group is None:
-        return "DEFAULT"
-    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
+def _wait_started(actors: list, timeout_s: float, on_wait: Callable[[], None] | None) -> list[int]:
+    """The process ids of `actors` once all answer, calling `on_wait()` about once a second until
+    then. GetTimeoutError after `timeout_s`; RayActorError when one died."""
+    refs = [actor.pid.remote() for actor in actors]
+    deadline = time.monotonic() + timeout_s
+    # A dead actor's ref is ready too: reading it raises.
+    while len(ray.wait(refs, num_returns=len(refs), timeout=WAIT_POLL_S)[0]) < len(refs):
+        if time.monotonic() > deadline:
+            raise ray.exceptions.GetTimeoutError(f"the workers did not start within {timeout_s:.0f} s")
+        if on_wait is not None:
+            on_wait()
+    return ray.get(refs, timeout=10)
 
 
 def _first_line(exc: Exception, limit: int = 160) -> str:
@@ -139,9 +166,9 @@ def _first_line(exc: Exception, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _new_worker(plan: ModelPlan, rank: int, data_refs: dict, placement_group=None):
+def _new_worker(plan: ModelPlan, rank: int, data_refs: dict, reservation: Reservation | None = None):
     keys = ("x_train", "y_train", "x_test", "y_test", "offset", "scale")
-    strategy = _in_bundle(placement_group, rank)
+    strategy = "DEFAULT" if reservation is None else reservation.slot(rank)
     return GradientWorker.options(scheduling_strategy=strategy).remote(
         plan, rank, *(data_refs[k] for k in keys)
     )

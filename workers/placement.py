@@ -1,5 +1,7 @@
 """Gang scheduling: reserve one CPU per worker in a placement group before any worker starts, so a job
-gets all its workers or none (no half-started job holding CPUs another job needs)."""
+gets all its workers or none (no half-started job holding CPUs another job needs). A job that scales
+up asks for the extra CPUs in a second placement group while it keeps training, and only then
+switches: its `Reservation` may span several groups."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import time
 from collections.abc import Callable
 
 import ray
+from ray.util import placement_group_table
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def reserve_workers(
             f"the job needs {num_workers} CPUs (one per worker) but the cluster has {total:g} in total; "
             "lower num_workers or add nodes"
         )
-    group = placement_group([{"CPU": 1}] * num_workers, strategy=strategy)
+    group = request_workers(num_workers, strategy)
     try:
         _wait_ready(group, num_workers, wait_s, on_wait)
     except BaseException:
@@ -66,6 +70,61 @@ def _wait_ready(
             raise Unplaceable(f"no room for the workers after {wait_s:.0f} s: {reason}")
         if on_wait is not None:
             on_wait(reason)
+
+
+def request_workers(num_workers: int, strategy: str = DEFAULT_STRATEGY) -> PlacementGroup:
+    """Ask for `num_workers` one-CPU bundles without waiting; `is_ready` says when they are held."""
+    return placement_group([{"CPU": 1}] * num_workers, strategy=strategy)
+
+
+def is_ready(group: PlacementGroup) -> bool:
+    return bool(ray.wait([group.ready()], timeout=0)[0])
+
+
+class Reservation:
+    """The CPUs held for a job's workers: ready placement groups whose bundles, in order, are the
+    slots of ranks 0, 1, ...; it may hold more slots than workers (after a scale down)."""
+
+    def __init__(self, groups: list[PlacementGroup]) -> None:
+        self.groups = list(groups)
+
+    @property
+    def size(self) -> int:
+        """How many workers it has room for."""
+        return sum(group.bundle_count for group in self.groups)
+
+    def slot(self, rank: int) -> PlacementGroupSchedulingStrategy:
+        """Where worker `rank` runs."""
+        for group in self.groups:
+            if rank < group.bundle_count:
+                return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
+            rank -= group.bundle_count
+        raise IndexError(f"rank {rank} is beyond the {self.size} reserved CPUs")
+
+    def add(self, group: PlacementGroup) -> None:
+        """Take a ready group's bundles as the next slots."""
+        self.groups.append(group)
+
+    def shrink_to(self, num_workers: int) -> None:
+        """Give back the groups that only hold slots of ranks >= `num_workers`."""
+        kept, first = [], 0
+        for group in self.groups:
+            if first < num_workers:
+                kept.append(group)
+            else:
+                release(group)
+            first += group.bundle_count
+        self.groups = kept
+
+    def nodes(self) -> list[str]:
+        """The node id of each slot (for tests and logs)."""
+        table = [placement_group_table(group)["bundles_to_node_id"] for group in self.groups]
+        return [nodes[i] for nodes in table for i in sorted(nodes)]
+
+    def release(self) -> None:
+        for group in self.groups:
+            release(group)
+        self.groups = []
 
 
 def release(group: PlacementGroup | None) -> None:

@@ -126,9 +126,12 @@ class CoordinatorServicer:
 
     def ScaleJob(self, request, context):
         """ScaleJob changes a job's worker count. A queued job starts with it; a running job switches at
-        its next step boundary (within about a second). Results do not change: the global batch is cut
-        into the same micro-shards whatever the worker count. The job's spec.num_workers shows the count.
-        INVALID_ARGUMENT for a count outside 1..the server's limit; FAILED_PRECONDITION once it ended.
+        the first step boundary (about a second apart) at which it holds a CPU for each new worker, and
+        trains on with its old workers until then, its message saying what it waits for. Results do not
+        change: the global batch is cut into the same micro-shards whatever the worker count. The job's
+        spec.num_workers shows the count in use. INVALID_ARGUMENT for a count outside 1..the server's
+        limit; FAILED_PRECONDITION once it ended, or for more workers than the cluster has CPUs in total
+        when the server runs without an autoscaler.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
