@@ -3,12 +3,15 @@ finished ones keep their records and models."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
@@ -142,3 +145,28 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(config, how) 
     done = events[-1].job
     assert done.state == pb.SUCCEEDED, done.message
     assert done.progress.samples_trained == 4 * N_TRAIN
+
+
+def test_a_stopping_coordinator_refuses_new_jobs(config) -> None:
+    """Once a graceful stop begins, the health service turns NOT_SERVING and a new SubmitJob gets
+    UNAVAILABLE (the client may retry elsewhere), while the running job is checkpointed and queued."""
+    from service.server import start_server
+
+    server = start_server(config)
+    with CoordinatorClient(server.address) as client, grpc.insecure_channel(server.address) as channel:
+        job = client.submit(small_spec("npz:blobs.npz", name="running", batchSize=10, epochs=100))
+        while client.get(job.id).progress.step == 0:
+            time.sleep(0.02)
+        health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(health).status == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 1.0})
+        stopper.start()
+        assert next(health).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            client.submit(small_spec("npz:blobs.npz", name="too late"), retry_delays=())
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        stopper.join(timeout=60)
+        assert not stopper.is_alive()
+    on_disk = stored_jobs(config.state_dir)
+    assert list(on_disk) == [job.id]  # the refused job was not created
+    assert on_disk[job.id].state == pb.QUEUED and on_disk[job.id].progress.checkpoint_step > 0
