@@ -6,6 +6,7 @@ Client commands import neither Ray nor the server; `serve` imports them when it 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -111,7 +112,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # No abbreviated options: `--token SECRET` must not quietly mean `--token-file SECRET`.
+    exact = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
     _add_serve(sub, common)
     _add_client_commands(sub, client, output)
     _add_fetch_data(sub, common)
@@ -186,7 +189,18 @@ def _add_client_security(p: argparse.ArgumentParser, environ: Mapping[str, str])
         default=environ.get("GRADFLEET_TOKEN_FILE"),
         help="file holding the bearer token (env GRADFLEET_TOKEN_FILE, or the token in GRADFLEET_TOKEN)",
     )
+    p.add_argument("--token", nargs="?", action=_RefuseToken, help=argparse.SUPPRESS)
     p.set_defaults(env_token=environ.get("GRADFLEET_TOKEN") or None)
+
+
+class _RefuseToken(argparse.Action):
+    """`--token` exists only to say why there is none (without repeating the token)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(
+            "there is no --token option: a token on the command line is visible to every user of "
+            "the machine (ps); put it in GRADFLEET_TOKEN or in a file for --token-file"
+        )
 
 
 def _add_client_commands(

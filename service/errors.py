@@ -61,6 +61,12 @@ class LimitExceeded(GradfleetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Unavailable(GradfleetError):
+    """The coordinator is shutting down; the same request may succeed once it is back."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class Unauthenticated(GradfleetError):
     """No bearer token, or one the server does not know."""
 

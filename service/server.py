@@ -54,8 +54,8 @@ class RunningServer:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
+        self.servicer.stopping.set()  # first: a client that saw NOT_SERVING cannot submit any more
         self.health.enter_graceful_shutdown()
-        self.servicer.stopping.set()
         self.store.wake_all()
         done = self.grpc_server.stop(grace_s)
         self.scheduler.stop()

@@ -16,7 +16,7 @@ from service.admission import Admission
 from service.auth import principal_of
 from service.checkpoints import downloadable_model
 from service.config import ServerConfig
-from service.errors import InvalidSpec, JobNotFound, JobNotReady
+from service.errors import InvalidSpec, JobNotFound, JobNotReady, Unavailable
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.limits import StreamLimiter
 from service.runner import JobRunner
@@ -44,6 +44,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.stopping = threading.Event()
 
     def SubmitJob(self, request: pb.JobSpec, context) -> pb.Job:
+        if self.stopping.is_set():  # calls that got in before the gRPC server closed
+            raise Unavailable(
+                "the coordinator is shutting down and takes no new jobs; submit again once it is back"
+            )
         spec = self.admission.check(request)
         return self.scheduler.submit(spec, owner=principal_of(context).name)
 

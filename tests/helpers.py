@@ -128,3 +128,34 @@ def write_broken(path: Path) -> Path:
     x[7, 3] = np.nan
     np.savez(path, x_train=x, y_train=np.arange(60) % 3)
     return path
+
+
+def model_weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the job's downloaded model, without its spec."""
+    client.download(job_id, path)
+    with np.load(path, allow_pickle=False) as data:
+        return {n: data[n] for n in data.files if n != "spec_json"}
+
+
+_REFERENCE: dict[tuple[bytes, bytes], dict[str, np.ndarray]] = {}
+
+
+def reference_weights(client, spec: pb.JobSpec, data_file: Path, folder: Path) -> dict[str, np.ndarray]:
+    """The model of an uninterrupted run of `spec` on `data_file`, computed once per spec and data."""
+    key = (spec.SerializeToString(deterministic=True), data_file.read_bytes())
+    if key not in _REFERENCE:
+        ref = pb.JobSpec()
+        ref.CopyFrom(spec)
+        ref.name = "reference"
+        ref.ClearField("request_id")
+        job = wait_for(client, client.submit(ref).id)
+        assert job.state == pb.SUCCEEDED, job.message
+        _REFERENCE[key] = model_weights(client, job.id, folder / "reference.npz")
+    return _REFERENCE[key]
+
+
+def assert_identical(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Two models hold the same arrays, bit for bit."""
+    assert got.keys() == want.keys() and any(name.startswith("layer_") for name in got)
+    for name in got:
+        assert got[name].tobytes() == want[name].tobytes(), name

@@ -38,9 +38,46 @@ URIS = [
 ]  # fmt: skip
 
 
+# Optional fields as (path of the message holding it, field, values); "" is the spec itself.
+EXTRA_FIELDS = [
+    *[("", name, small_or_any) for name in ("batch_size", "epochs", "num_workers", "micro_shards")],
+    *[("", name, small_or_any) for name in ("eval_top_k", "checkpoint_every_steps", "max_rollbacks")],
+    ("", "max_worker_restarts", small_or_any),
+    *[("", name, floats) for name in ("label_smoothing", "huber_delta", "rollback_lr_factor")],
+    ("", "request_id", st.text(max_size=200)),
+    ("", "on_divergence", enum_values),
+    *[("optimizer", name, floats) for name in ("momentum", "beta1", "beta2", "epsilon", "rho")],
+    *[("optimizer", name, floats) for name in ("weight_decay", "clip_norm")],
+    ("optimizer.schedule", "warmup_steps", small_or_any),
+    *[("optimizer.schedule", name, floats) for name in ("pct_start", "div_factor", "final_div_factor")],
+    *[("layers", name, floats) for name in ("slope", "dropout")],
+    ("layers", "init", enum_values),
+    ("optimizer.schedule", "milestones", st.lists(small_or_any, max_size=4)),
+]
+
+
+def _set_extra(draw, spec: pb.JobSpec, path: str, name: str, values) -> None:
+    """Set one EXTRA_FIELDS entry; a layer field goes on a random layer (if there is one)."""
+    holders = [spec]
+    for part in filter(None, path.split(".")):
+        holders = list(getattr(holders[0], part)) if part == "layers" else [getattr(holders[0], part)]
+    if not holders:
+        return
+    holder, value = holders[draw(st.integers(0, len(holders) - 1))], draw(values)
+    if name == "milestones":
+        holder.milestones[:] = value
+    else:
+        setattr(holder, name, value)
+
+
 @st.composite
 def job_specs(draw) -> pb.JobSpec:
-    """JobSpecs with every field drawn from its whole wire range, some near-valid."""
+    """JobSpecs with every field drawn from its whole wire range, or a valid spec with one optional
+    field drawn from its whole range (so each field's own check is reached)."""
+    if draw(st.booleans()):
+        spec = small_spec("npz:blobs.npz")
+        _set_extra(draw, spec, *draw(st.sampled_from(EXTRA_FIELDS)))
+        return spec
     spec = pb.JobSpec(name=draw(st.text(max_size=200)), seed=draw(U64))
     spec.dataset.uri = draw(st.one_of(st.sampled_from(URIS), st.text(max_size=100)))
     spec.dataset.preprocessing = draw(enum_values)
@@ -50,18 +87,15 @@ def job_specs(draw) -> pb.JobSpec:
         spec.layers.add(units=draw(st.one_of(st.integers(0, 40), U32)), activation=draw(enum_values))
     spec.loss = draw(enum_values)
     spec.eval_every_steps = draw(small_or_any)
-    for name in ("batch_size", "epochs", "num_workers", "micro_shards"):
-        if draw(st.booleans()):
-            setattr(spec, name, draw(small_or_any))
     opt = spec.optimizer
     opt.kind, opt.learning_rate = draw(enum_values), draw(floats)
-    for name in ("momentum", "beta1", "beta2", "epsilon"):
-        if draw(st.booleans()):
-            setattr(opt, name, draw(floats))
     opt.schedule.kind = draw(enum_values)
     if draw(st.booleans()):
         opt.schedule.gamma, opt.schedule.step_epochs = draw(floats), draw(U32)
         opt.schedule.min_learning_rate = draw(floats)
+    for extra in EXTRA_FIELDS:
+        if draw(st.booleans()):
+            _set_extra(draw, spec, *extra)
     return spec
 
 

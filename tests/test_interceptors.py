@@ -27,6 +27,7 @@ ERROR_ROWS = [
     (errors.JobNotReady("job abc is RUNNING"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LimitExceeded("1000 jobs queued"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.Unavailable("shutting down"), grpc.StatusCode.UNAVAILABLE),
     (errors.TrainingFailed("loss became NaN"), grpc.StatusCode.INTERNAL),
 ]
 ERRORS_BY_ID = {type(exc).__name__: exc for exc, _ in ERROR_ROWS}

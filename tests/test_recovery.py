@@ -6,48 +6,23 @@ import os
 import signal
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import assert_identical, reference_weights, small_spec, wait_for, write_blobs
+from tests.helpers import model_weights as weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 N_TRAIN = 1000  # 20 steps per epoch at batch 50
-_REFERENCE: dict[bytes, dict[str, np.ndarray]] = {}
+KILL_NOTICED_WITHIN_S = 15.0  # from SIGKILL to the replacement recorded (the RECOVERED event)
 
 
 def recovery_spec(**overrides) -> pb.JobSpec:
     values = {"epochs": 15, "checkpointEverySteps": 25} | overrides
     return small_spec("npz:blobs.npz", **values)
-
-
-def weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
-    client.download(job_id, path)
-    with np.load(path, allow_pickle=False) as data:
-        return {n: data[n] for n in data.files if n != "spec_json"}
-
-
-def reference_weights(client, spec: pb.JobSpec, tmp_path: Path) -> dict[str, np.ndarray]:
-    """The weights of an uninterrupted run of `spec` (cached: every test's data is the same)."""
-    key = spec.SerializeToString(deterministic=True)
-    if key not in _REFERENCE:
-        ref = pb.JobSpec()
-        ref.CopyFrom(spec)
-        ref.name = "reference"
-        job = wait_for(client, client.submit(ref).id)
-        assert job.state == pb.SUCCEEDED, job.message
-        _REFERENCE[key] = weights(client, job.id, tmp_path / "reference.npz")
-    return _REFERENCE[key]
-
-
-def assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys() and len(a) == 6
-    for name in a:
-        assert a[name].tobytes() == b[name].tobytes(), name
 
 
 def wait_for_step(client, job_id: str, step: int, timeout_s: float = 120.0) -> pb.Job:
@@ -80,19 +55,24 @@ def blobs(coordinator) -> None:
 def test_a_killed_actor_is_replaced_and_the_weights_are_bit_identical(
     client, coordinator, blobs, tmp_path, victim
 ) -> None:
-    """SIGKILL of a worker or the parameter server mid-job: the job recovers and ends with exactly
-    the weights of an uninterrupted run, with exact step and sample counters."""
+    """SIGKILL of a worker or the parameter server mid-job: the job replaces it within a bounded time
+    and ends with exactly the weights of an uninterrupted run, with exact step and sample counters."""
     spec = recovery_spec()
     job = client.submit(spec)
     wait_for_step(client, job.id, 60)
     kill_actor(coordinator, job.id, victim)
+    killed_at = time.monotonic()
+    while client.get(job.id).progress.worker_restarts == 0:
+        assert time.monotonic() - killed_at < KILL_NOTICED_WITHIN_S, "the kill was not noticed in time"
+        time.sleep(0.02)
     done = wait_for(client, job.id)
     assert done.state == pb.SUCCEEDED, done.message
     assert done.progress.worker_restarts == 1
     assert done.progress.step == done.progress.total_steps == 15 * 20
     assert done.progress.samples_trained == 15 * N_TRAIN  # redone steps are not counted twice
     got = weights(client, job.id, tmp_path / "killed.npz")
-    assert_identical(got, reference_weights(client, spec, tmp_path))
+    reference = reference_weights(client, spec, coordinator.config.data_root / "blobs.npz", tmp_path)
+    assert_identical(got, reference)
     assert "gradfleet_worker_replacements_total 1.0" in metrics_text(coordinator)
 
 
@@ -149,6 +129,16 @@ def test_divergence_fails_the_job_by_default(client, blobs) -> None:
     assert done.state == pb.FAILED
     assert "became" in done.message and "at epoch 1 step " in done.message
     assert "(learning rate 1e+30); lower the learning rate or enable clipping" in done.message
+
+
+def test_a_checkpoint_is_written_at_each_epoch_end(client, blobs) -> None:
+    """With checkpoint_every_steps 7 and 20 steps per epoch, checkpoints come every 7 steps and at
+    the end of every epoch but the last (where the final model is written instead)."""
+    job = client.submit(recovery_spec(epochs=3, checkpointEverySteps=7))
+    events = list(client.watch(job.id))
+    assert events[-1].job.state == pb.SUCCEEDED, events[-1].job.message
+    steps = [e.job.progress.checkpoint_step for e in events if e.kind == pb.JobEvent.CHECKPOINT]
+    assert steps == [7, 14, 20, 21, 28, 35, 40, 42, 49, 56]
 
 
 def test_a_running_job_downloads_its_latest_checkpoint(client, blobs, tmp_path) -> None:

@@ -3,18 +3,30 @@ finished ones keep their records and models."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.checkpoints import CheckpointStore
 from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.jobs import JobStore
-from tests.helpers import small_spec, wait_for, write_blobs, write_broken
+from tests.helpers import (
+    assert_identical,
+    model_weights,
+    reference_weights,
+    small_spec,
+    wait_for,
+    write_blobs,
+    write_broken,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 N_TRAIN = 600
@@ -94,3 +106,67 @@ def test_finished_jobs_and_their_models_survive_a_restart(config, tmp_path: Path
     before = (tmp_path / "before.npz").read_bytes()
     assert size == len(before) > 0
     assert (tmp_path / "after.npz").read_bytes() == before
+
+
+def damage(path: Path, how: str) -> None:
+    """Flip bytes in the middle of a checkpoint file, or cut it to half its length."""
+    blob = bytearray(path.read_bytes())
+    if how == "flipped":
+        middle = len(blob) // 2
+        blob[middle : middle + 8] = bytes(b ^ 0xFF for b in blob[middle : middle + 8])
+    else:
+        del blob[len(blob) // 2 :]
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(config, how) -> None:
+    """A job whose newest checkpoint is corrupt or truncated after a stop resumes from the previous
+    one, says which file it skipped and why, and ends with the weights of an uninterrupted run."""
+    spec = small_spec("npz:blobs.npz", name="damaged", batchSize=10, epochs=4, checkpointEverySteps=20)
+    with running_coordinator(config) as client:
+        job = client.submit(spec)
+        while client.get(job.id).progress.checkpoint_step < 40:
+            time.sleep(0.01)
+    newest, previous = CheckpointStore(config.state_dir, job.id).files()
+    assert stored_jobs(config.state_dir)[job.id].state == pb.QUEUED
+    damage(newest, how)
+
+    with running_coordinator(config) as client:
+        events = list(client.watch(job.id))
+        got = model_weights(client, job.id, config.state_dir / "resumed.npz")
+        assert_identical(
+            got, reference_weights(client, spec, config.data_root / "blobs.npz", config.state_dir)
+        )
+    resumed_step = int(previous.name.removeprefix("step-").removesuffix(".ckpt"))
+    note = f"resumed from the checkpoint at step {resumed_step} (skipped unusable newer ones: {newest.name}: "
+    notes = [e.job.message for e in events if e.job.message.startswith(note)]
+    assert notes and notes[0].endswith("(truncated or corrupt))"), [e.job.message for e in events]
+    done = events[-1].job
+    assert done.state == pb.SUCCEEDED, done.message
+    assert done.progress.samples_trained == 4 * N_TRAIN
+
+
+def test_a_stopping_coordinator_refuses_new_jobs(config) -> None:
+    """Once a graceful stop begins, the health service turns NOT_SERVING and a new SubmitJob gets
+    UNAVAILABLE (the client may retry elsewhere), while the running job is checkpointed and queued."""
+    from service.server import start_server
+
+    server = start_server(config)
+    with CoordinatorClient(server.address) as client, grpc.insecure_channel(server.address) as channel:
+        job = client.submit(small_spec("npz:blobs.npz", name="running", batchSize=10, epochs=100))
+        while client.get(job.id).progress.step == 0:
+            time.sleep(0.02)
+        health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(health).status == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 1.0})
+        stopper.start()
+        assert next(health).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            client.submit(small_spec("npz:blobs.npz", name="too late"), retry_delays=())
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        stopper.join(timeout=60)
+        assert not stopper.is_alive()
+    on_disk = stored_jobs(config.state_dir)
+    assert list(on_disk) == [job.id]  # the refused job was not created
+    assert on_disk[job.id].state == pb.QUEUED and on_disk[job.id].progress.checkpoint_step > 0

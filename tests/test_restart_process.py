@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
 from service.jobs import JobStore
 from tests.helpers import ServeProcess, small_spec, wait_for, write_blobs
+from tests.helpers import model_weights as weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N_TRAIN = 20000  # 400 steps per epoch at batch 50: long enough to stop in the middle
@@ -38,12 +38,6 @@ def wait_for_step(client, job_id: str, step: int, timeout_s: float = 180.0) -> p
         assert time.monotonic() < deadline, f"job never reached step {step}: {job}"
         time.sleep(0.02)
     return job
-
-
-def weights(client, job_id: str, path: Path) -> dict[str, np.ndarray]:
-    client.download(job_id, path)
-    with np.load(path, allow_pickle=False) as data:
-        return {n: data[n] for n in data.files if n != "spec_json"}
 
 
 def test_sigterm_and_sigkill_of_the_coordinator_lose_nothing(tmp_path: Path) -> None:

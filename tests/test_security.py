@@ -73,7 +73,8 @@ def test_the_health_check_needs_no_token(secured):
 
 
 def test_a_principal_sees_only_its_own_jobs(secured, tmp_path):
-    """Bob gets NOT_FOUND for Alice's job on every call and does not list it; an admin sees it."""
+    """Bob gets NOT_FOUND for Alice's job on every call (scale too) and does not list it; an admin
+    sees it."""
     with _client(secured, ALICE) as alice, _client(secured, BOB) as bob, _client(secured, ROOT) as admin:
         job = alice.submit(small_spec("npz:blobs.npz", epochs=1000, batchSize=10))
         assert job.owner == "alice"
@@ -82,12 +83,33 @@ def test_a_principal_sees_only_its_own_jobs(secured, tmp_path):
         assert _code(lambda: list(bob.watch(job.id))) == not_found
         assert _code(lambda: bob.cancel(job.id)) == not_found
         assert _code(lambda: bob.download(job.id, tmp_path / "m.npz")) == not_found
+        assert _code(lambda: bob.scale(job.id, 1)) == not_found
         assert bob.list() == []
         assert [j.id for j in alice.list()] == [job.id]
         assert admin.get(job.id).owner == "alice"
         assert [j.id for j in admin.list()] == [job.id]
         assert alice.get(job.id).state != pb.CANCELLED  # bob's cancel did nothing
         assert admin.cancel(job.id).id == job.id
+
+
+def test_the_cli_takes_its_token_from_the_environment_never_a_flag(secured, capsys, monkeypatch):
+    """`gradfleet list` sends the token in GRADFLEET_TOKEN and refuses `--token` (saying why,
+    without echoing it) and abbreviations of --token-file, so no token goes on a command line."""
+    monkeypatch.delenv("GRADFLEET_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("GRADFLEET_TOKEN", ALICE)
+    assert cli.main(["list", "--server", secured.address]) == 0
+    assert "no jobs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["list", "--server", secured.address, "--token", ALICE])
+    assert usage.value.code == 2
+    refusal = capsys.readouterr().err
+    assert "there is no --token option" in refusal and ALICE not in refusal
+    with pytest.raises(SystemExit):
+        cli.main(["list", "--server", secured.address, "--token-f", "my-token"])
+    assert "unrecognized arguments: --token-f" in capsys.readouterr().err
+    monkeypatch.delenv("GRADFLEET_TOKEN")
+    assert cli.main(["list", "--server", secured.address]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
 
 
 def test_tokens_rotate_without_a_restart(secured, tmp_path):
