@@ -593,6 +593,7 @@ class JobRunner:
         self.store.update(self.job_id, self._progress_change(note), kind=pb.JobEvent.RECOVERED)
 
     def _rollback(self, diverged: Diverged) -> None:
+        self.metrics.record_divergence(self.job_id, diverged.loss)  # for the loss-not-finite alert
         spec = self._setup.spec
         if not self._policy.rolls_back():  # fail with the divergence, whatever the checkpoints hold
             self._drain_writer()

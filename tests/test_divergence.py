@@ -4,6 +4,7 @@ checkpoint with its optimizer state and a lower learning rate."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,8 @@ def test_a_nan_loss_fails_the_job_and_its_last_checkpoint_stays_downloadable(
         "enable clipping; the checkpoint at step 10 stays downloadable"
     )
     assert done.progress.step == BAD_STEP - 1 and done.progress.checkpoint_step == 10
+    loss = coordinator.metrics.registry.get_sample_value("gradfleet_job_loss", {"job_id": done.id})
+    assert loss is not None and math.isnan(loss)  # what the loss-not-finite alert fires on
     model = model_weights(client, done.id, tmp_path / "failed.npz")
     saved, skipped = CheckpointStore(coordinator.config.state_dir, done.id).latest()
     assert saved.step == 10 and skipped == []
