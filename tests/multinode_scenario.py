@@ -88,7 +88,7 @@ def main() -> None:
         with CoordinatorClient(running.address) as client:
             spread = client.submit(small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=20))
             wait(client, spread.id, lambda j: j.progress.step > 0)
-            seen["spread_nodes"] = sorted(set(running.scheduler.runner(spread.id)._reservation.nodes()))
+            seen["spread_nodes"] = sorted(set(running.scheduler.runner(spread.id)._cpus.reservation.nodes()))
             seen["node_addresses"] = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
             client.cancel(spread.id)
             wait(client, spread.id, lambda j: j.state == pb.CANCELLED)
@@ -108,7 +108,7 @@ def main() -> None:
             spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=6)
             hit = client.submit(spec)
             wait(client, hit.id, lambda j: j.progress.step > 0)
-            slots = running.scheduler.runner(hit.id)._reservation.nodes()
+            slots = running.scheduler.runner(hit.id)._cpus.reservation.nodes()
             hogs = fill_free_cpus(cluster, slots, spare=slots[0])
             node = next(n for n in cluster.list_all_nodes() if n.node_id == slots[0])
             killed_at = time.monotonic()
@@ -144,7 +144,7 @@ def main() -> None:
             client.scale(scaled.id, 3)
             wait(client, scaled.id, lambda j: j.spec.num_workers == 3 or j.state != pb.RUNNING)
             runner = running.scheduler.runner(scaled.id)
-            seen["scaled_nodes"] = len(set(runner._reservation.nodes())) if runner else 0
+            seen["scaled_nodes"] = len(set(runner._cpus.reservation.nodes())) if runner else 0
             client.scale(scaled.id, 2)
             done = wait(client, scaled.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
             seen["scaled"] = {"state": pb.JobState.Name(done.state), "workers": done.spec.num_workers}

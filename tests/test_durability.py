@@ -365,14 +365,16 @@ def test_a_checkpoint_being_written_lands_before_the_job_ends(tmp_path: Path, sp
     """A slow checkpoint write still pending when the job fails is finished first: the final state
     is the job's last event, and its record has the checkpoint."""
     runner = _runner(tmp_path, spec)
+    save = runner.checkpoints.save
 
-    def slow_write() -> None:
+    def slow_save(ckpt: Checkpoint) -> None:
         time.sleep(0.3)  # a slow disk
-        runner._write_checkpoint(make_checkpoint(20, spec))
+        save(ckpt)
 
-    runner._pending_write = runner._writer.submit(slow_write)
+    runner.checkpoints.save = slow_save
+    runner._writer.queue(make_checkpoint(20, spec))
     runner._finish(pb.FAILED, "boom")
-    runner._writer.shutdown(wait=True)
+    runner._writer.close()
     events = runner.store.events_after(runner.job_id, 0, 0)
     assert events[-1][1].kind == pb.JobEvent.STATE and events[-1][1].job.state == pb.FAILED
     assert runner.store.get(runner.job_id).progress.checkpoint_step == 20

@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "service" / "cli.py"
 SERVER_ONLY_COMMANDS = {"_cmd_serve"}  # `gradfleet serve` may import Ray, inside its own function
+# What service.runner's JobRunner is built from: its actors, their CPUs, its checkpoint writes.
+RUNNER_PARTS = ("service.job_actors", "service.worker_cpus", "service.checkpoint_writer")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -101,10 +103,18 @@ def test_client_commands_never_import_ray() -> None:
     """What service/cli.py imports, outside the `serve` command, never reaches Ray or the server."""
     reached = reachable_imports(CLI, frozenset(SERVER_ONLY_COMMANDS))
     assert "ray" not in _top_levels(reached)
-    assert not {"service.server", "service.runner", "service.scheduler"} & reached
+    assert not {"service.server", "service.scheduler", "service.runner", *RUNNER_PARTS} & reached
     assert {"grpc", "service.client", "service.progress"} <= reached | _top_levels(reached)
     with_serve = reachable_imports(CLI)
     assert "ray" in _top_levels(with_serve)  # the serve command does import it, and the walk sees that
+
+
+def test_runner_parts_never_import_the_runner() -> None:
+    """The modules JobRunner is built from (and its record changes) never reach service.runner or above."""
+    for part in (*RUNNER_PARTS, "service.job_changes"):
+        reached = reachable_imports(module_file(part))
+        assert not {"service.runner", "service.scheduler", "service.server"} & reached, part
+    assert set(RUNNER_PARTS) <= reachable_imports(ROOT / "service" / "runner.py")
 
 
 def test_checker_flags_an_import_hidden_in_a_helper_module(tmp_path: Path) -> None:
