@@ -137,9 +137,10 @@ def main() -> None:
             seen["same_weights"] = _same_weights(folder / "hit.npz", folder / "straight.npz")
 
             # Scaled 1 -> 3 -> 2 workers across the nodes mid-job: the weights of the fixed 2-worker run.
-            # One worker trains this job in seconds, so each switch is asked for as soon as the one
-            # before it shows.
-            scaled = client.submit(small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=6))
+            # Each switch is asked for as soon as the one before it shows; 20 epochs (6,000 steps)
+            # leave time for both even on a loaded machine.
+            scale_spec = small_spec("npz:blobs.npz", numWorkers=1, batchSize=10, epochs=20)
+            scaled = client.submit(scale_spec)
             wait(client, scaled.id, lambda j: j.progress.step > 0)
             client.scale(scaled.id, 3)
             wait(client, scaled.id, lambda j: j.spec.num_workers == 3 or j.state != pb.RUNNING)
@@ -148,8 +149,12 @@ def main() -> None:
             client.scale(scaled.id, 2)
             done = wait(client, scaled.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
             seen["scaled"] = {"state": pb.JobState.Name(done.state), "workers": done.spec.num_workers}
+            scale_spec.num_workers = 2
+            fixed = client.submit(scale_spec)
+            wait(client, fixed.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)
             client.download(scaled.id, folder / "scaled.npz")
-            seen["scaled_same_weights"] = _same_weights(folder / "scaled.npz", folder / "straight.npz")
+            client.download(fixed.id, folder / "fixed.npz")
+            seen["scaled_same_weights"] = _same_weights(folder / "scaled.npz", folder / "fixed.npz")
     finally:
         running.stop(grace_s=1.0)
         ray.shutdown()
