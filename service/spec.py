@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from service.errors import InvalidSpec
 from workers.batches import steps_per_epoch
 
 MAX_NAME_CHARS = 128
+MAX_LAYERS = 64  # deeper plain MLPs do not train; 100,000 layers made a 12 MB Job record
 MAX_LAYER_UNITS = 1_000_000
 MAX_MICRO_SHARDS = 1024
 DATASET_URI_HELP = 'use "fashion-mnist", "idx:DIR", "npz:FILE" or "csv:FILE"'
@@ -304,6 +306,49 @@ def _default(message: Message, **values: Any) -> None:
 # Validation
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A range of finite numbers, each end open or closed; prints as "(0, 1000]"."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        return f"{'(['[not self.low_open]}{_num(self.low)}, {_num(self.high)}{')]'[not self.high_open]}"
+
+
+# Every float field of the spec has a finite range, so nothing computed from valid values (the
+# schedule's rates, a rollback's scaled rate) can overflow. Rates above 1e3 only ever diverge.
+FRACTION = Interval(0, 1, high_open=True)
+OPEN_UNIT = Interval(0, 1, low_open=True, high_open=True)
+LEARNING_RATE = Interval(0, 1e3, low_open=True)
+HUBER_DELTA = Interval(0, 1e6, low_open=True)
+_OPTIMIZER_RANGES = {
+    "learning_rate": LEARNING_RATE,
+    "momentum": FRACTION,
+    "beta1": FRACTION,
+    "beta2": FRACTION,
+    "epsilon": Interval(0, 1, low_open=True),
+    "rho": FRACTION,
+    "weight_decay": Interval(0, 100),
+    "clip_norm": Interval(0, 1e6),
+}
+# min_learning_rate is checked against the learning rate itself.
+_SCHEDULE_RANGES = {
+    "gamma": Interval(0, 1, low_open=True),
+    "pct_start": OPEN_UNIT,
+    "div_factor": Interval(1, 1e6),
+    "final_div_factor": Interval(1, 1e9),
+}
+
+
 def validate_spec(
     spec: pb.JobSpec,
     *,
@@ -328,8 +373,15 @@ def validate_spec(
     _check_optimizer(spec.optimizer, spec.epochs)
     _check_range("batch_size", spec.batch_size, 1, max_batch)
     _check_range("num_workers", spec.num_workers, 1, max_workers)
-    _check_range("micro_shards", spec.micro_shards, 1, MAX_MICRO_SHARDS)
+    _check_micro_shards(spec.micro_shards, spec.batch_size)
     _check_recovery(spec)
+
+
+def _check_micro_shards(shards: int, batch_size: int) -> None:
+    # More shards than samples leaves shards empty and only adds per-shard overhead.
+    if not 1 <= shards <= min(MAX_MICRO_SHARDS, batch_size):
+        high = f"batch_size ({batch_size})" if batch_size < MAX_MICRO_SHARDS else MAX_MICRO_SHARDS
+        raise InvalidSpec("micro_shards", f"got {shards}; must be between 1 and {high}")
 
 
 def _check_recovery(spec: pb.JobSpec) -> None:
@@ -340,9 +392,7 @@ def _check_recovery(spec: pb.JobSpec) -> None:
     _check_enum("on_divergence", spec.on_divergence, pb.DivergencePolicy.DESCRIPTOR)
     _check_range("max_worker_restarts", spec.max_worker_restarts, 0, MAX_RETRIES)
     _check_range("max_rollbacks", spec.max_rollbacks, 0, MAX_RETRIES)
-    factor = spec.rollback_lr_factor
-    if not (math.isfinite(factor) and 0 < factor < 1):
-        raise InvalidSpec("rollback_lr_factor", f"got {_num(factor)}; must be in (0, 1), e.g. 0.5")
+    _check_float("rollback_lr_factor", spec.rollback_lr_factor, OPEN_UNIT)
 
 
 def validate_against_dataset(
@@ -446,6 +496,8 @@ def _check_dataset(dataset: pb.DatasetSpec) -> None:
 def _check_layers(layers: Sequence[pb.LayerSpec]) -> None:
     if not layers:
         raise InvalidSpec("layers", "empty; give at least one layer, the last with one unit per class")
+    if len(layers) > MAX_LAYERS:
+        raise InvalidSpec("layers", f"got {len(layers)} layers; must be at most {MAX_LAYERS}")
     for i, layer in enumerate(layers):
         _check_range(f"layers[{i}].units", layer.units, 1, MAX_LAYER_UNITS)
         _check_enum(f"layers[{i}].activation", layer.activation, pb.Activation.DESCRIPTOR)
@@ -455,8 +507,8 @@ def _check_layers(layers: Sequence[pb.LayerSpec]) -> None:
 def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> None:
     _check_enum(f"{path}.init", layer.init, pb.Initializer.DESCRIPTOR)
     if layer.HasField("slope"):
-        _check_unit_interval(f"{path}.slope", layer.slope)
-    _check_unit_interval(f"{path}.dropout", layer.dropout)
+        _check_float(f"{path}.slope", layer.slope, FRACTION)
+    _check_float(f"{path}.dropout", layer.dropout, FRACTION)
     if is_last and layer.dropout != 0:
         raise InvalidSpec(
             f"{path}.dropout", f"got {_num(layer.dropout)}; must be 0 on the last layer (the output)"
@@ -464,26 +516,18 @@ def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> No
 
 
 def _check_loss_options(spec: pb.JobSpec) -> None:
-    _check_unit_interval("label_smoothing", spec.label_smoothing)
-    _check_positive("huber_delta", spec.huber_delta)
+    _check_float("label_smoothing", spec.label_smoothing, FRACTION)
+    _check_float("huber_delta", spec.huber_delta, HUBER_DELTA)
     _check_range("eval_top_k", spec.eval_top_k, 1, MAX_LAYER_UNITS)
 
 
 def _check_optimizer(opt: pb.OptimizerSpec, epochs: int) -> None:
     _check_enum("optimizer.kind", opt.kind, pb.OptimizerKind.DESCRIPTOR)
-    _check_positive("optimizer.learning_rate", opt.learning_rate)
-    for name in ("momentum", "beta1", "beta2"):
-        _check_unit_interval(f"optimizer.{name}", getattr(opt, name))
-    _check_positive("optimizer.epsilon", opt.epsilon)
-    _check_unit_interval("optimizer.rho", opt.rho)
-    _check_non_negative("optimizer.weight_decay", opt.weight_decay)
-    _check_non_negative("optimizer.clip_norm", opt.clip_norm)
+    for name, interval in _OPTIMIZER_RANGES.items():
+        _check_float(f"optimizer.{name}", getattr(opt, name), interval)
     schedule = opt.schedule
     _check_schedule_options(schedule, epochs)
     _check_enum("optimizer.schedule.kind", schedule.kind, pb.ScheduleKind.DESCRIPTOR)
-    gamma = schedule.gamma
-    if not (math.isfinite(gamma) and 0 < gamma <= 1):
-        raise InvalidSpec("optimizer.schedule.gamma", f"got {_num(gamma)}; must be in (0, 1]")
     _check_range("optimizer.schedule.step_epochs", schedule.step_epochs, 1, _UINT32_MAX)
     low = schedule.min_learning_rate
     if not (math.isfinite(low) and 0 <= low <= opt.learning_rate):
@@ -510,18 +554,8 @@ def _check_schedule_options(schedule: pb.ScheduleSpec, epochs: int) -> None:
                 f"got {epoch}; the rate drops after that many epochs, so with epochs {epochs} a milestone "
                 f"must be {allowed}",
             )
-    pct = schedule.pct_start
-    if not (math.isfinite(pct) and 0 < pct < 1):
-        raise InvalidSpec(f"{path}.pct_start", f"got {_num(pct)}; must be in (0, 1)")
-    for name in ("div_factor", "final_div_factor"):
-        value = getattr(schedule, name)
-        if not (math.isfinite(value) and value >= 1):
-            raise InvalidSpec(f"{path}.{name}", f"got {_num(value)}; must be >= 1 and finite")
-
-
-def _check_non_negative(path: str, value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise InvalidSpec(path, f"got {_num(value)}; must be >= 0 and finite")
+    for name, interval in _SCHEDULE_RANGES.items():
+        _check_float(f"{path}.{name}", getattr(schedule, name), interval)
 
 
 def _check_range(path: str, value: int, low: int, high: int) -> None:
@@ -529,14 +563,9 @@ def _check_range(path: str, value: int, low: int, high: int) -> None:
         raise InvalidSpec(path, f"got {value}; must be between {low} and {high}")
 
 
-def _check_positive(path: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidSpec(path, f"got {_num(value)}; must be > 0 and finite")
-
-
-def _check_unit_interval(path: str, value: float) -> None:
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise InvalidSpec(path, f"got {_num(value)}; must be in [0, 1)")
+def _check_float(path: str, value: float, interval: Interval) -> None:
+    if value not in interval:
+        raise InvalidSpec(path, f"got {_num(value)}; must be in {interval}")
 
 
 def _check_enum(path: str, value: int, enum: EnumDescriptor) -> None:

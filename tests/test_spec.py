@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidSpec
+from service.jobsetup import build_optimizer
 from service.spec import (
     count_params,
     load_spec_file,
@@ -58,13 +59,25 @@ def _invalid(spec: pb.JobSpec, **limits: int) -> InvalidSpec:
 INVALID = [
     ("workers-zero", {"num_workers": 0}, "num_workers", "got 0; must be between 1 and 64"),
     ("workers-too-many", {"num_workers": 65}, "num_workers", "got 65; must be between 1 and 64"),
-    ("shards-zero", {"micro_shards": 0}, "micro_shards", "got 0; must be between 1 and 1024"),
-    ("shards-too-many", {"micro_shards": 1025}, "micro_shards", "got 1025"),
+    ("shards-zero", {"micro_shards": 0}, "micro_shards", "got 0; must be between 1 and batch_size (256)"),
+    (
+        "shards-above-batch",
+        {"micro_shards": 1000, "batch_size": 128},
+        "micro_shards",
+        "got 1000; must be between 1 and batch_size (128)",
+    ),
+    (
+        "shards-too-many",
+        {"micro_shards": 1025, "batch_size": 4096},
+        "micro_shards",
+        "got 1025; must be between 1 and 1024",
+    ),
     ("batch-zero", {"batch_size": 0}, "batch_size", "got 0; must be between 1 and 1000000"),
     ("batch-huge", {"batch_size": 1_000_001}, "batch_size", "got 1000001"),
     ("epochs-zero", {"epochs": 0}, "epochs", "got 0; must be between 1 and 10000"),
     ("epochs-huge", {"epochs": 10_001}, "epochs", "got 10001"),
     ("layers-empty", {"layers": []}, "layers", "empty; give at least one layer"),
+    ("layers-too-many", {"layers": [{"units": 2}] * 65}, "layers", "got 65 layers; must be at most 64"),
     (
         "units-zero",
         {"layers.1.units": 0},
@@ -88,16 +101,22 @@ INVALID = [
         "lr-negative",
         {"optimizer.learning_rate": -1},
         "optimizer.learning_rate",
-        "got -1; must be > 0 and finite",
+        "got -1; must be in (0, 1000]",
     ),
     ("lr-nan", {"optimizer.learning_rate": "NaN"}, "optimizer.learning_rate", "got nan"),
     ("lr-inf", {"optimizer.learning_rate": "Infinity"}, "optimizer.learning_rate", "got inf"),
+    (
+        "lr-huge",
+        {"optimizer.learning_rate": 1e308},
+        "optimizer.learning_rate",
+        "got 1e+308; must be in (0, 1000]",
+    ),
     ("momentum-one", {"optimizer.momentum": 1}, "optimizer.momentum", "got 1; must be in [0, 1)"),
     ("momentum-negative", {"optimizer.momentum": -0.1}, "optimizer.momentum", "got -0.1"),
     ("beta1-one", {"optimizer.beta1": 1.0}, "optimizer.beta1", "got 1; must be in [0, 1)"),
     ("beta2-big", {"optimizer.beta2": 1.5}, "optimizer.beta2", "got 1.5; must be in [0, 1)"),
     ("beta2-nan", {"optimizer.beta2": "NaN"}, "optimizer.beta2", "got nan"),
-    ("epsilon-zero", {"optimizer.epsilon": 0}, "optimizer.epsilon", "got 0; must be > 0"),
+    ("epsilon-zero", {"optimizer.epsilon": 0}, "optimizer.epsilon", "got 0; must be in (0, 1]"),
     ("epsilon-inf", {"optimizer.epsilon": "Infinity"}, "optimizer.epsilon", "got inf"),
     ("schedule-number", {"optimizer.schedule.kind": 9}, "optimizer.schedule.kind", "got 9"),
     ("gamma-zero", {"optimizer.schedule.gamma": 0}, "optimizer.schedule.gamma", "in (0, 1]"),
@@ -480,15 +499,20 @@ NEW_OPTION_INVALID = [
     ("dropout-last", {"layers.2.dropout": 0.5}, "layers[2].dropout", "must be 0 on the last layer"),
     ("init-number", {"layers.0.init": 9}, "layers[0].init", "got 9; must be one of HE_NORMAL"),
     ("smoothing-one", {"label_smoothing": 1.0}, "label_smoothing", "got 1; must be in [0, 1)"),
-    ("huber-zero", {"huber_delta": 0}, "huber_delta", "got 0; must be > 0"),
+    ("huber-zero", {"huber_delta": 0}, "huber_delta", "got 0; must be in (0, 1e+06]"),
     ("top-k-zero", {"eval_top_k": 0}, "eval_top_k", "got 0; must be between 1 and"),
     (
         "decay-negative",
         {"optimizer.weight_decay": -1e-4},
         "optimizer.weight_decay",
-        "got -0.0001; must be >= 0",
+        "got -0.0001; must be in [0, 100]",
     ),
-    ("clip-inf", {"optimizer.clip_norm": "Infinity"}, "optimizer.clip_norm", "got inf; must be >= 0"),
+    (
+        "clip-inf",
+        {"optimizer.clip_norm": "Infinity"},
+        "optimizer.clip_norm",
+        "got inf; must be in [0, 1e+06]",
+    ),
     ("rho-one", {"optimizer.rho": 1}, "optimizer.rho", "got 1; must be in [0, 1)"),
     (
         "milestones-missing",
@@ -525,9 +549,36 @@ NEW_OPTION_INVALID = [
         "div-factor-small",
         {"optimizer.schedule.div_factor": 0.5},
         "optimizer.schedule.div_factor",
-        "must be >= 1",
+        "got 0.5; must be in [1, 1e+06]",
+    ),
+    (
+        "final-div-factor-huge",
+        {"optimizer.schedule.final_div_factor": 1e300},
+        "optimizer.schedule.final_div_factor",
+        "got 1e+300; must be in [1, 1e+09]",
     ),
 ]
+
+
+def _float_paths(desc, path: str = "") -> list[str]:
+    """The path of every float field under `desc`, repeated messages at index 0."""
+    paths = []
+    for field in desc.fields:
+        name = f"{path}{field.name}" + ("[0]" if field.is_repeated else "")
+        if field.message_type is not None:
+            paths += _float_paths(field.message_type, name + ".")
+        elif field.cpp_type in (field.CPPTYPE_DOUBLE, field.CPPTYPE_FLOAT):
+            paths.append(name)
+    return paths
+
+
+@pytest.mark.parametrize("path", _float_paths(pb.JobSpec.DESCRIPTOR))
+def test_every_float_field_has_a_finite_range(path: str) -> None:
+    """It rejects 1e308 in every float field of the spec, naming that field and its range."""
+    keys = path.replace("[0]", ".0").split(".")
+    err = _invalid(_spec(**{".".join(keys): 1e308}))
+    assert err.field == path
+    assert "got 1e+308; must be" in err.message
 
 
 @pytest.mark.parametrize(
@@ -619,3 +670,22 @@ def test_readme_job_file_section_names_every_option_and_value() -> None:
     values = {v.name for e in enums for v in e.values if v.number != 0}
     missing = sorted(name for name in fields | values if not re.search(rf"\b{name}\b", section))
     assert missing == []
+
+
+@pytest.mark.parametrize("kind", ["CONSTANT", "COSINE", "EXPONENTIAL", "ONE_CYCLE", "STEP"])
+def test_extreme_valid_values_keep_every_rate_finite(kind: str) -> None:
+    """At the edges of every range, each schedule's rates stay finite and within the learning rate."""
+    extremes = {
+        "optimizer.learning_rate": 1e3,
+        "optimizer.schedule.kind": kind,
+        "optimizer.schedule.gamma": 1.0,
+        "optimizer.schedule.warmup_steps": 3,
+        "optimizer.schedule.div_factor": 1.0,
+        "optimizer.schedule.final_div_factor": 1e9,
+        "optimizer.schedule.min_learning_rate": 1e3,
+    }
+    spec = with_defaults(_spec(batch_size=10, epochs=4, **extremes))
+    validate_spec(spec)
+    _optimizer, schedule = build_optimizer(spec, 10, 100)
+    rates = [schedule(step) for step in range(40)]
+    assert all(0 <= rate <= 1e3 for rate in rates), rates
