@@ -204,6 +204,11 @@ BAD_INPUTS = [
         "line 2, column 1: non-numeric", id="csv-second-header",
     ),
     pytest.param(
+        {"d.csv": b"oops,1,2\n3,4,1\n"}, "csv:d.csv", "d.csv",
+        "line 1, column 1: non-numeric cell 'oops'; a header row has no numeric cells",
+        id="csv-typo-in-first-row",
+    ),
+    pytest.param(
         {"d.csv": b"1,nan,0\n"}, "csv:d.csv", "d.csv", "line 1, column 2: 'nan' is not a finite",
         id="csv-nan-cell",
     ),

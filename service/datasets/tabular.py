@@ -174,16 +174,18 @@ def _parse_rows(handle: TextIO, path: Path) -> list[np.ndarray]:
 
 
 def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool) -> np.ndarray | None:
-    """The row as float64; None for a header (only allowed before the first data row)."""
+    """The row as float64; None for a header: only the first row, and only if no cell is a number
+    (a data row with one typo must not vanish as a header)."""
     try:
         values = np.array(cells, dtype=np.float64)  # same syntax as float(), at C speed
     except ValueError:
-        if header_allowed:
+        numeric = [_is_number(cell) for cell in cells]
+        if header_allowed and not any(numeric):
             return None
-        column = next(i for i, cell in enumerate(cells) if not _is_number(cell))
+        column = numeric.index(False)
+        rule = "a header row has no numeric cells; every other cell must be a number"
         raise DatasetError(
-            f"{path}: line {line}, column {column + 1}: non-numeric cell {_clip(cells[column])}; "
-            "every cell after the optional header must be a number"
+            f"{path}: line {line}, column {column + 1}: non-numeric cell {_clip(cells[column])}; {rule}"
         ) from None
     bad = ~np.isfinite(values)
     if bad.any():
