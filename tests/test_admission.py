@@ -50,6 +50,10 @@ def _write_data(root: Path) -> None:
     (root / "idx").mkdir()
     (root / "idx" / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((4, 2, 2))))
     (root / "idx" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2])))
+    for name, compress in (("idx-cut", bytes), ("idx-cut-gz", gzip.compress)):
+        (root / name).mkdir()  # image files 3 bytes short of what their headers declare
+        (root / name / "train-images-idx3-ubyte").write_bytes(compress(_idx(np.zeros((4, 2, 2)))[:-3]))
+        (root / name / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
     (root / "escape").mkdir()  # an IDX directory inside the root whose image file links out of it
     (root / "escape" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
     (root.parent / "secret-images").write_bytes(_idx(np.zeros((4, 2, 2))))
@@ -102,6 +106,12 @@ REFUSALS = [
     ("object-array-needs-pickle", "npz:objects.npz", {}, INVALID, "dataset.uri", "object dtype"),
     ("negative-label", "npz:negative.npz", {}, INVALID, "dataset.uri", "negative label -1 at sample 0"),
     ("idx-counts-differ", "idx:idx", {}, INVALID, "dataset.uri", "image and label counts differ"),
+    ("idx-truncated", "idx:idx-cut", {}, INVALID, "dataset.uri",
+     "train-images-idx3-ubyte: truncated file: header dimensions 4x2x2 need 32 bytes (header included) "
+     "but the file holds 29"),
+    ("idx-gz-truncated", "idx:idx-cut-gz", {}, INVALID, "dataset.uri",
+     "truncated file: header dimensions 4x2x2 need 32 bytes (header included) but its gzip trailer "
+     "records 29"),
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -123,6 +124,29 @@ def read_idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
             return _read_header(stream, path)
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read (corrupt gzip data or I/O error: {exc})") from exc
+
+
+def check_stored_size(path: Path, dtype: np.dtype, dims: tuple[int, ...]) -> None:
+    """DatasetError unless the file holds exactly the bytes its header declares, read cheaply: a
+    plain file's size, or a gzip file's trailer ISIZE (uncompressed size mod 2**32, RFC 1952)."""
+    needed = 4 + 4 * len(dims) + math.prod(dims) * dtype.itemsize  # magic, dimensions, values
+    try:
+        with path.open("rb") as stream:
+            gzipped = stream.read(2) == _GZIP_MAGIC
+            if gzipped:
+                stream.seek(-4, os.SEEK_END)
+                held, needed = struct.unpack("<I", stream.read(4))[0], needed % 2**32
+            else:
+                held = os.fstat(stream.fileno()).st_size
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    if held != needed:
+        problem = "truncated file" if held < needed else "trailing bytes after the data"
+        where = "its gzip trailer records" if gzipped else "the file holds"
+        raise DatasetError(
+            f"{path}: {problem}: header dimensions {'x'.join(map(str, dims))} need {needed} bytes "
+            f"(header included) but {where} {held}; {_REFETCH_HINT}"
+        )
 
 
 def _open(path: Path) -> BinaryIO:

@@ -1,7 +1,8 @@
 """Facts about a dataset read cheaply (headers and label arrays, never the features), so a job spec
 can be checked against its data when it is submitted, before anything starts.
 
-IDX files are read up to their header, .npz arrays up to their .npy header; only the labels are
+IDX files are read up to their header (and checked against the file size, or for gzip its
+trailer's uncompressed size), .npz arrays up to their .npy header; only the labels are
 loaded, and only after the sizes every header declares are checked against the size limit (a small
 gzip file can claim gigabytes). CSV files have no header to read: they are loaded whole, after a
 check of the file size, and their arrays checked against the limit once parsed.
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from service.datasets.core import Dataset, DatasetError, label_facts
-from service.datasets.idx import idx_paths, read_idx, read_idx_header
+from service.datasets.idx import check_stored_size, idx_paths, read_idx, read_idx_header
 from service.datasets.tabular import npz_array, npz_header, open_npz
 from service.datasets.uri import FASHION_MNIST, fashion_mnist_dir, resolve_uri
 from service.errors import LimitExceeded
@@ -127,6 +128,8 @@ def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_by
         for key, (dtype, dims) in headers.items()
     )
     check_size(str(directory), nbytes, max_bytes)
+    for key, (dtype, dims) in headers.items():
+        check_stored_size(paths[key], dtype, dims)
     origins = {key: str(path) for key, path in paths.items()}
     _check_shapes(shapes, origins)
     labels = {key: read_idx(paths[key], labels=True) for key in ("y_train", "y_test") if key in paths}
