@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
-from service.datasets import DatasetError, resolve_uri
+from service.datasets import DatasetError, dataset_location, resolve_uri
 from service.datasets.probe import (
     DatasetInfo,
     Fingerprint,
@@ -41,7 +41,9 @@ class Admission:
         # CSV files have no header: their full load (size-checked there) is shared with the runner.
         self._cache = cache
         self._lock = threading.Lock()
-        self._infos: collections.OrderedDict[str, tuple[DatasetInfo, Fingerprint]] = collections.OrderedDict()
+        self._infos: collections.OrderedDict[tuple[str, Path], tuple[DatasetInfo, Fingerprint]] = (
+            collections.OrderedDict()
+        )
 
     def check(self, request: pb.JobSpec) -> pb.JobSpec:
         """The spec with defaults filled; InvalidSpec or LimitExceeded if it cannot run here."""
@@ -69,15 +71,21 @@ class Admission:
         except DatasetError as exc:
             raise InvalidSpec("dataset.uri", str(exc)) from None
 
+    def _key(self, uri: str) -> tuple[str, Path]:
+        """The URI and where its data lies now (fashion-mnist may have moved to DATA_ROOT)."""
+        config = self._config
+        return uri, dataset_location(uri, config.data_root, extra_search=config.dataset_search)
+
     def _cached(self, uri: str) -> DatasetInfo | None:
+        key = self._key(uri)
         with self._lock:
-            entry = self._infos.get(uri)
+            entry = self._infos.get(key)
         if entry is None or fingerprint(entry[0].files) != entry[1]:
             return None
         return entry[0]
 
     def _probe(self, uri: str) -> DatasetInfo:
-        config = self._config
+        config, key = self._config, self._key(uri)
         resolved = resolve_uri(uri, config.data_root)
         if resolved.scheme == "csv":
             info = self._csv_info(uri, resolved.path)
@@ -89,7 +97,7 @@ class Admission:
                 max_bytes=config.max_dataset_bytes,
             )
         with self._lock:
-            self._infos[uri] = (info, fingerprint(info.files))
+            self._infos[key] = (info, fingerprint(info.files))
             while len(self._infos) > INFO_CACHE_SIZE:
                 self._infos.popitem(last=False)
         return info

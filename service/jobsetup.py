@@ -12,7 +12,7 @@ import numpy as np
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
-from service.datasets import Dataset, compute_normalization, load_dataset
+from service.datasets import Dataset, compute_normalization, dataset_location, load_dataset
 from service.datasets.probe import Fingerprint, check_declared_size, check_size, fingerprint
 from workers.batches import steps_per_epoch
 from workers.nn import make_optimizer, make_schedule
@@ -42,18 +42,20 @@ class DatasetCache:
         self._config = config
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._items: dict[str, _Cached] = {}
+        self._items: dict[tuple[str, Path], _Cached] = {}
 
     def load(self, uri: str) -> Dataset:
         """The dataset `uri` names. Its size is checked against --max-dataset-bytes before reading
         (what the headers declare) and after (the arrays in memory): a job re-queued by a restart
         gets here without passing admission again. LimitExceeded or DatasetError if unusable."""
-        with self._lock:
-            entry = self._items.pop(uri, None)
-            if entry is not None and entry.stamp and fingerprint(entry.files) == entry.stamp:
-                self._items[uri] = entry  # most recent last
-                return entry.dataset
         config = self._config
+        # Keyed by where the data is now too: fashion-mnist may have moved to DATA_ROOT since.
+        key = (uri, dataset_location(uri, config.data_root, extra_search=config.dataset_search))
+        with self._lock:
+            entry = self._items.pop(key, None)
+            if entry is not None and entry.stamp and fingerprint(entry.files) == entry.stamp:
+                self._items[key] = entry  # most recent last
+                return entry.dataset
         files = check_declared_size(
             uri, config.data_root, extra_search=config.dataset_search, max_bytes=config.max_dataset_bytes
         )
@@ -61,7 +63,7 @@ class DatasetCache:
         dataset = load_dataset(uri, config.data_root, extra_search=config.dataset_search)
         check_size(dataset.source, dataset.nbytes, config.max_dataset_bytes)
         with self._lock:
-            self._items[uri] = _Cached(dataset, files, stamp)
+            self._items[key] = _Cached(dataset, files, stamp)
             while len(self._items) > self._capacity:
                 self._items.pop(next(iter(self._items)))
         return dataset

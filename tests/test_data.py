@@ -499,6 +499,21 @@ def test_the_dataset_cache_reloads_a_changed_file(tmp_path, uri, before, after):
     assert again.y_train.tolist() == load_dataset(uri, tmp_path).y_train.tolist() != first.y_train.tolist()
 
 
+def test_the_dataset_cache_notices_a_fashion_mnist_copy_added_under_the_data_root(tmp_path):
+    """fashion-mnist is located again on every load: a copy added under DATA_ROOT/fashion-mnist
+    after the system copy was cached is used from then on."""
+    system, root = tmp_path / "system", tmp_path / "root"
+    write(system, idx_files("."))
+    root.mkdir()
+    cache = DatasetCache(ServerConfig(data_root=root, dataset_search=(system,)))
+    first = cache.load("fashion-mnist")
+    assert str(system) in first.source
+    write(root, idx_files("fashion-mnist", **{TRAIN_LABELS: idx([2, 2, 2, 2])}))
+    again = cache.load("fashion-mnist")
+    assert str(root / "fashion-mnist") in again.source
+    assert (first.y_train.tolist(), again.y_train.tolist()) == ([0, 1, 2, 1], [2, 2, 2, 2])
+
+
 LIMIT = 3000
 # (id, files, uri, bytes needed): declared by the header, or known only once a CSV is parsed (a
 # 2,200-byte file, under the limit, whose arrays are not).

@@ -6,7 +6,13 @@ from service.datasets.normalization import (
     apply_normalization,
     compute_normalization,
 )
-from service.datasets.uri import ACCEPTED_FORMS, DatasetUri, load_dataset, resolve_uri
+from service.datasets.uri import (
+    ACCEPTED_FORMS,
+    DatasetUri,
+    dataset_location,
+    load_dataset,
+    resolve_uri,
+)
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -16,6 +22,7 @@ __all__ = [
     "Normalization",
     "apply_normalization",
     "compute_normalization",
+    "dataset_location",
     "load_dataset",
     "resolve_uri",
 ]

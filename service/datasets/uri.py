@@ -55,6 +55,16 @@ def resolve_uri(uri: str, data_root: Path) -> DatasetUri:
     return DatasetUri(scheme, confine(Path(rest), data_root, f"dataset URI {uri!r}"))
 
 
+def dataset_location(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Path:
+    """Where the dataset `uri` is read from right now: its real path, or for fashion-mnist the first
+    directory holding the four files. Caches key on it, so a copy added under the data root while
+    the server runs is used instead of the one found before. Reads no file contents."""
+    resolved = resolve_uri(uri, data_root)
+    if resolved.path is not None:
+        return resolved.path
+    return fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
+
+
 def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Dataset:
     """Load the dataset `uri` names (see ACCEPTED_FORMS); every problem is a DatasetError.
 
