@@ -129,15 +129,17 @@ class JobRunner:
         self._adopt(resume)
         self._actors.start(self._setup, resume, self._cpus)
         self.metrics.start_job(self.job_id, spec.num_workers)
-        note = _resume_note(resume, skipped)
+        has_test = ds.y_test is not None and len(ds.y_test) > 0
+        no_test = "" if has_test else _no_test_note(spec.dataset.uri)
+        note = "; ".join(filter(None, (no_test, _resume_note(resume, skipped))))
         self.store.update(self.job_id, self._progress_change(note))
-        self._loop(has_test=ds.y_test is not None and len(ds.y_test) > 0)
+        self._loop(has_test=has_test)
         final = self._actors.ps_call("params")
         net = self._setup.plan.network()
         arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
         write_model(self.model_path(self.config, self.job_id), arrays)
         self._writer.flush()
-        self._finish(pb.SUCCEEDED, "")
+        self._finish(pb.SUCCEEDED, no_test)  # the note stays visible once the job is done
         self.checkpoints.remove()  # the final model supersedes them
 
     def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
@@ -379,6 +381,15 @@ class JobRunner:
     @staticmethod
     def model_path(config: ServerConfig, job_id: str) -> Path:
         return config.state_dir / "models" / f"{job_id}.npz"
+
+
+_TEST_SPLIT = {"npz": "x_test/y_test", "idx": "t10k-* files", "csv": "CSV files have none"}
+
+
+def _no_test_note(uri: str) -> str:
+    """Says a job trains without evaluation: its dataset has no test split."""
+    where = _TEST_SPLIT.get(uri.partition(":")[0], "empty test split")
+    return f"no test split in {uri} ({where}); training without evaluation"
 
 
 def _resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:

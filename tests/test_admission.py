@@ -148,6 +148,19 @@ def test_refused_specs_create_no_jobs_and_a_fitting_one_is_queued(client):
     client.cancel(job.id)
 
 
+def test_an_npz_without_a_test_split_is_accepted_and_the_job_says_so(client, server):
+    """An npz with only x_train/y_train trains, and the job's message says there is no evaluation."""
+    with np.load(server.config.data_root / "blobs.npz") as blobs:
+        np.savez(
+            server.config.data_root / "train-only.npz", x_train=blobs["x_train"], y_train=blobs["y_train"]
+        )
+    job = wait_for(client, client.submit(small_spec("npz:train-only.npz", epochs=1)).id, timeout_s=120)
+    assert job.state == pb.SUCCEEDED
+    note = "no test split in npz:train-only.npz (x_test/y_test); training without evaluation"
+    assert job.message == note
+    assert client.get(job.id).message == note
+
+
 def _write_csv(path: Path, classes: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     rows = [f"{a:.3f},{b:.3f},{i % classes}" for i, (a, b) in enumerate(rng.normal(size=(200, 2)))]
