@@ -29,12 +29,14 @@ from service.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PARAMS,
     DEFAULT_MAX_QUEUED_JOBS,
+    DEFAULT_MAX_RUNNING_JOBS,
     DEFAULT_MAX_WATCH_STREAMS,
     DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
     DEFAULT_MAX_WORKERS_PER_JOB,
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
     DEFAULT_RPC_THREADS,
+    DEFAULT_STATE_DIR,
     TOKENS_FILE_ENV,
 )
 from service.errors import GradfleetError
@@ -45,13 +47,15 @@ EXIT_JOB_FAILED = 1  # the watched job FAILED
 EXIT_ERROR = 2  # usage error, bad job file, server error, or the server could not be reached
 EXIT_JOB_CANCELLED = 3  # the watched job was CANCELLED
 EXIT_INTERRUPTED = 130  # Ctrl-C (the job itself keeps running)
+EXIT_BROKEN_PIPE = 141  # stdout was closed early (`| head`): 128 + SIGPIPE, as a shell reports
 
 EXIT_CODES_HELP = """exit codes:
   0    success; for watch and submit --watch: the job SUCCEEDED
   1    the watched job FAILED
   2    usage error, invalid job file, error from the server, or server unreachable
   3    the watched job was CANCELLED
-  130  interrupted (Ctrl-C); a watched job keeps running"""
+  130  interrupted (Ctrl-C); a watched job keeps running
+  141  the output was closed early (e.g. piped to head)"""
 
 # Codes a broken watch stream shows when the server restarts or the network drops.
 _RECONNECT_CODES = frozenset(
@@ -104,7 +108,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _add_client_security(client, environ)
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--output", "-O", choices=("text", "json"), default="text")
+    output.add_argument("--output", "-O", choices=("text", "json"), default="text", help="default text")
 
     parser = argparse.ArgumentParser(
         prog="gradfleet",
@@ -133,8 +137,13 @@ def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)")
     p.add_argument("--data-root", metavar="DIR", help=f"datasets (default {DEFAULT_DATA_ROOT})")
-    p.add_argument("--state-dir", metavar="DIR", help="job records and models (default state)")
-    p.add_argument("--max-running-jobs", type=int, metavar="N", help="jobs trained at once")
+    p.add_argument("--state-dir", metavar="DIR", help=f"job records and models (default {DEFAULT_STATE_DIR})")
+    p.add_argument(
+        "--max-running-jobs",
+        type=int,
+        metavar="N",
+        help=f"jobs trained at once (default {DEFAULT_MAX_RUNNING_JOBS})",
+    )
     _add_serve_limits(p)
     _add_serve_security(p)
     p.set_defaults(func=_cmd_serve)
@@ -253,7 +262,7 @@ def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = sub.add_parser("fetch-data", parents=[common], help="download Fashion-MNIST, verified")
     default_dest = DEFAULT_DATA_ROOT / "fashion-mnist"
     p.add_argument("--dest", type=Path, default=default_dest, help=f"default {default_dest}")
-    p.add_argument("--base-url", metavar="URL", help="mirror to download from")
+    p.add_argument("--base-url", metavar="URL", help="mirror to download from (default: the official one)")
     p.add_argument(
         "--source-dir",
         type=Path,
@@ -350,7 +359,8 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.scale(args.job_id, args.num_workers)
     when = "from its next step" if job.state == pb.RUNNING else "when it starts"
-    print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {args.num_workers} workers {when}")
+    workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
+    print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {workers} {when}")
     return EXIT_OK
 
 
@@ -360,7 +370,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
         size = client.download(args.job_id, path)
     what = "the final model"
-    if job.state != pb.SUCCEEDED:
+    if job.state in (pb.FAILED, pb.CANCELLED):
+        what = f"the job's last checkpoint (the job ended {pb.JobState.Name(job.state)})"
+    elif job.state != pb.SUCCEEDED:
         what = f"the job's latest checkpoint (the job was {pb.JobState.Name(job.state)}, not yet SUCCEEDED)"
     print(f"wrote {size:,} bytes to {path}: {what}")
     return EXIT_OK
@@ -543,10 +555,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(format_rpc_error(exc, getattr(args, "server", "")))
     except GradfleetError as exc:  # an invalid job file, before anything is sent
         return _fail(f"error: {exc.message}")
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (WatchLost, DownloadError, OSError) as exc:
         return _fail(f"error: {exc}")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush cannot complain about the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(message: str) -> int:

@@ -177,6 +177,8 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
     On any error (a gap, an overlap, a size mismatch, a broken stream) the temp file is removed
     and `path` is left as it was.
     """
+    if not path.parent.is_dir():  # say so before mkstemp names its temporary file instead
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:

@@ -145,12 +145,12 @@ def start_server(config: ServerConfig) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "gradfleet coordinator on %s:%d (%s, %s), metrics on %s",
+        "gradfleet coordinator on %s:%d (%s, %s), %s",
         config.host,
         port,
         "TLS" if credentials else "plaintext",
         "tokens required" if tokens else "no authentication",
-        metrics_port,
+        f"metrics on port {metrics_port}" if metrics_port is not None else "metrics off",
     )
     return RunningServer(
         config,

@@ -79,7 +79,7 @@ def test_progress_line_shows_epoch_step_loss_throughput_and_accuracy() -> None:
 
 def test_progress_line_before_training_omits_unknown_figures() -> None:
     """Before the first step there is no loss, throughput or accuracy to show."""
-    assert progress.format_progress(_job()) == "epoch 0/10 [----------]   0% step 0/?"
+    assert progress.format_progress(_job()) == "epoch 1/10 [----------]   0% step 0/?"
 
 
 def test_summary_of_a_succeeded_job() -> None:
@@ -540,3 +540,33 @@ def test_download_broken_stream_leaves_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError):
         write_chunks(_broken(_chunks(b"abcdef", 2, total=12)), tmp_path / "model.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    """A download into a folder that does not exist names the destination, not a temporary file."""
+    target = tmp_path / "missing" / "model.npz"
+    with pytest.raises(FileNotFoundError) as raised:
+        write_chunks(_chunks(b"abcdef", 2), target)
+    assert str(raised.value) == f"cannot write {target}: the folder {target.parent} does not exist"
+
+
+def test_output_closed_early_exits_quietly() -> None:
+    """Piping a command's output to `head` ends it with status 141 and nothing on stderr."""
+    script = (
+        "import sys; from service import cli\n"
+        "cli._cmd_list = lambda args: [print('job', i) for i in range(100000)] and 0\n"
+        "sys.exit(cli.main(['list']))"
+    )
+    shell = f'{sys.executable} -c "{script}" | head -1; echo ${{PIPESTATUS[0]}}'
+    done = subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["job 0", "141"]
+    assert done.stderr == ""
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    """`serve --help` states each option's default, including the state folder and job limits."""
+    with pytest.raises(SystemExit):
+        _parse("serve", "--help")
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("(default 50051)", "(default state)", "jobs trained at once (default 1)"):
+        assert text in out
