@@ -202,6 +202,24 @@ def _add_client_security(p: argparse.ArgumentParser, environ: Mapping[str, str])
     p.set_defaults(env_token=environ.get("GRADFLEET_TOKEN") or None)
 
 
+MAX_UINT32 = 2**32 - 1  # ScaleJobRequest.num_workers is a uint32; the server checks its own limit
+
+
+def _worker_count(text: str) -> int:
+    """A worker count for `scale`: a whole number of at least 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; the worker count must be at least 1")
+    if value > MAX_UINT32:
+        raise argparse.ArgumentTypeError(
+            f"got {value}; more than any server allows (its --max-workers-per-job sets the limit)"
+        )
+    return value
+
+
 class _RefuseToken(argparse.Action):
     """`--token` exists only to say why there is none (without repeating the token)."""
 
@@ -250,7 +268,7 @@ def _add_client_commands(
     p.set_defaults(func=_cmd_cancel)
     p = sub.add_parser("scale", parents=[client], help="change a job's worker count (same results)")
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("num_workers", metavar="N", type=int, help="worker actors from the next step on")
+    p.add_argument("num_workers", metavar="N", type=_worker_count, help="worker actors from the next step on")
     p.set_defaults(func=_cmd_scale)
     p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
     p.add_argument("job_id", metavar="JOB_ID")

@@ -570,3 +570,21 @@ def test_help_shows_the_defaults(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     for text in ("(default 50051)", "(default state)", "jobs trained at once (default 1)"):
         assert text in out
+
+
+@pytest.mark.parametrize(
+    ("count", "error"),
+    [
+        ("-1", "got -1; the worker count must be at least 1"),
+        ("0", "got 0;"),
+        ("1099511627776", "got 1099511627776; more than any server allows"),
+        ("x", "'x' is not"),
+    ],
+    ids=["negative", "zero", "huge", "text"],
+)
+def test_scale_refuses_impossible_worker_counts(capsys, count: str, error: str) -> None:
+    """`gradfleet scale JOB N` with N below 1, beyond a uint32 or not a number is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exited:
+        _parse("scale", "job1", count)
+    assert exited.value.code == 2
+    assert error in capsys.readouterr().err
