@@ -61,7 +61,17 @@ EXIT_CODES_HELP = """exit codes:
 _RECONNECT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
 )
-RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)  # about 24 s in all before giving up
+RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0)  # then every 2 s: a restarted coordinator is found within 2 s
+RECONNECT_WINDOW_S = 60.0  # a coordinator restart (Ray included) takes well under this
+
+
+def reconnect_delays(window_s: float) -> tuple[float, ...]:
+    """Sleeps between reconnect attempts: the backoff, then its last value, adding up to `window_s`."""
+    delays: list[float] = []
+    while (left := window_s - sum(delays)) > 0:
+        delays.append(min(RECONNECT_BACKOFF_S[min(len(delays), len(RECONNECT_BACKOFF_S) - 1)], left))
+    return tuple(delays)
+
 
 _LOG = logging.getLogger(__name__)
 
@@ -236,7 +246,15 @@ def _add_client_commands(
     output: argparse.ArgumentParser,
 ) -> None:
     _exits = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    p = sub.add_parser("submit", parents=[client, output], help="submit a job file", **_exits)
+    follow = argparse.ArgumentParser(add_help=False)
+    follow.add_argument(
+        "--reconnect-s",
+        type=float,
+        default=RECONNECT_WINDOW_S,
+        metavar="S",
+        help=f"keep reconnecting a broken watch this long, seconds (default {RECONNECT_WINDOW_S:g})",
+    )
+    p = sub.add_parser("submit", parents=[client, output, follow], help="submit a job file", **_exits)
     p.add_argument("file", metavar="FILE", help="job spec, .yaml/.yml or .json")
     p.add_argument("--watch", "-w", action="store_true", help="follow the job until it ends")
     p.add_argument(
@@ -260,7 +278,7 @@ def _add_client_commands(
     states = [v.name for v in pb.JobState.DESCRIPTOR.values if v.number != 0]
     p.add_argument("--state", type=str.upper, choices=states, help="only jobs in this state")
     p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("watch", parents=[client], help="follow a job until it ends", **_exits)
+    p = sub.add_parser("watch", parents=[client, follow], help="follow a job until it ends", **_exits)
     p.add_argument("job_id", metavar="JOB_ID")
     p.set_defaults(func=_cmd_watch)
     p = sub.add_parser("cancel", parents=[client], help="stop a queued or running job")
@@ -337,7 +355,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.output == "text":
             print(f"submitted job {job.id} ({job.spec.name})", flush=True)
-        return _follow(client, job.id, args.output)
+        return _follow(client, job.id, args.output, args.reconnect_s)
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
@@ -358,7 +376,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _connect(args) as client:
-        return _follow(client, args.job_id, "text")
+        return _follow(client, args.job_id, "text", args.reconnect_s)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -446,12 +464,12 @@ def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
 # Watching
 
 
-def _follow(client: CoordinatorClient, job_id: str, output: str) -> int:
+def _follow(client: CoordinatorClient, job_id: str, output: str, reconnect_s: float) -> int:
     """Watch to the end, print the summary (or the final Job as JSON); exit code by state."""
     show = output == "text"
     renderer = Renderer(sys.stdout, tty=sys.stdout.isatty()) if show else None
     try:
-        job = watch_job(client, job_id, renderer)
+        job = watch_job(client, job_id, renderer, delays=reconnect_delays(reconnect_s))
     except KeyboardInterrupt:
         if renderer:
             renderer.end_line()
@@ -467,10 +485,11 @@ def watch_job(
     job_id: str,
     renderer: Renderer | None,
     *,
-    delays: Sequence[float] = RECONNECT_DELAYS_S,
+    delays: Sequence[float] = reconnect_delays(RECONNECT_WINDOW_S),
     sleep: Callable[[float], None] = time.sleep,
 ) -> pb.Job:
-    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks.
+    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks (on a
+    fresh channel each time, so gRPC's own growing reconnect backoff never delays finding the server).
 
     Returns the job as of its last event; raises WatchLost when every reconnect failed, and
     grpc.RpcError when the first connection fails or for errors reconnecting cannot fix.
@@ -487,11 +506,18 @@ def watch_job(
         if count > 1:  # the first event only restates the job: count later ones as progress
             failures = 0
         if failures == len(delays):
-            raise WatchLost(f"lost the watch stream of job {job_id} ({reason}); gave up")
+            raise WatchLost(
+                f"lost the watch stream of job {job_id} ({reason}); gave up after {sum(delays):g} s "
+                "of reconnecting (--reconnect-s sets how long)"
+            )
         _LOG.debug("watch stream broke: %s", reason)
         if renderer:
-            renderer.note(f"connection lost ({reason}); reconnecting in {delays[failures]:g} s")
+            wait, left = delays[failures], sum(delays[failures:])
+            renderer.note(
+                f"connection lost ({reason}); reconnecting in {wait:g} s (trying for {left:g} s more)"
+            )
         sleep(delays[failures])
+        client.reconnect()
         failures += 1
 
 

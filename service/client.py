@@ -73,12 +73,23 @@ class CoordinatorClient:
             # counts WatchJob streams per connection.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        if tls is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+        self._options = options
+        self._credentials = tls.credentials() if tls is not None else None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=self._options)
+        else:
+            self._channel = grpc.secure_channel(self.address, self._credentials, options=self._options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def reconnect(self) -> None:
+        """Replace the channel with a fresh one: after the server went away, the old one waits out
+        gRPC's reconnect backoff (growing to minutes) before it tries again."""
+        self._channel.close()
+        self._open_channel()
 
     def __enter__(self) -> CoordinatorClient:
         return self

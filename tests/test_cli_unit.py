@@ -409,7 +409,10 @@ class _ScriptedClient:
 
     def __init__(self, *scripts: tuple[list[pb.JobEvent], grpc.RpcError | None]) -> None:
         self.scripts = list(scripts)
-        self.calls = 0
+        self.calls = self.reconnects = 0
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
 
     def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
         self.calls += 1
@@ -431,15 +434,24 @@ def test_watch_reconnects_after_a_broken_stream() -> None:
     slept: list[float] = []
     out = io.StringIO()
     job = cli.watch_job(client, "abc", cli.Renderer(out, tty=False), sleep=slept.append)
-    assert (job.state, client.calls, slept) == (pb.SUCCEEDED, 2, [0.5])
-    assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s" in out.getvalue()
+    assert (job.state, client.calls, client.reconnects, slept) == (pb.SUCCEEDED, 2, 1, [0.5])
+    assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s (trying for 60 s more)" in (
+        out.getvalue()
+    )
+
+
+def test_reconnect_delays_back_off_to_2_s_and_fill_the_window() -> None:
+    """Reconnect attempts wait 0.5, 1 and then 2 s each, until the window (default 60 s) is used."""
+    assert cli.reconnect_delays(6) == (0.5, 1.0, 2.0, 2.0, 0.5)
+    default = cli.reconnect_delays(cli.RECONNECT_WINDOW_S)
+    assert sum(default) == 60 and max(default) == 2.0
 
 
 def test_watch_gives_up_after_the_last_backoff() -> None:
     """When every reconnect fails, watch_job raises WatchLost after sleeping each delay once."""
     client = _ScriptedClient(*[([STATE_RUNNING], UNAVAILABLE)] * 4)
     slept: list[float] = []
-    with pytest.raises(cli.WatchLost, match="lost the watch stream of job abc"):
+    with pytest.raises(cli.WatchLost, match=r"lost the watch stream of job abc .* gave up after 0\.7 s"):
         cli.watch_job(client, "abc", None, delays=(0.1, 0.2, 0.4), sleep=slept.append)
     assert (client.calls, slept) == (4, [0.1, 0.2, 0.4])
 
