@@ -16,7 +16,14 @@ SERVER=127.0.0.1:$PORT
 echo "==> starting the coordinator on $SERVER (metrics on http://127.0.0.1:$METRICS_PORT/metrics, log in $LOG)"
 "$BIN/gradfleet" serve --port "$PORT" --metrics-port "$METRICS_PORT" --state-dir "$STATE" >"$LOG" 2>&1 &
 SERVER_PID=$!
-trap 'echo "==> stopping the coordinator (pid $SERVER_PID)"; kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true' EXIT
+stop_coordinator() {
+  trap '' PIPE  # stdout may be a closed pipe (`make demo | head`): the echo must not end the cleanup
+  kill "$SERVER_PID" 2>/dev/null || true  # first, so nothing below can leave it running
+  wait "$SERVER_PID" 2>/dev/null || true
+  echo "==> stopped the coordinator (pid $SERVER_PID)" 2>/dev/null || true
+}
+trap stop_coordinator EXIT
+trap 'exit 141' PIPE  # a write to a closed stdout exits through the EXIT trap instead of killing bash
 
 "$BIN/python" - "$SERVER" <<'PY'
 import sys

@@ -223,13 +223,23 @@ def downloadable_model(state_dir: Path, final_model: Path, job: pb.Job) -> bytes
     except CheckpointError as exc:
         raise JobNotReady(f"job {job.id} is {pb.JobState.Name(job.state)} and {exc}") from None
     if ckpt is None:
-        raise JobNotReady(
-            f"job {job.id} is {pb.JobState.Name(job.state)} with no checkpoint yet; a model can be "
-            "downloaded once it has SUCCEEDED or written a checkpoint (`gradfleet watch` follows it)"
-        )
+        raise JobNotReady(_no_model_message(job))
     buffer = io.BytesIO()
     np.savez(buffer, **ckpt.model_arrays(spec_to_json(job.spec)))
     return buffer.getvalue()
+
+
+def _no_model_message(job: pb.Job) -> str:
+    state = pb.JobState.Name(job.state)
+    if job.state in (pb.FAILED, pb.CANCELLED):  # it will never write one
+        return (
+            f"job {job.id} was {state} before it wrote a checkpoint, so it has no model to download; "
+            "resubmit it to train one"
+        )
+    return (
+        f"job {job.id} is {state} with no checkpoint yet; a model can be downloaded once it has "
+        "SUCCEEDED or written a checkpoint (`gradfleet watch` follows it)"
+    )
 
 
 def _is_intact(path: Path) -> bool:

@@ -29,12 +29,14 @@ from service.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PARAMS,
     DEFAULT_MAX_QUEUED_JOBS,
+    DEFAULT_MAX_RUNNING_JOBS,
     DEFAULT_MAX_WATCH_STREAMS,
     DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
     DEFAULT_MAX_WORKERS_PER_JOB,
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
     DEFAULT_RPC_THREADS,
+    DEFAULT_STATE_DIR,
     TOKENS_FILE_ENV,
 )
 from service.errors import GradfleetError
@@ -45,19 +47,31 @@ EXIT_JOB_FAILED = 1  # the watched job FAILED
 EXIT_ERROR = 2  # usage error, bad job file, server error, or the server could not be reached
 EXIT_JOB_CANCELLED = 3  # the watched job was CANCELLED
 EXIT_INTERRUPTED = 130  # Ctrl-C (the job itself keeps running)
+EXIT_BROKEN_PIPE = 141  # stdout was closed early (`| head`): 128 + SIGPIPE, as a shell reports
 
 EXIT_CODES_HELP = """exit codes:
   0    success; for watch and submit --watch: the job SUCCEEDED
   1    the watched job FAILED
   2    usage error, invalid job file, error from the server, or server unreachable
   3    the watched job was CANCELLED
-  130  interrupted (Ctrl-C); a watched job keeps running"""
+  130  interrupted (Ctrl-C); a watched job keeps running
+  141  the output was closed early (e.g. piped to head)"""
 
 # Codes a broken watch stream shows when the server restarts or the network drops.
 _RECONNECT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
 )
-RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)  # about 24 s in all before giving up
+RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0)  # then every 2 s: a restarted coordinator is found within 2 s
+RECONNECT_WINDOW_S = 60.0  # a coordinator restart (Ray included) takes well under this
+
+
+def reconnect_delays(window_s: float) -> tuple[float, ...]:
+    """Sleeps between reconnect attempts: the backoff, then its last value, adding up to `window_s`."""
+    delays: list[float] = []
+    while (left := window_s - sum(delays)) > 0:
+        delays.append(min(RECONNECT_BACKOFF_S[min(len(delays), len(RECONNECT_BACKOFF_S) - 1)], left))
+    return tuple(delays)
+
 
 _LOG = logging.getLogger(__name__)
 
@@ -104,7 +118,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _add_client_security(client, environ)
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--output", "-O", choices=("text", "json"), default="text")
+    output.add_argument("--output", "-O", choices=("text", "json"), default="text", help="default text")
 
     parser = argparse.ArgumentParser(
         prog="gradfleet",
@@ -133,8 +147,13 @@ def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)")
     p.add_argument("--data-root", metavar="DIR", help=f"datasets (default {DEFAULT_DATA_ROOT})")
-    p.add_argument("--state-dir", metavar="DIR", help="job records and models (default state)")
-    p.add_argument("--max-running-jobs", type=int, metavar="N", help="jobs trained at once")
+    p.add_argument("--state-dir", metavar="DIR", help=f"job records and models (default {DEFAULT_STATE_DIR})")
+    p.add_argument(
+        "--max-running-jobs",
+        type=int,
+        metavar="N",
+        help=f"jobs trained at once (default {DEFAULT_MAX_RUNNING_JOBS})",
+    )
     _add_serve_limits(p)
     _add_serve_security(p)
     p.set_defaults(func=_cmd_serve)
@@ -193,6 +212,24 @@ def _add_client_security(p: argparse.ArgumentParser, environ: Mapping[str, str])
     p.set_defaults(env_token=environ.get("GRADFLEET_TOKEN") or None)
 
 
+MAX_UINT32 = 2**32 - 1  # ScaleJobRequest.num_workers is a uint32; the server checks its own limit
+
+
+def _worker_count(text: str) -> int:
+    """A worker count for `scale`: a whole number of at least 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; the worker count must be at least 1")
+    if value > MAX_UINT32:
+        raise argparse.ArgumentTypeError(
+            f"got {value}; more than any server allows (its --max-workers-per-job sets the limit)"
+        )
+    return value
+
+
 class _RefuseToken(argparse.Action):
     """`--token` exists only to say why there is none (without repeating the token)."""
 
@@ -209,7 +246,15 @@ def _add_client_commands(
     output: argparse.ArgumentParser,
 ) -> None:
     _exits = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    p = sub.add_parser("submit", parents=[client, output], help="submit a job file", **_exits)
+    follow = argparse.ArgumentParser(add_help=False)
+    follow.add_argument(
+        "--reconnect-s",
+        type=float,
+        default=RECONNECT_WINDOW_S,
+        metavar="S",
+        help=f"keep reconnecting a broken watch this long, seconds (default {RECONNECT_WINDOW_S:g})",
+    )
+    p = sub.add_parser("submit", parents=[client, output, follow], help="submit a job file", **_exits)
     p.add_argument("file", metavar="FILE", help="job spec, .yaml/.yml or .json")
     p.add_argument("--watch", "-w", action="store_true", help="follow the job until it ends")
     p.add_argument(
@@ -233,7 +278,7 @@ def _add_client_commands(
     states = [v.name for v in pb.JobState.DESCRIPTOR.values if v.number != 0]
     p.add_argument("--state", type=str.upper, choices=states, help="only jobs in this state")
     p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("watch", parents=[client], help="follow a job until it ends", **_exits)
+    p = sub.add_parser("watch", parents=[client, follow], help="follow a job until it ends", **_exits)
     p.add_argument("job_id", metavar="JOB_ID")
     p.set_defaults(func=_cmd_watch)
     p = sub.add_parser("cancel", parents=[client], help="stop a queued or running job")
@@ -241,7 +286,7 @@ def _add_client_commands(
     p.set_defaults(func=_cmd_cancel)
     p = sub.add_parser("scale", parents=[client], help="change a job's worker count (same results)")
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("num_workers", metavar="N", type=int, help="worker actors from the next step on")
+    p.add_argument("num_workers", metavar="N", type=_worker_count, help="worker actors from the next step on")
     p.set_defaults(func=_cmd_scale)
     p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
     p.add_argument("job_id", metavar="JOB_ID")
@@ -253,7 +298,7 @@ def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = sub.add_parser("fetch-data", parents=[common], help="download Fashion-MNIST, verified")
     default_dest = DEFAULT_DATA_ROOT / "fashion-mnist"
     p.add_argument("--dest", type=Path, default=default_dest, help=f"default {default_dest}")
-    p.add_argument("--base-url", metavar="URL", help="mirror to download from")
+    p.add_argument("--base-url", metavar="URL", help="mirror to download from (default: the official one)")
     p.add_argument(
         "--source-dir",
         type=Path,
@@ -310,7 +355,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.output == "text":
             print(f"submitted job {job.id} ({job.spec.name})", flush=True)
-        return _follow(client, job.id, args.output)
+        return _follow(client, job.id, args.output, args.reconnect_s)
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
@@ -331,7 +376,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _connect(args) as client:
-        return _follow(client, args.job_id, "text")
+        return _follow(client, args.job_id, "text", args.reconnect_s)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -350,7 +395,8 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.scale(args.job_id, args.num_workers)
     when = "from its next step" if job.state == pb.RUNNING else "when it starts"
-    print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {args.num_workers} workers {when}")
+    workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
+    print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {workers} {when}")
     return EXIT_OK
 
 
@@ -360,7 +406,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
         size = client.download(args.job_id, path)
     what = "the final model"
-    if job.state != pb.SUCCEEDED:
+    if job.state in (pb.FAILED, pb.CANCELLED):
+        what = f"the job's last checkpoint (the job ended {pb.JobState.Name(job.state)})"
+    elif job.state != pb.SUCCEEDED:
         what = f"the job's latest checkpoint (the job was {pb.JobState.Name(job.state)}, not yet SUCCEEDED)"
     print(f"wrote {size:,} bytes to {path}: {what}")
     return EXIT_OK
@@ -416,12 +464,12 @@ def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
 # Watching
 
 
-def _follow(client: CoordinatorClient, job_id: str, output: str) -> int:
+def _follow(client: CoordinatorClient, job_id: str, output: str, reconnect_s: float) -> int:
     """Watch to the end, print the summary (or the final Job as JSON); exit code by state."""
     show = output == "text"
     renderer = Renderer(sys.stdout, tty=sys.stdout.isatty()) if show else None
     try:
-        job = watch_job(client, job_id, renderer)
+        job = watch_job(client, job_id, renderer, delays=reconnect_delays(reconnect_s))
     except KeyboardInterrupt:
         if renderer:
             renderer.end_line()
@@ -437,10 +485,11 @@ def watch_job(
     job_id: str,
     renderer: Renderer | None,
     *,
-    delays: Sequence[float] = RECONNECT_DELAYS_S,
+    delays: Sequence[float] = reconnect_delays(RECONNECT_WINDOW_S),
     sleep: Callable[[float], None] = time.sleep,
 ) -> pb.Job:
-    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks.
+    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks (on a
+    fresh channel each time, so gRPC's own growing reconnect backoff never delays finding the server).
 
     Returns the job as of its last event; raises WatchLost when every reconnect failed, and
     grpc.RpcError when the first connection fails or for errors reconnecting cannot fix.
@@ -457,11 +506,18 @@ def watch_job(
         if count > 1:  # the first event only restates the job: count later ones as progress
             failures = 0
         if failures == len(delays):
-            raise WatchLost(f"lost the watch stream of job {job_id} ({reason}); gave up")
+            raise WatchLost(
+                f"lost the watch stream of job {job_id} ({reason}); gave up after {sum(delays):g} s "
+                "of reconnecting (--reconnect-s sets how long)"
+            )
         _LOG.debug("watch stream broke: %s", reason)
         if renderer:
-            renderer.note(f"connection lost ({reason}); reconnecting in {delays[failures]:g} s")
+            wait, left = delays[failures], sum(delays[failures:])
+            renderer.note(
+                f"connection lost ({reason}); reconnecting in {wait:g} s (trying for {left:g} s more)"
+            )
         sleep(delays[failures])
+        client.reconnect()
         failures += 1
 
 
@@ -543,10 +599,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(format_rpc_error(exc, getattr(args, "server", "")))
     except GradfleetError as exc:  # an invalid job file, before anything is sent
         return _fail(f"error: {exc.message}")
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (WatchLost, DownloadError, OSError) as exc:
         return _fail(f"error: {exc}")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush cannot complain about the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(message: str) -> int:

@@ -73,12 +73,23 @@ class CoordinatorClient:
             # counts WatchJob streams per connection.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        if tls is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+        self._options = options
+        self._credentials = tls.credentials() if tls is not None else None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=self._options)
+        else:
+            self._channel = grpc.secure_channel(self.address, self._credentials, options=self._options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def reconnect(self) -> None:
+        """Replace the channel with a fresh one: after the server went away, the old one waits out
+        gRPC's reconnect backoff (growing to minutes) before it tries again."""
+        self._channel.close()
+        self._open_channel()
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -177,6 +188,8 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
     On any error (a gap, an overlap, a size mismatch, a broken stream) the temp file is removed
     and `path` is left as it was.
     """
+    if not path.parent.is_dir():  # say so before mkstemp names its temporary file instead
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:

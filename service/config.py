@@ -9,6 +9,7 @@ from pathlib import Path
 # Every knob, its default and why.
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9095
+MAX_PORT = 65535
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator opens it up explicitly
 DEFAULT_STATE_DIR = Path("state")
 DEFAULT_DATA_ROOT = Path("data")
@@ -67,6 +68,10 @@ class ServerConfig:
         for name in ("rpc_threads", "max_watch_streams", "max_watch_streams_per_client", "max_running_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}; must be at least 1")
+        for name, low in (("port", 0), ("metrics_port", -1)):
+            if not low <= getattr(self, name) <= MAX_PORT:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag}: got {getattr(self, name)}; must be between {low} and {MAX_PORT}")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             raise ValueError(
                 f"max_message_bytes: got {self.max_message_bytes}; must be at least {MIN_MESSAGE_BYTES}"

@@ -33,7 +33,7 @@ def format_progress(job: pb.Job) -> str:
     p = job.progress
     fraction = p.step / p.total_steps if p.total_steps else 0.0
     parts = [
-        f"epoch {p.epoch}/{job.spec.epochs or '?'}",
+        f"epoch {max(p.epoch, 1)}/{job.spec.epochs or '?'}",  # 0 before the first step: show the first
         f"{progress_bar(fraction)} {int(fraction * 100):3d}%",
         f"step {p.step}/{p.total_steps or '?'}",
     ]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import TextIO
 
 import grpc
 import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
@@ -26,6 +28,7 @@ from service.limits import StreamLimiter
 from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
+from service.startup import check_folders, grpc_port_error, lock_state_dir, start_metrics_http
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class RunningServer:
     health: health.HealthServicer
     _http: object = None
     _owns_ray: bool = False
+    _lock: TextIO | None = None  # the state folder's lock file, held until stop
 
     @property
     def address(self) -> str:
@@ -62,11 +66,12 @@ class RunningServer:
         done.wait(grace_s)
         self.metrics.close()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            _close_http(self._http)
         self.store.close()
         if self._owns_ray:
             ray.shutdown()
+        if self._lock is not None:
+            self._lock.close()  # last: another coordinator may take the folder from here on
 
 
 def _init_ray(config: ServerConfig) -> bool:
@@ -98,6 +103,7 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
+    """Check the folders, lock the state folder and bind both ports (all before Ray starts), then start."""
     if config.max_watch_streams >= config.rpc_threads:
         log.warning(
             "max_watch_streams (%d) is not below rpc_threads (%d): watch streams can hold every "
@@ -107,15 +113,44 @@ def start_server(config: ServerConfig) -> RunningServer:
         )
     tokens = TokenTable(config.tokens_file) if config.tokens_file else None  # bad file: fail first
     credentials = _server_credentials(config)
-    owns_ray = _init_ray(config)
-    store = JobStore(config.state_dir)
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, store.counts_by_state, config.metrics_retire_after_s)
-    scheduler = Scheduler(store, metrics, config)
-    metrics.read_live_values(scheduler.queued_jobs, scheduler.oldest_queued_seconds, scheduler.workers_alive)
-    admission = Admission(config, scheduler.cache)
-    streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
-    servicer = CoordinatorServicer(store, scheduler, config, admission, streams)
+    check_folders(config.state_dir, config.data_root)
+    with contextlib.ExitStack() as undo:  # on a failed start, release what was taken so far
+        lock = lock_state_dir(config.state_dir)
+        undo.callback(lock.close)
+        registry = CollectorRegistry()
+        http, metrics_port = None, None
+        if config.metrics_port >= 0:
+            http, metrics_port = start_metrics_http(config.host, config.metrics_port, registry)
+            undo.callback(_close_http, http)
+        store = JobStore(config.state_dir)
+        undo.callback(store.close)
+        metrics = Metrics(registry, store.counts_by_state, config.metrics_retire_after_s)
+        undo.callback(metrics.close)
+        server, port = _bind_grpc(config, credentials, tokens, metrics)
+        undo.callback(server.stop, None)
+        owns_ray = _init_ray(config)
+        running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
+        running._lock = lock
+        undo.pop_all()
+    log.info(
+        "gradfleet coordinator on %s:%d (%s, %s), %s",
+        config.host,
+        port,
+        "TLS" if credentials else "plaintext",
+        "tokens required" if tokens else "no authentication",
+        f"metrics on port {metrics_port}" if metrics_port is not None else "metrics off",
+    )
+    return running
+
+
+def _close_http(http) -> None:
+    http.shutdown()
+    http.server_close()
+
+
+def _bind_grpc(config: ServerConfig, credentials, tokens, metrics: Metrics) -> tuple[grpc.Server, int]:
+    """A gRPC server bound to the configured port; another process on that port is an error, not a
+    shared port (gRPC's default SO_REUSEPORT would split the calls between the two at random)."""
     # The error mapper is outermost, so refused tokens are mapped and counted like any error.
     interceptors = [ErrorMappingInterceptor(on_call=metrics.record_call)]
     if tokens is not None:
@@ -126,32 +161,45 @@ def start_server(config: ServerConfig) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
         ],
     )
+    address = f"{config.host}:{config.port}"
+    try:
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:  # recent gRPC raises; older versions return 0
+        raise grpc_port_error(address, exc) from None
+    if port == 0:
+        raise grpc_port_error(address, "the port is in use or the address is not local")
+    return server, port
+
+
+def _start_services(
+    config: ServerConfig,
+    server: grpc.Server,
+    port: int,
+    metrics_port: int | None,
+    store: JobStore,
+    metrics: Metrics,
+    http,
+    owns_ray: bool,
+) -> RunningServer:
+    """Add the services to the bound server and start the scheduler and the server."""
+    scheduler = Scheduler(store, metrics, config)
+    metrics.read_live_values(scheduler.queued_jobs, scheduler.oldest_queued_seconds, scheduler.workers_alive)
+    admission = Admission(config, scheduler.cache)
+    streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
+    servicer = CoordinatorServicer(store, scheduler, config, admission, streams)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}; is another server using it?")
-    http, metrics_port = None, None
-    if config.metrics_port >= 0:
-        http, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
-        metrics_port = http.server_address[1]
     scheduler.start()
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "gradfleet coordinator on %s:%d (%s, %s), metrics on %s",
-        config.host,
-        port,
-        "TLS" if credentials else "plaintext",
-        "tokens required" if tokens else "no authentication",
-        metrics_port,
-    )
     return RunningServer(
         config,
         port,

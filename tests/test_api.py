@@ -141,6 +141,18 @@ def test_empty_job_id_is_an_invalid_argument(stub) -> None:
         assert "job_id" in error.value.details()
 
 
+@pytest.mark.parametrize("num_workers", [0, 65, 2**32 - 1], ids=["zero", "over-limit", "uint32-max"])
+def test_scale_outside_the_worker_range_is_an_invalid_argument(
+    client, stub, coordinator, num_workers
+) -> None:
+    """ScaleJob with a worker count outside 1..max_workers_per_job (64) names num_workers and the range."""
+    failed = failing_job(client, coordinator, "scaled")
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ScaleJob(pb.ScaleJobRequest(job_id=failed.id, num_workers=num_workers), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == f"num_workers: got {num_workers}; must be between 1 and 64"
+
+
 def test_cli_json_output_parses_into_job_messages(client, coordinator) -> None:
     """`gradfleet get ID --output json` and `gradfleet list --output json` print protobuf JSON that
     json_format parses back into the very Job messages the server holds."""

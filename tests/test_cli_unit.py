@@ -79,7 +79,7 @@ def test_progress_line_shows_epoch_step_loss_throughput_and_accuracy() -> None:
 
 def test_progress_line_before_training_omits_unknown_figures() -> None:
     """Before the first step there is no loss, throughput or accuracy to show."""
-    assert progress.format_progress(_job()) == "epoch 0/10 [----------]   0% step 0/?"
+    assert progress.format_progress(_job()) == "epoch 1/10 [----------]   0% step 0/?"
 
 
 def test_summary_of_a_succeeded_job() -> None:
@@ -409,7 +409,10 @@ class _ScriptedClient:
 
     def __init__(self, *scripts: tuple[list[pb.JobEvent], grpc.RpcError | None]) -> None:
         self.scripts = list(scripts)
-        self.calls = 0
+        self.calls = self.reconnects = 0
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
 
     def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
         self.calls += 1
@@ -431,15 +434,24 @@ def test_watch_reconnects_after_a_broken_stream() -> None:
     slept: list[float] = []
     out = io.StringIO()
     job = cli.watch_job(client, "abc", cli.Renderer(out, tty=False), sleep=slept.append)
-    assert (job.state, client.calls, slept) == (pb.SUCCEEDED, 2, [0.5])
-    assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s" in out.getvalue()
+    assert (job.state, client.calls, client.reconnects, slept) == (pb.SUCCEEDED, 2, 1, [0.5])
+    assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s (trying for 60 s more)" in (
+        out.getvalue()
+    )
+
+
+def test_reconnect_delays_back_off_to_2_s_and_fill_the_window() -> None:
+    """Reconnect attempts wait 0.5, 1 and then 2 s each, until the window (default 60 s) is used."""
+    assert cli.reconnect_delays(6) == (0.5, 1.0, 2.0, 2.0, 0.5)
+    default = cli.reconnect_delays(cli.RECONNECT_WINDOW_S)
+    assert sum(default) == 60 and max(default) == 2.0
 
 
 def test_watch_gives_up_after_the_last_backoff() -> None:
     """When every reconnect fails, watch_job raises WatchLost after sleeping each delay once."""
     client = _ScriptedClient(*[([STATE_RUNNING], UNAVAILABLE)] * 4)
     slept: list[float] = []
-    with pytest.raises(cli.WatchLost, match="lost the watch stream of job abc"):
+    with pytest.raises(cli.WatchLost, match=r"lost the watch stream of job abc .* gave up after 0\.7 s"):
         cli.watch_job(client, "abc", None, delays=(0.1, 0.2, 0.4), sleep=slept.append)
     assert (client.calls, slept) == (4, [0.1, 0.2, 0.4])
 
@@ -540,3 +552,51 @@ def test_download_broken_stream_leaves_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError):
         write_chunks(_broken(_chunks(b"abcdef", 2, total=12)), tmp_path / "model.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    """A download into a folder that does not exist names the destination, not a temporary file."""
+    target = tmp_path / "missing" / "model.npz"
+    with pytest.raises(FileNotFoundError) as raised:
+        write_chunks(_chunks(b"abcdef", 2), target)
+    assert str(raised.value) == f"cannot write {target}: the folder {target.parent} does not exist"
+
+
+def test_output_closed_early_exits_quietly() -> None:
+    """Piping a command's output to `head` ends it with status 141 and nothing on stderr."""
+    script = (
+        "import sys; from service import cli\n"
+        "cli._cmd_list = lambda args: [print('job', i) for i in range(100000)] and 0\n"
+        "sys.exit(cli.main(['list']))"
+    )
+    shell = f'{sys.executable} -c "{script}" | head -1; echo ${{PIPESTATUS[0]}}'
+    done = subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["job 0", "141"]
+    assert done.stderr == ""
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    """`serve --help` states each option's default, including the state folder and job limits."""
+    with pytest.raises(SystemExit):
+        _parse("serve", "--help")
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("(default 50051)", "(default state)", "jobs trained at once (default 1)"):
+        assert text in out
+
+
+@pytest.mark.parametrize(
+    ("count", "error"),
+    [
+        ("-1", "got -1; the worker count must be at least 1"),
+        ("0", "got 0;"),
+        ("1099511627776", "got 1099511627776; more than any server allows"),
+        ("x", "'x' is not"),
+    ],
+    ids=["negative", "zero", "huge", "text"],
+)
+def test_scale_refuses_impossible_worker_counts(capsys, count: str, error: str) -> None:
+    """`gradfleet scale JOB N` with N below 1, beyond a uint32 or not a number is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exited:
+        _parse("scale", "job1", count)
+    assert exited.value.code == 2
+    assert error in capsys.readouterr().err

@@ -26,3 +26,25 @@ def test_numeric_knobs_come_from_the_environment() -> None:
     environ = {"GRADFLEET_METRICS_RETIRE_AFTER_S": "5", "GRADFLEET_WORKER_WAIT_S": "30.5"}
     config = config_from_env_and_flags({}, environ=environ)
     assert (config.metrics_retire_after_s, config.worker_wait_s) == (5.0, 30.5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        ({"port": 99999}, "--port: got 99999; must be between 0 and 65535"),
+        ({"port": -1}, "--port: got -1; must be between 0 and 65535"),
+        ({"metrics_port": 70000}, "--metrics-port: got 70000; must be between -1 and 65535"),
+        ({"metrics_port": -2}, "--metrics-port: got -2; must be between -1 and 65535"),
+    ],
+    ids=["port-high", "port-negative", "metrics-high", "metrics-below-off"],
+)
+def test_ports_outside_their_range_are_refused(flags, error) -> None:
+    """A port above 65535 (or below 0; -1 turns metrics off) is a usage error naming the flag."""
+    with pytest.raises(ValueError, match=error):
+        config_from_env_and_flags(flags, environ={})
+
+
+def test_metrics_can_be_turned_off_and_ports_left_to_the_system() -> None:
+    """Port 0 and metrics port -1 are accepted."""
+    config = config_from_env_and_flags({"port": 0, "metrics_port": -1}, environ={})
+    assert (config.port, config.metrics_port) == (0, -1)

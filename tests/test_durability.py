@@ -198,6 +198,19 @@ def test_a_running_job_downloads_its_latest_checkpoint(tmp_path: Path, spec) -> 
     assert flat.tobytes() == saved.params[: 4 * 5 + 5].tobytes()
 
 
+@pytest.mark.parametrize("state", [pb.CANCELLED, pb.FAILED], ids=["cancelled", "failed"])
+def test_an_ended_job_without_a_checkpoint_says_it_has_no_model(tmp_path: Path, spec, state: int) -> None:
+    """Download of a cancelled or failed job that wrote no checkpoint says it ended and has no model."""
+    job = pb.Job(id="job1", spec=spec, state=state)
+    with pytest.raises(JobNotReady) as refused:
+        downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
+    name = pb.JobState.Name(state)
+    assert refused.value.message == (
+        f"job job1 was {name} before it wrote a checkpoint, so it has no model to download; "
+        "resubmit it to train one"
+    )
+
+
 def test_the_header_names_the_format(spec) -> None:
     """A checkpoint file starts with the magic line and a 64-digit sha256."""
     blob = checkpoints.encode(make_checkpoint(1, spec))

@@ -168,3 +168,31 @@ def test_cli_watch_exit_codes(client, coordinator) -> None:
     out, err = watching.communicate(timeout=60)
     assert watching.returncode == 3, err
     assert f"job {long.id} CANCELLED" in out.strip().splitlines()[-1]
+
+
+def test_cli_watch_survives_a_coordinator_restart(ray_session, tmp_path) -> None:
+    """`gradfleet watch` keeps following a job while its coordinator is down for a few seconds and
+    restarted on the same port, and exits 3 when the job is then cancelled."""
+    from tests.conftest import start_coordinator
+
+    first = start_coordinator(tmp_path, metrics_port=-1)
+    write_blobs(first.config.data_root / "long.npz", n_train=5000)
+    client = CoordinatorClient(first.address, timeout=5)
+    job = client.submit(long_spec())
+    wait_until_training(client, job.id)
+    watching = start_watch(first.address, job.id)
+    assert watching.stdout.readline().startswith(f"job {job.id} RUNNING")
+    first.stop(grace_s=1.0)
+    time.sleep(3.0)  # down long enough for a few failed attempts
+    second = start_coordinator(tmp_path, port=first.port, metrics_port=-1)
+    try:
+        client.reconnect()
+        wait_until_training(client, job.id)
+        client.cancel(job.id)
+        out, err = watching.communicate(timeout=60)
+    finally:
+        second.stop(grace_s=1.0)
+        client.close()
+    assert watching.returncode == 3, err
+    assert "connection lost (" in out
+    assert out.strip().splitlines()[-1].startswith(f"job {job.id} CANCELLED")

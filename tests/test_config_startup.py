@@ -1,0 +1,100 @@
+"""Start-up refuses a port or state folder another coordinator holds, and bad folders and ports, before
+Ray starts; `gradfleet serve` then exits 2 with a message naming the value and the flag."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.startup import StartupError
+from tests.conftest import start_coordinator
+from tests.helpers import ROOT, gradfleet_command
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port held by a listening socket (no SO_REUSEPORT)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def serve(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    start = time.monotonic()
+    done = subprocess.run(
+        gradfleet_command("serve", *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    return done, time.monotonic() - start
+
+
+@pytest.mark.ray
+def test_a_second_server_on_the_same_port_fails(coordinator, tmp_path: Path) -> None:
+    """A coordinator on the port of a running one fails to start instead of sharing the port."""
+    with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{coordinator.port} .*--port"):
+        start_coordinator(tmp_path / "second", port=coordinator.port, metrics_port=-1)
+
+
+@pytest.mark.ray
+def test_a_second_server_on_the_same_state_folder_fails(coordinator) -> None:
+    """A coordinator on the state folder of a running one is refused, naming the folder and its pid."""
+    state_dir = coordinator.config.state_dir
+    with pytest.raises(StartupError) as refused:
+        start_coordinator(state_dir.parent, metrics_port=-1)
+    assert str(refused.value) == (
+        f"another coordinator is using {state_dir} (pid {os.getpid()}); stop it or choose another --state-dir"
+    )
+
+
+@pytest.mark.ray
+def test_the_state_folder_is_free_again_after_stop(ray_session, tmp_path: Path) -> None:
+    """Stopping a coordinator releases its state folder for the next one."""
+    first = start_coordinator(tmp_path, metrics_port=-1)
+    first.stop(grace_s=1.0)
+    second = start_coordinator(tmp_path, metrics_port=-1)
+    assert second.port > 0
+    second.stop(grace_s=1.0)
+
+
+def test_serve_on_a_busy_port_exits_2_before_starting_ray(busy_port: int, tmp_path: Path) -> None:
+    """`gradfleet serve --port P` with P in use exits 2 within seconds, naming the address and --port."""
+    done, took = serve("--port", str(busy_port), "--metrics-port", "-1", "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{busy_port}" in done.stderr
+    assert "--port" in done.stderr
+    assert took < 15  # Ray takes longer than that to start
+
+
+def test_serve_on_a_busy_metrics_port_exits_2_naming_it(busy_port: int, tmp_path: Path) -> None:
+    """`gradfleet serve --metrics-port P` with P in use exits 2, naming the port and --metrics-port."""
+    done, took = serve("--port", "0", "--metrics-port", str(busy_port), "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot serve metrics on 127.0.0.1:{busy_port} (Address already in use)" in done.stderr
+    assert "--metrics-port" in done.stderr
+    assert took < 15
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--port", "99999"), "error: --port: got 99999; must be between 0 and 65535"),
+        (("--state-dir", "FILE"), "error: --state-dir FILE is not a folder"),
+        (("--data-root", "FILE"), "error: --data-root FILE is not a folder"),
+    ],
+    ids=["port-out-of-range", "state-dir-is-a-file", "data-root-is-a-file"],
+)
+def test_serve_refuses_bad_ports_and_folders(tmp_path: Path, args: tuple[str, ...], error: str) -> None:
+    """An out-of-range port, or a state folder or data root that is a file, exits 2 with the reason."""
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    args = tuple(str(file) if a == "FILE" else a for a in args)
+    done, _ = serve("--metrics-port", "-1", "--state-dir", str(tmp_path / "s"), *args)
+    assert done.returncode == 2, done.stderr
+    assert error.replace("FILE", str(file)) in done.stderr
