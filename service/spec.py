@@ -190,13 +190,19 @@ def _check_single(
     except json_format.ParseError:
         if field.enum_type is not None:
             raise InvalidSpec(path, _enum_problem(value, field.enum_type)) from None
-        raise InvalidSpec(path, f"got {_show(value)}; {_expectation(field)}") from None
+        raise InvalidSpec(path, f"got {_show(value)}; {_expectation(field, value)}") from None
 
 
-def _expectation(field: FieldDescriptor) -> str:
+def _expectation(field: FieldDescriptor, value: object = None) -> str:
     if field.cpp_type in _INT_RANGES:
+        # The storage type's bounds only: the field's own range is checked after parsing, so
+        # name a bound only where the value really is beyond it.
         low, high = _INT_RANGES[field.cpp_type]
-        return f"must be a whole number between {low} and {high}"
+        if isinstance(value, int) and value < low:
+            return "must not be negative" if low == 0 else f"must be at least {low}"
+        if isinstance(value, int) and value > high:
+            return f"is far too large (the field holds at most {high})"
+        return "must be a whole number"
     if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
         return "must be a number"
     if field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
