@@ -169,7 +169,7 @@ def submit_burst(address: str, spec: pb.JobSpec, count: int, connections: int = 
             results.append(outcome)
 
     try:
-        with ThreadPoolExecutor(max_workers=count) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
             list(pool.map(one, range(count)))
         ids = {value for kind, value in results if kind == "ok"}
         created = [j.id for j in reversed(clients[0].list(page_size=1000)) if j.id in ids]
@@ -214,11 +214,13 @@ def _start_server(state: Path, data_root: Path, max_queued: int) -> tuple[subpro
         "--max-queued-jobs",
         str(max_queued),
     ]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = state.parent / "coordinator.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     for line in proc.stdout:
         if match := re.search(r"listening on ([^\s,]+)", line):
             return proc, match.group(1)
-    raise RuntimeError("the coordinator exited before listening")
+    raise RuntimeError("the coordinator exited before listening:\n" + log.read_text()[-3000:])
 
 
 def _write_blobs(path: Path, n: int, features: int, classes: int) -> None:
