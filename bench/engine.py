@@ -226,34 +226,39 @@ def allocation_check(batch: int = 256, steps: int = 20) -> None:
 
 
 class ServiceStep:
-    """What the service does per step, without Ray: each worker core's share of the batch, the
-    parameter server's tree reduction into its gradient buffer, then Adam."""
+    """What the service does per step, without Ray: the parameter server's real step loop
+    (ParameterServerCore: workers' shares, tree reduction, checks, Adam) over in-process workers."""
 
     def __init__(self, batch: int, workers: int = 2) -> None:
-        from service.param_server import ParameterServer, reduce_results
-        from workers.nn import ReductionBuffers, make_schedule
-        from workers.worker import GradientWorkerCore, ModelPlan, StepCommand
+        from service.param_server import ParameterServer, ParameterServerCore
+        from workers.nn import make_schedule
+        from workers.worker import GradientWorkerCore, ModelPlan
 
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (batch * 8, LAYERS[0]), dtype=np.uint8)
         y = rng.integers(0, LAYERS[-1], batch * 8)
         plan = ModelPlan(LAYERS, ("relu", "relu", "identity"), "softmax_cross_entropy", batch, workers, 1)
         ones = np.ones(LAYERS[0], np.float32)
-        self.cores = [GradientWorkerCore(plan, r, x, y, None, None, 0 * ones, ones) for r in range(workers)]
+        cores = [GradientWorkerCore(plan, r, x, y, None, None, 0 * ones, ones) for r in range(workers)]
         net = plan.network()
         opt = make_optimizer("adam", net.num_params, np.float32)
         schedule = make_schedule("constant", LEARNING_RATE, steps_per_epoch=8, total_steps=10**9)
         self.server = ParameterServer(net.init_params(rng), opt, schedule)
-        self._reduce, self._command = reduce_results, StepCommand
-        self._grad, self._buffers = np.empty_like(self.server.params), ReductionBuffers(self.server.params)
-        self._index = 0
+        group = _InProcessGroup(plan, cores)
+        self.core = ParameterServerCore(group, self.server, len(y), 10**6, step_timeout_s=60.0)
 
     def __call__(self) -> None:
-        command = self._command("train", self.server.params, len(self.cores), 1, self._index % 8)
-        results = [core.train_step(command) for core in self.cores]
-        grad, _loss, count = self._reduce(results, len(self.cores), self._grad, self._buffers)
-        self.server.apply(grad, count)
-        self._index += 1
+        self.core.train(self.server.step + 1, max_seconds=60.0)
+
+
+class _InProcessGroup:
+    """Stands in for workers.group.WorkerGroup: each command goes to every core directly."""
+
+    def __init__(self, plan, cores: list) -> None:
+        self.plan, self.cores, self.size = plan, cores, len(cores)
+
+    def run(self, command, timeout_s: float) -> list:
+        return [core.handle(command) for core in self.cores]
 
 
 def main() -> None:

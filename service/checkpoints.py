@@ -157,6 +157,7 @@ class CheckpointStore:
 
     def __init__(self, state_dir: Path, job_id: str) -> None:
         self.folder = state_dir / "checkpoints" / job_id
+        self._known_intact: set[Path] = set()  # written or verified here: never re-read to prune
 
     def files(self) -> list[Path]:
         """Complete checkpoint files, newest (highest step) first."""
@@ -169,18 +170,22 @@ class CheckpointStore:
         """Write atomically and durably, then drop all but the newest KEEP intact checkpoints."""
         path = self.folder / f"step-{ckpt.step:012d}.ckpt"
         write_durably(path, encode(ckpt))
-        self._prune(newest=path)
+        self._known_intact.add(path)
+        self._prune()
         return path
 
-    def _prune(self, newest: Path) -> None:
-        """Remove checkpoints older than the KEEP newest intact ones (`newest`, just written,
-        among them). A corrupt file does not count: it stays, for inspection, until KEEP intact
-        ones are newer. Also removes temporary files a killed coordinator left half written."""
+    def _prune(self) -> None:
+        """Remove checkpoints older than the KEEP newest intact ones. A corrupt file does not
+        count: it stays, for inspection, until KEEP intact ones are newer. Files this store wrote
+        or verified are not read again. Also removes temporary files a killed coordinator left
+        half written."""
         intact = 0
         for path in self.files():
             if intact >= KEEP:
                 path.unlink(missing_ok=True)
-            elif path == newest or _is_intact(path):
+                self._known_intact.discard(path)
+            elif path in self._known_intact or _is_intact(path):
+                self._known_intact.add(path)
                 intact += 1
         for tmp in self.folder.glob(".step-*.tmp"):
             tmp.unlink(missing_ok=True)

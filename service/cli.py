@@ -65,12 +65,28 @@ RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0)  # then every 2 s: a restarted coordinator
 RECONNECT_WINDOW_S = 60.0  # a coordinator restart (Ray included) takes well under this
 
 
+MAX_RECONNECT_WINDOW_S = 86_400.0  # a day; --reconnect-s beyond it is a usage error
+
+
 def reconnect_delays(window_s: float) -> tuple[float, ...]:
     """Sleeps between reconnect attempts: the backoff, then its last value, adding up to `window_s`."""
     delays: list[float] = []
-    while (left := window_s - sum(delays)) > 0:
+    total = 0.0
+    while (left := window_s - total) > 0:
         delays.append(min(RECONNECT_BACKOFF_S[min(len(delays), len(RECONNECT_BACKOFF_S) - 1)], left))
+        total += delays[-1]
     return tuple(delays)
+
+
+def _reconnect_window(text: str) -> float:
+    """--reconnect-s: finite seconds from 0 to a day (inf would retry, and allocate, forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_RECONNECT_WINDOW_S:
+        raise argparse.ArgumentTypeError(f"got {text}; must be between 0 and {MAX_RECONNECT_WINDOW_S:g} s")
+    return value
 
 
 _LOG = logging.getLogger(__name__)
@@ -249,7 +265,7 @@ def _add_client_commands(
     follow = argparse.ArgumentParser(add_help=False)
     follow.add_argument(
         "--reconnect-s",
-        type=float,
+        type=_reconnect_window,
         default=RECONNECT_WINDOW_S,
         metavar="S",
         help=f"keep reconnecting a broken watch this long, seconds (default {RECONNECT_WINDOW_S:g})",

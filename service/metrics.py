@@ -256,6 +256,10 @@ class Metrics:
             registry=registry,
         )
 
+    def set_job_workers(self, job_id: str, workers: int) -> None:
+        """The job now trains with `workers` worker actors (after a scale)."""
+        self.job_workers.labels(job_id).set(workers)
+
     def record_checkpoint(self, job_id: str) -> None:
         """A complete checkpoint of the job was written just now."""
         self.checkpoints_written.inc()

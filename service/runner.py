@@ -234,6 +234,8 @@ class JobRunner:
             self._writer.flush()
         except Exception:
             log.warning("job %s: no checkpoint at shutdown; it resumes from an older one", self.job_id)
+        finally:
+            self._writer.drain()  # an earlier write must not post after the job is re-queued
 
     # -- scaling --------------------------------------------------------------------------------
 
@@ -262,7 +264,7 @@ class JobRunner:
         # WorkersNotStarted from here: the job restarts from that checkpoint, with `target` workers.
         self._actors.start(self._setup, ckpt, self._cpus)
         self._say(note)  # over a "waiting for CPUs" shown while they started
-        self.metrics.job_workers.labels(self.job_id).set(target)
+        self.metrics.set_job_workers(self.job_id, target)
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -302,6 +304,7 @@ class JobRunner:
             what = "the parameter server" if isinstance(cause, ParameterServerLost) else "the new workers"
             self._count_restart(what, failed_step, cause)
             self._actors.stop()
+            self._cpus.release_if_lost()
             ckpt = self._writer.latest(self._setup.spec_hash)
             self._adopt(ckpt)
             try:

@@ -129,6 +129,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         server, port = _bind_grpc(config, credentials, tokens, metrics)
         undo.callback(server.stop, None)
         owns_ray = _init_ray(config)
+        if owns_ray:
+            undo.callback(ray.shutdown)
         running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
         running._lock = lock
         undo.pop_all()
@@ -197,7 +199,11 @@ def _start_services(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     scheduler.start()
-    server.start()
+    try:
+        server.start()
+    except Exception:
+        scheduler.stop(timeout_s=5)  # no job may run behind a server that never started
+        raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(

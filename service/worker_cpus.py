@@ -144,6 +144,12 @@ class WorkerCPUs:
         release(self._extra)
         self._extra = None
 
+    def release_if_lost(self) -> None:
+        """Give the CPUs back when a slot lost its node, so a restart reserves afresh on live
+        nodes instead of waiting for Ray to re-place the slot (seen to stall past minutes)."""
+        if self.reservation is not None and self.reservation.lost_a_node():
+            self.release()
+
     def release(self) -> None:
         """Give back all of the job's CPUs."""
         if self.reservation is not None:

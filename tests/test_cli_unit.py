@@ -303,6 +303,8 @@ def test_every_subcommand_parses(argv: list[str], expected: dict) -> None:
         ["list", "--state", "DONE"],
         ["get", "x", "--output", "yaml"],
         ["serve", "--port", "many"],
+        ["watch", "j", "--reconnect-s", "inf"],
+        ["watch", "j", "--reconnect-s", "-1"],
         ["frobnicate"],
     ],
     ids=lambda v: " ".join(v) or "nothing",

@@ -121,6 +121,16 @@ class Reservation:
         table = [placement_group_table(group)["bundles_to_node_id"] for group in self.groups]
         return [nodes[i] for nodes in table for i in sorted(nodes)]
 
+    def lost_a_node(self) -> bool:
+        """Whether a slot is not on a live node (its node died; Ray may be re-placing it)."""
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        for group in self.groups:
+            table = placement_group_table(group)
+            placed = table["bundles_to_node_id"]
+            if len(placed) < len(table["bundles"]) or any(n not in alive for n in placed.values()):
+                return True
+        return False
+
     def release(self) -> None:
         for group in self.groups:
             release(group)

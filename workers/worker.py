@@ -120,20 +120,19 @@ class GradientWorkerCore:
             return self.evaluate(command)
         raise ValueError(f"unknown command kind {command.kind!r}")
 
-    def _inputs(self, x: np.ndarray) -> np.ndarray:
-        # float32 before any arithmetic; the same expression on every worker keeps results identical
-        out = x.astype(np.float32)
-        out -= self.offset
+    def _inputs(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(float32(x) - offset) * scale`` into ``out`` (new if None): float32 before any
+        arithmetic, the same expression on every worker, so results stay identical."""
+        out = np.empty(x.shape, np.float32) if out is None else out
+        np.subtract(x, self.offset, out=out, dtype=np.float32)
         out *= self.scale
         return out
 
     def _train_inputs(self, rows: np.ndarray) -> np.ndarray:
-        """`_inputs(x_train[rows])` in buffers kept across steps: the same bits, no allocation."""
-        raw, out = self._raw_rows[: len(rows)], self._input_rows[: len(rows)]
+        """`_inputs(x_train[rows])` in buffers kept across steps."""
+        raw = self._raw_rows[: len(rows)]
         np.take(self.x_train, rows, axis=0, out=raw)
-        np.subtract(raw, self.offset, out=out, dtype=np.float32)  # float32 first, as astype does
-        out *= self.scale
-        return out
+        return self._inputs(raw, self._input_rows[: len(rows)])
 
     def _batch(self, epoch: int, batch_index: int) -> np.ndarray:
         if epoch != self._order_epoch:

@@ -168,6 +168,16 @@ def test_state_dict_holds_copies() -> None:
     assert np.array_equal(state["first_moment"], saved) and state["step_count"] == 1
 
 
+def test_a_momentum_state_saved_without_its_step_count_still_loads() -> None:
+    """Checkpoints written before step_count was saved ({"velocity"} only) resume with count 0,
+    and a state with a key the optimizer does not have is refused naming the keys."""
+    optimizer = Momentum(3, np.float64, momentum=0.5)
+    optimizer.load_state_dict({"velocity": np.ones(3)})
+    assert optimizer.step_count == 0 and optimizer.velocity.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"must have keys \['step_count', 'velocity'\]"):
+        optimizer.load_state_dict({"velocity": np.ones(3), "first_moment": np.ones(3)})
+
+
 def test_invalid_arguments_are_rejected() -> None:
     """Bad learning rates, shapes, kinds and hyperparameters raise ValueError naming them."""
     optimizer = SGD(3, np.float32)

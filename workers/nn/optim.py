@@ -72,14 +72,16 @@ class Optimizer:
         """Restore state saved by ``state_dict`` of an optimizer of the same kind and size."""
         targets = self._state_arrays()
         expected = set(targets) | {"step_count"}
-        if set(state) != expected:
+        # Momentum and Nesterov checkpoints written before the count was saved lack it; they
+        # resumed from 0 then, and still do.
+        if set(state) | {"step_count"} != expected:
             raise ValueError(f"optimizer state must have keys {sorted(expected)}; has {sorted(state)}")
         for key, target in targets.items():
             value = np.asarray(state[key])
             if value.shape != target.shape:
                 raise ValueError(f"state {key!r} must have shape {target.shape}, got {value.shape}")
             np.copyto(target, value, casting="same_kind")
-        self.step_count = int(state["step_count"])
+        self.step_count = int(state.get("step_count", 0))
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         """The optimizer's state arrays by name (the live arrays, not copies)."""
