@@ -61,15 +61,20 @@ def test_a_job_larger_than_the_cluster_waits_then_runs_when_a_node_joins(seen) -
 
 
 def test_a_killed_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> None:
-    """Killing a worker's raylet mid-job is noticed within 20 s; while no CPU is free the job says it
-    waits and counts one live worker; it replaces the worker once one is free and ends with bit-identical
-    weights to an undisturbed run."""
+    """Killing a worker's raylet mid-job is noticed within 20 s. The job then either replaces the lost
+    worker (saying it waits, with one live worker, while no CPU is free) or, when the parameter
+    server's call to it failed first, restarts from its last checkpoint in CPUs reserved afresh
+    (QUEUED with the reason meanwhile); both end with the weights of an undisturbed run."""
     assert seen["noticed_after_s"] < 20
-    assert "worker 0 (pid " in seen["node_lost"]["message"]
     replacing = seen["replacing"]
-    assert replacing["state"] == "RUNNING" and replacing["workers_alive"] == 1
-    assert replacing["message"].endswith("; waiting for a CPU to replace it"), replacing
+    if "worker 0 (pid " in seen["node_lost"]["message"]:
+        assert replacing["state"] == "RUNNING" and replacing["workers_alive"] == 1, replacing
+        assert replacing["message"].endswith("; waiting for a CPU to replace it"), replacing
+    else:
+        assert replacing["state"] == "QUEUED", replacing
+        assert replacing["message"].startswith("waiting for 2 CPUs for the workers"), replacing
     assert seen["node_lost"]["state"] == "SUCCEEDED"
+    assert seen["node_lost"]["worker_restarts"] >= 1
     assert seen["same_weights"] is True
 
 
