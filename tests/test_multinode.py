@@ -61,18 +61,18 @@ def test_a_job_larger_than_the_cluster_waits_then_runs_when_a_node_joins(seen) -
 
 
 def test_a_killed_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -> None:
-    """Killing a worker's raylet mid-job is noticed within 20 s. The job then either replaces the lost
-    worker (saying it waits, with one live worker, while no CPU is free) or, when the parameter
-    server's call to it failed first, restarts from its last checkpoint in CPUs reserved afresh
-    (QUEUED with the reason meanwhile); both end with the weights of an undisturbed run."""
+    """Killing a worker's raylet mid-job is noticed within 20 s. While no CPU is free the job says
+    what it waits for and counts only live workers; once CPUs return it ends with the weights of an
+    undisturbed run. Timing picks the path: the lost worker replaced (or, when the survivor did not
+    answer in time either, both), or a restart from the last checkpoint in CPUs reserved afresh."""
     assert seen["noticed_after_s"] < 20
     replacing = seen["replacing"]
-    if "worker 0 (pid " in seen["node_lost"]["message"]:
-        assert replacing["state"] == "RUNNING" and replacing["workers_alive"] == 1, replacing
-        assert replacing["message"].endswith("; waiting for a CPU to replace it"), replacing
+    assert "waiting for" in replacing["message"], replacing
+    assert replacing["workers_alive"] < 2, replacing  # the dead worker is not counted
+    if replacing["state"] == "RUNNING":
+        assert "died at step" in replacing["message"] and "to replace" in replacing["message"], replacing
     else:
         assert replacing["state"] == "QUEUED", replacing
-        assert replacing["message"].startswith("waiting for 2 CPUs for the workers"), replacing
     assert seen["node_lost"]["state"] == "SUCCEEDED"
     assert seen["node_lost"]["worker_restarts"] >= 1
     assert seen["same_weights"] is True
