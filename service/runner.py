@@ -323,13 +323,12 @@ class JobRunner:
     def _rollback(self, diverged: Diverged) -> None:
         self.metrics.record_divergence(self.job_id, diverged.loss)  # for the loss-not-finite alert
         spec = self._setup.spec
-        if not self._policy.rolls_back():  # fail with the divergence, whatever the checkpoints hold
-            self._writer.drain()
-            last = self._writer.written_step
-            self._policy.diverged(diverged.message, f"the checkpoint at step {last}" if last else None)
+        # Decided before any checkpoint is read: failing names the divergence, whatever they hold.
+        self._writer.drain()
+        last = self._writer.written_step
+        scale = self._policy.diverged(diverged.message, f"the checkpoint at step {last}" if last else None)
         ckpt = self._writer.latest(self._setup.spec_hash)
         where = f"the checkpoint at step {ckpt.step}" if ckpt else "the initial weights"
-        scale = self._policy.diverged(diverged.message, where if ckpt else None)
         rollbacks = self._policy.rollbacks
         if ckpt is None:
             state = TrainingState(0, self._setup.initial_params(), {}, scale)

@@ -13,7 +13,7 @@ from service.jobs import TERMINAL_STATES, JobStore
 from service.jobsetup import DatasetCache
 from service.metrics import Metrics
 from service.runner import JobRunner
-from workers.placement import cluster_cpus
+from workers.placement import total_if_too_small
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class Scheduler:
     def scale(self, job_id: str, num_workers: int) -> pb.Job:
         """A queued job starts with `num_workers`; a running one switches at the first step boundary
         with CPUs for them. JobNotReady when the cluster can never hold them (and cannot grow)."""
-        total, _free = cluster_cpus()
-        if not self.config.autoscaling and num_workers > total:
+        if not self.config.autoscaling and (total := total_if_too_small(num_workers)) is not None:
             raise JobNotReady(
                 f"num_workers: {num_workers} workers need {num_workers} CPUs (one each) but the cluster "
                 f"has {total:g} in total; scale to at most {total:g} workers or add nodes first"

@@ -9,19 +9,17 @@ to shared-memory channels (about 1 ms with 2 workers) instead of several actor c
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
 from ray.dag import InputNode, MultiOutputNode
 
+from workers import placement
 from workers.placement import Reservation
 from workers.worker import EvalResult, GradientWorker, ModelPlan, StepCommand, TrainResult
 
 log = logging.getLogger(__name__)
-
-WAIT_POLL_S = 1.0  # how often a wait for replacement workers reports back
 
 
 class WorkerLost(RuntimeError):
@@ -150,13 +148,14 @@ def _wait_started(actors: list, timeout_s: float, on_wait: Callable[[], None] | 
     """The process ids of `actors` once all answer, calling `on_wait()` about once a second until
     then. GetTimeoutError after `timeout_s`; RayActorError when one died."""
     refs = [actor.pid.remote() for actor in actors]
-    deadline = time.monotonic() + timeout_s
-    # A dead actor's ref is ready too: reading it raises.
-    while len(ray.wait(refs, num_returns=len(refs), timeout=WAIT_POLL_S)[0]) < len(refs):
-        if time.monotonic() > deadline:
+
+    def on_poll(timed_out: bool) -> None:
+        if timed_out:
             raise ray.exceptions.GetTimeoutError(f"the workers did not start within {timeout_s:.0f} s")
         if on_wait is not None:
             on_wait()
+
+    placement.wait_all(refs, timeout_s, on_poll)  # a dead actor's ref is ready too: reading it raises
     return ray.get(refs, timeout=10)
 
 

@@ -43,8 +43,7 @@ def reserve_workers(
     False: an autoscaler may add nodes), and after `wait_s` seconds without room. While it waits it calls
     `on_wait(reason)` about once a second; an exception from `on_wait` (a cancel) ends the wait.
     """
-    total, _free = cluster_cpus()
-    if fail_if_too_small and total < num_workers:
+    if fail_if_too_small and (total := total_if_too_small(num_workers)) is not None:
         raise Unplaceable(
             f"the job needs {num_workers} CPUs (one per worker) but the cluster has {total:g} in total; "
             "lower num_workers or add nodes"
@@ -58,18 +57,32 @@ def reserve_workers(
     return group
 
 
+def total_if_too_small(num_workers: int) -> float | None:
+    """The cluster's total CPUs when they are fewer than `num_workers` (one each), else None."""
+    total, _free = cluster_cpus()
+    return total if total < num_workers else None
+
+
+def wait_all(refs: list, timeout_s: float, on_poll: Callable[[bool], None]) -> None:
+    """Return once every ref is ready; meanwhile call `on_poll(timed_out)` about every WAIT_POLL_S,
+    `timed_out` True once `timeout_s` passed (it should raise then)."""
+    deadline = time.monotonic() + timeout_s
+    while len(ray.wait(refs, num_returns=len(refs), timeout=WAIT_POLL_S)[0]) < len(refs):
+        on_poll(time.monotonic() > deadline)
+
+
 def _wait_ready(
     group: PlacementGroup, num_workers: int, wait_s: float, on_wait: Callable[[str], None] | None
 ) -> None:
-    ready_ref = group.ready()
-    deadline = time.monotonic() + wait_s
-    while not ray.wait([ready_ref], timeout=WAIT_POLL_S)[0]:
+    def on_poll(timed_out: bool) -> None:
         _total, free = cluster_cpus()
         reason = f"waiting for {num_workers} CPUs for the workers; cluster has {free:g} free"
-        if time.monotonic() > deadline:
+        if timed_out:
             raise Unplaceable(f"no room for the workers after {wait_s:.0f} s: {reason}")
         if on_wait is not None:
             on_wait(reason)
+
+    wait_all([group.ready()], wait_s, on_poll)
 
 
 def request_workers(num_workers: int, strategy: str = DEFAULT_STRATEGY) -> PlacementGroup:
