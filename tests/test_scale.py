@@ -48,9 +48,9 @@ def wait_until(client, job_id: str, done, timeout_s: float = 120) -> pb.Job:
 def test_scaling_1_to_3_to_2_workers_keeps_the_weights_bit_identical(client, coordinator, tmp_path) -> None:
     """A job scaled 1 -> 3 -> 2 workers mid-run ends with the weights of a fixed 2-worker run."""
     write_blobs(coordinator.config.data_root / "blobs.npz", n_train=3000)
-    # 3,000 steps: scaling up trains on with the old workers until the new ones start, so a shorter
+    # 6,000 steps: scaling up trains on with the old workers until the new ones start, so a shorter
     # job can end before the switch on a loaded machine.
-    spec = {"numWorkers": 1, "microShards": 6, "batchSize": 30, "epochs": 30}
+    spec = {"numWorkers": 1, "microShards": 6, "batchSize": 30, "epochs": 60}
     scaled = client.submit(small_spec("npz:blobs.npz", **spec))
     wait_until(client, scaled.id, lambda job: job.progress.step >= 20)
     assert client.scale(scaled.id, 3).spec.num_workers in (1, 3)  # applied at the next boundary
