@@ -6,7 +6,8 @@ Run from the repository root on a quiet machine, without the environment's slow 
 
 It prints, for 784-256-128-10 (ReLU, softmax cross-entropy, Adam) at batch 64, 256 and 1024 with 1 and
 2 BLAS threads: samples/s of one step (forward, backward, Adam update) for gradfleet's engine and for
-PyTorch (when installed: the optional `bench` extra), the ratio, and the fraction of the measured
+PyTorch (when installed: the optional `bench` extra) timed in alternating rounds, the median of the
+per-round ratios, and the fraction of the measured
 one-thread float32 matmul rate the engine's step reaches. Then the step time in epoch 1 and epoch 10
 of a run whose sparse inputs leave Adam moments decaying toward subnormals, and a tracemalloc check
 that steady-state steps allocate no parameter-sized array. `--quick` runs a short version.
@@ -71,17 +72,28 @@ def blas_report() -> str:
     return "\n".join(lines)
 
 
-def measure(step: Callable[[], None], batch: int, rounds: int, steps_per_round: int) -> Rate:
-    """Warm up, then time `rounds` rounds of `steps_per_round` steps; samples/s per round."""
-    for _ in range(max(3, steps_per_round // 4)):
-        step()
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps_per_round):
+def measure_pair(
+    ours: Callable[[], None], theirs: Callable[[], None] | None, batch: int, rounds: int, steps: int
+) -> tuple[Rate, Rate | None, float | None]:
+    """Warm both up, then time `rounds` rounds of `steps` steps, ours and theirs taking turns, so
+    that a neighbour's burst on a shared machine hits both alike; samples/s per round, and the
+    median of the per-round ratios (ours / theirs)."""
+    steppers = [ours] if theirs is None else [ours, theirs]
+    for step in steppers:
+        for _ in range(max(3, steps // 4)):
             step()
-        rates.append(batch * steps_per_round / (time.perf_counter() - start))
-    return Rate(statistics.median(rates), min(rates), max(rates))
+    rates: list[list[float]] = [[] for _ in steppers]
+    for _ in range(rounds):
+        for rate, step in zip(rates, steppers, strict=True):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            rate.append(batch * steps / (time.perf_counter() - start))
+    summaries = [Rate(statistics.median(r), min(r), max(r)) for r in rates]
+    if theirs is None:
+        return summaries[0], None, None
+    ratio = statistics.median(a / b for a, b in zip(rates[0], rates[1], strict=True))
+    return summaries[0], summaries[1], ratio
 
 
 def matmul_rate(threads: int, size: int = 1024, repeats: int = 7) -> float:
@@ -160,11 +172,11 @@ def throughput_table(rounds: int, steps: int, reference_flops: float) -> None:
             per_round = max(4, steps * 256 // batch)
             torch_threads(threads)
             with threadpool_limits(threads):
-                ours = measure(EngineStep(batch), batch, rounds, per_round)
-                theirs_step = torch_step(batch)
-                theirs = measure(theirs_step, batch, rounds, per_round) if theirs_step else None
+                ours, theirs, paired = measure_pair(
+                    EngineStep(batch), torch_step(batch), batch, rounds, per_round
+                )
             fraction = ours.median / batch * step_flops(batch) / reference_flops
-            ratio = f"{ours.median / theirs.median:5.2f}" if theirs else "   - "
+            ratio = f"{paired:5.2f}" if theirs else "   - "
             other = str(theirs) if theirs else "not installed"
             print(f"{threads:>7} {batch:>5}  {ours!s:>22}  {other:>22}  {ratio}  {fraction:6.1%}")
 
@@ -257,7 +269,7 @@ class _InProcessGroup:
     def __init__(self, plan, cores: list) -> None:
         self.plan, self.cores, self.size = plan, cores, len(cores)
 
-    def run(self, command, timeout_s: float) -> list:
+    def run(self, command, timeout_s: float, idle_s: float = 0.0) -> list:
         return [core.handle(command) for core in self.cores]
 
 

@@ -1,11 +1,13 @@
 """Load on a coordinator: read traffic while a job trains, and a burst of submissions.
 
-    python bench/load.py [--clients 50] [--seconds 30] [--burst 200] [--max-queued-jobs 50]
+    python bench/load.py [--clients 50] [--seconds 30] [--interval 1] [--burst 200] [--max-queued-jobs 50]
 
 Starts `gradfleet serve` in a subprocess (the clients here must not share its interpreter), then:
 1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
-   samples/s alone, then while N clients each loop GetJob and ListJobs and hold a WatchJob stream;
-   reports errors, p50/p99 latency, and whether every stream ended cleanly when the job did;
+   samples/s alone, then while N clients each hold a WatchJob stream and call GetJob and ListJobs
+   once every --interval seconds (1 s: a dashboard's refresh; 0: back to back, a stress test that
+   takes every spare cycle); reports errors, p50/p99 latency, whether every stream ended cleanly when
+   the job did, and the CPU the coordinator and the clients used (here they share the job's cores);
 2. submits --burst jobs at once to a queue capped at --max-queued-jobs: every one is accepted or
    refused with RESOURCE_EXHAUSTED, none is lost, and the queue drains in submission order.
 The functions are imported by tests/test_load.py with small counts.
@@ -14,6 +16,7 @@ The functions are imported by tests/test_load.py with small counts.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -125,6 +128,29 @@ def _watch(address: str, job_id: str, report: ReadLoad) -> None:
             report.watch_events += count
             if last is not None and last.job.state in TERMINAL_STATES:
                 report.streams_clean += 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """Cores' worth of CPU (CPU seconds per second) two processes used over a window."""
+
+    coordinator: float
+    clients: float
+
+
+def cpu_use_during(server_pid: int, window: Callable[[], float]) -> tuple[float, CpuUse]:
+    """Run `window()` (returns its result) and measure the coordinator's and this process's CPU."""
+    server, own, start = cpu_seconds(server_pid), time.process_time(), time.monotonic()
+    result = window()
+    elapsed = time.monotonic() - start
+    use = CpuUse((cpu_seconds(server_pid) - server) / elapsed, (time.process_time() - own) / elapsed)
+    return result, use
 
 
 def samples_per_second(client: CoordinatorClient, job_id: str, seconds: float) -> float:
@@ -248,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--interval", type=float, default=0.0, help="pause between a client's rounds, s")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="pause between a client's rounds, s (0: back to back)"
+    )
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--max-queued-jobs", type=int, default=50)
     parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
@@ -262,27 +290,35 @@ def main(argv: list[str] | None = None) -> int:
             uri = "npz:blobs.npz"
         proc, address = _start_server(Path(tmp) / "state", data, args.max_queued_jobs)
         try:
-            return _run(address, uri, args)
+            return _run(address, uri, args, proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
 
 
-def _run(address: str, uri: str, args: argparse.Namespace) -> int:
+def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> int:
     with CoordinatorClient(address) as client:
         client.wait_ready(timeout=120)
         job = client.submit(_spec(uri))
         wait_training(client, job.id)
-        alone = samples_per_second(client, job.id, args.seconds)
-        report, loaded = read_load(
-            address,
-            job.id,
-            args.clients,
-            lambda: samples_per_second(client, job.id, args.seconds),
-            lambda: client.cancel(job.id),
-            args.interval,
+        alone, idle_cpu = cpu_use_during(server_pid, lambda: samples_per_second(client, job.id, args.seconds))
+        (report, loaded), load_cpu = cpu_use_during(
+            server_pid,
+            lambda: read_load(
+                address,
+                job.id,
+                args.clients,
+                lambda: samples_per_second(client, job.id, args.seconds),
+                lambda: client.cancel(job.id),
+                args.interval,
+            ),
         )
     _print_read_load(report, args, alone, loaded)
+    print(
+        f"  CPU, in cores: coordinator {idle_cpu.coordinator:.2f} alone, {load_cpu.coordinator:.2f} "
+        f"under load; the clients (this process) {load_cpu.clients:.2f}, on a machine of "
+        f"{os.cpu_count()} cores that also runs the job"
+    )
     small = _spec(uri, epochs=1, numWorkers=1, dataset={"uri": uri, "maxTrainSamples": 512})
     burst = submit_burst(address, small, args.burst)
     print(
@@ -302,7 +338,11 @@ def _run(address: str, uri: str, args: argparse.Namespace) -> int:
 def _print_read_load(report: ReadLoad, args: argparse.Namespace, alone: float, loaded: float) -> None:
     calls, errors = report.calls(), len(report.errors)
     pace = f"{args.interval:g} s apart" if args.interval else "back to back"
-    print(f"read load: {args.clients} clients x {args.seconds:g} s ({pace}), {calls} calls, {errors} errors")
+    rate = calls / args.seconds
+    print(
+        f"read load: {args.clients} clients x {args.seconds:g} s ({pace}), {calls} calls ({rate:,.0f}/s), "
+        f"{errors} errors"
+    )
     for method, values in report.latencies.items():
         p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
         print(f"  {method}: {len(values)} calls, p50 {p50:.1f} ms, p99 {p99:.1f} ms")

@@ -215,7 +215,7 @@ class JobStore:
         with self._lock:
             self._get(job_id)
             while True:
-                fresh = [(v, e) for v, e in self._events[job_id] if v > version]
+                fresh = _newer_than(self._events[job_id], version)
                 remaining = deadline - time.monotonic()
                 if fresh or remaining <= 0:
                     return fresh
@@ -225,6 +225,18 @@ class JobStore:
         """Wake every waiting watcher (a client went away, or the server is stopping)."""
         with self._lock:
             self._changed.notify_all()
+
+
+def _newer_than(events: collections.deque, version: int) -> list[tuple[int, pb.JobEvent]]:
+    """The events after `version`, oldest first, read from the newest end: every event wakes every
+    watcher, so each must cost it the few new events, not the whole history."""
+    fresh = []
+    for item in reversed(events):
+        if item[0] <= version:
+            break
+        fresh.append(item)
+    fresh.reverse()
+    return fresh
 
 
 def _request_id(spec: pb.JobSpec) -> str | None:

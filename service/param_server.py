@@ -20,6 +20,7 @@ import ray
 
 from service.errors import TrainingFailed
 from workers.batches import steps_per_epoch
+from workers.graph_process import skip_torch_probe
 from workers.group import WorkerGroup, WorkerLost
 from workers.nn import Optimizer, ReductionBuffers, add_sums, clip_by_global_norm, summarize, tree_reduce
 from workers.worker import StepCommand
@@ -29,6 +30,9 @@ from workers.worker import StepCommand
 SPIKE_FACTOR = 1000.0
 SPIKE_HISTORY_STEPS = 100
 SPIKE_MIN_HISTORY = 20
+# The part of the last step's compute time the parameter server sleeps before reading the next
+# step's results (see ParameterServerCore._one_step).
+IDLE_FRACTION = 0.75
 
 
 class ParameterServer:
@@ -160,6 +164,8 @@ class ParameterServerCore:
         self._grad = np.empty_like(server.params)
         self._reduction = ReductionBuffers(self._grad)
         self._recent_norms: collections.deque[float] = collections.deque(maxlen=SPIKE_HISTORY_STEPS)
+        self._idle_s = 0.0  # how long the next step sleeps before reading results (see _one_step)
+        self._last_compute_s = 0.0
 
     def _position(self) -> tuple[int, int]:
         step = self.server.step
@@ -189,7 +195,7 @@ class ParameterServerCore:
         start = time.perf_counter()
         epoch, batch_index = self._position()
         command = StepCommand("train", self.server.params, self.group.size, epoch, batch_index)
-        results = self.group.run(command, self.step_timeout_s)
+        results = self.group.run(command, self.step_timeout_s, idle_s=self._idle_s)
         reduce_start = time.perf_counter()
         grad, loss_sum, count = reduce_results(
             results, self.plan.num_microshards, self._grad, self._reduction
@@ -200,6 +206,12 @@ class ParameterServerCore:
         self._check_spike(norm, epoch)
         lr = self.server.apply(grad, count)
         end = time.perf_counter()
+        compute = max((r.compute_seconds for r in results), default=0.0)
+        # Sleep through most of the next step's compute rather than spin in Ray's read, which on a
+        # machine with a core per worker takes CPU from the workers: early by a margin for jitter,
+        # and from the shorter of the last two steps so that one stalled step does not slow the next.
+        self._idle_s = IDLE_FRACTION * min(compute, self._last_compute_s)
+        self._last_compute_s = compute
         return StepStats(
             epoch=epoch,
             step=self.server.step,
@@ -208,7 +220,7 @@ class ParameterServerCore:
             learning_rate=lr,
             grad_norm=norm,
             step_seconds=end - start,
-            compute_seconds=max((r.compute_seconds for r in results), default=0.0),
+            compute_seconds=compute,
             reduce_seconds=apply_start - reduce_start,
             apply_seconds=end - apply_start,
         )
@@ -279,6 +291,7 @@ class ParameterServerActor:
         clip_norm: float = 0.0,
         state: TrainingState | None = None,
     ) -> None:
+        skip_torch_probe()
         # Arrays arrive as read-only views of the object store: own a writable copy.
         server = ParameterServer(params.copy(), make_optimizer(), schedule, clip_norm)
         self.make_optimizer = make_optimizer

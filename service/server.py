@@ -74,6 +74,16 @@ class RunningServer:
             self._lock.close()  # last: another coordinator may take the folder from here on
 
 
+def set_embedded_ray_environment() -> None:
+    """Settings (unless already set) for a Ray that this process starts, read by every Ray process."""
+    # On one machine and loopback, token auth would only depend on stray files in the home folder.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray runs its workers at nice 15, so the coordinator's gRPC threads (nice 0) took the CPU from a
+    # training step whenever a client called, and a synchronous step waits for its slowest worker.
+    # At equal priority, 50 clients polling once a second cost the job about nothing (bench/load.py).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
+
 def _init_ray(config: ServerConfig) -> bool:
     """Connect to Ray; returns True if this process started (and so must stop) it."""
     if ray.is_initialized():
@@ -81,8 +91,7 @@ def _init_ray(config: ServerConfig) -> bool:
     if config.ray_address:
         ray.init(address=config.ray_address, log_to_driver=False)
         return False
-    # An embedded single-machine Ray on loopback: token auth would only depend on stray home files.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    set_embedded_ray_environment()
     log.warning(
         "the embedded Ray listens on all network interfaces (Ray cannot be kept on loopback); "
         "keep this machine's Ray ports away from untrusted networks"

@@ -24,8 +24,11 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """A local Ray with 4 logical CPUs (tests run up to 3 workers on 2 cores), started once."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
+
+    from service.server import set_embedded_ray_environment
+
+    set_embedded_ray_environment()  # the coordinator's own settings for a Ray it starts
 
     # address="local": always a fresh instance, never a cluster someone else started with `ray start`
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -391,3 +391,18 @@ def test_a_checkpoint_being_written_lands_before_the_job_ends(tmp_path: Path, sp
     events = runner.store.events_after(runner.job_id, 0, 0)
     assert events[-1][1].kind == pb.JobEvent.STATE and events[-1][1].job.state == pb.FAILED
     assert runner.store.get(runner.job_id).progress.checkpoint_step == 20
+
+
+def test_a_watcher_gets_exactly_the_events_after_its_version_oldest_first(tmp_path: Path) -> None:
+    """events_after reads from the newest end; it must still return every newer event, in order, and
+    only those of the history it keeps."""
+    store = JobStore(tmp_path)
+    job, _ = store.create(with_defaults(small_spec("npz:blobs.npz")))
+    start, _ = store.snapshot(job.id)
+    for step in range(1, 6):
+        store.update(job.id, lambda j, s=step: setattr(j.progress, "step", s))
+    events = store.events_after(job.id, start + 2, timeout_s=0)
+    assert [e.job.progress.step for _, e in events] == [3, 4, 5]
+    assert [v for v, _ in events] == [start + 3, start + 4, start + 5]
+    assert store.events_after(job.id, start + 5, timeout_s=0) == []
+    store.close()

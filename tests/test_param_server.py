@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
 import pytest
 
 from service.errors import TrainingFailed
-from service.param_server import ParameterServer, ParameterServerCore
+from service.param_server import IDLE_FRACTION, ParameterServer, ParameterServerCore
 from workers.nn import SGD, make_schedule
 from workers.worker import GradientWorkerCore, ModelPlan
 
@@ -21,7 +22,7 @@ class InProcessGroup:
         ones = np.ones(x.shape[1], np.float32)
         self.core = GradientWorkerCore(plan, 0, x, y, x, y, np.zeros_like(ones), ones)
 
-    def run(self, command, timeout_s: float) -> list:
+    def run(self, command, timeout_s: float, idle_s: float = 0.0) -> list:
         return [self.core.handle(command)]
 
 
@@ -79,3 +80,32 @@ def test_a_workers_batch_inputs_match_converting_then_scaling(dtype) -> None:
     rows = rng.permutation(300)[:64]
     expected = (x[rows].astype(np.float32) - offset) * scale
     assert np.array_equal(core._train_inputs(rows), expected)
+
+
+class RecordingGroup(InProcessGroup):
+    """An InProcessGroup that records each step's idle hint and reports fixed compute times."""
+
+    def __init__(self, plan: ModelPlan, x: np.ndarray, y: np.ndarray, compute_s: list[float]) -> None:
+        super().__init__(plan, x, y)
+        self.compute_s, self.idle_hints = list(compute_s), []
+
+    def run(self, command, timeout_s: float, idle_s: float = 0.0) -> list:
+        self.idle_hints.append(idle_s)
+        result = self.core.handle(command)
+        return [dataclasses.replace(result, compute_seconds=self.compute_s.pop(0))]
+
+
+def test_the_parameter_server_sleeps_through_most_of_the_shorter_of_the_last_two_computes() -> None:
+    """Ray's channel read spins, so the next read waits IDLE_FRACTION of the last steps' compute;
+    the shorter of two, so that one stalled step (0.5 s here) does not delay the next."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    plan = ModelPlan((4, 8, 3), ("relu", "identity"), "softmax_cross_entropy", 16, 1, 0)
+    net = plan.network()
+    server = ParameterServer(net.init_params(rng), SGD(net.num_params, np.float32), _constant(0.1))
+    group = RecordingGroup(plan, x, y, [0.004, 0.004, 0.5, 0.004, 0.004])
+    core = ParameterServerCore(group, server, 64, epochs=2, step_timeout_s=10)
+    core.train(until_step=5, max_seconds=10)  # one epoch is 4 steps: train stops there
+    core.train(until_step=5, max_seconds=10)
+    f = IDLE_FRACTION
+    assert group.idle_hints == pytest.approx([0.0, 0.0, f * 0.004, f * 0.004, f * 0.004])

@@ -9,6 +9,7 @@ to shared-memory channels (about 1 ms with 2 workers) instead of several actor c
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,12 +113,21 @@ class WorkerGroup:
             dag = MultiOutputNode([actor.handle.bind(command) for actor in self.actors])
         self._graph = dag.experimental_compile()
 
-    def run(self, command: StepCommand, timeout_s: float) -> list[TrainResult | EvalResult]:
-        """Send one command to every worker and wait for all results (never without a timeout)."""
+    def run(
+        self, command: StepCommand, timeout_s: float, idle_s: float = 0.0
+    ) -> list[TrainResult | EvalResult]:
+        """Send one command to every worker and wait for all results (never without a timeout).
+
+        `idle_s`: sleep this long before waiting. Ray's channel read spins, so a caller that knows
+        the workers will take a while (the last step's compute) leaves them the CPU meanwhile.
+        """
         if self._graph is None:
             self.compile()
         try:
-            return ray.get(self._graph.execute(command), timeout=timeout_s)
+            ref = self._graph.execute(command)
+            if idle_s > 0:
+                time.sleep(idle_s)
+            return ray.get(ref, timeout=timeout_s)
         except TimeoutError as exc:  # GetTimeoutError and RayChannelTimeoutError both are
             raise WorkerLost(f"a worker did not answer within {timeout_s:.0f} s") from exc
         except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as exc:

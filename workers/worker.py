@@ -16,6 +16,7 @@ import ray
 from threadpoolctl import threadpool_limits
 
 from workers.batches import batch_indices, epoch_permutation
+from workers.graph_process import skip_torch_probe
 from workers.nn import (
     Network,
     ReductionBuffers,
@@ -198,6 +199,7 @@ class GradientWorker:
     def __init__(self, plan: ModelPlan, rank: int, x_train, y_train, x_test, y_test, offset, scale):
         # one BLAS thread: results must not depend on how many threads a node happens to give us
         threadpool_limits(1)
+        skip_torch_probe()
         self.core = GradientWorkerCore(plan, rank, x_train, y_train, x_test, y_test, offset, scale)
 
     def ready(self) -> int:
