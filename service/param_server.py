@@ -31,8 +31,10 @@ SPIKE_FACTOR = 1000.0
 SPIKE_HISTORY_STEPS = 100
 SPIKE_MIN_HISTORY = 20
 # The part of the last step's compute time the parameter server sleeps before reading the next
-# step's results (see ParameterServerCore._one_step).
+# step's results (see ParameterServerCore._one_step); shorter sleeps than IDLE_MIN_S overshoot by
+# more than the spinning they save.
 IDLE_FRACTION = 0.75
+IDLE_MIN_S = 0.0005
 
 
 class ParameterServer:
@@ -210,7 +212,8 @@ class ParameterServerCore:
         # Sleep through most of the next step's compute rather than spin in Ray's read, which on a
         # machine with a core per worker takes CPU from the workers: early by a margin for jitter,
         # and from the shorter of the last two steps so that one stalled step does not slow the next.
-        self._idle_s = IDLE_FRACTION * min(compute, self._last_compute_s)
+        idle = IDLE_FRACTION * min(compute, self._last_compute_s)
+        self._idle_s = idle if idle >= IDLE_MIN_S else 0.0
         self._last_compute_s = compute
         return StepStats(
             epoch=epoch,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.errors import TrainingFailed
-from service.param_server import IDLE_FRACTION, ParameterServer, ParameterServerCore
+from service.param_server import IDLE_FRACTION, IDLE_MIN_S, ParameterServer, ParameterServerCore
 from workers.nn import SGD, make_schedule
 from workers.worker import GradientWorkerCore, ModelPlan
 
@@ -103,9 +103,10 @@ def test_the_parameter_server_sleeps_through_most_of_the_shorter_of_the_last_two
     plan = ModelPlan((4, 8, 3), ("relu", "identity"), "softmax_cross_entropy", 16, 1, 0)
     net = plan.network()
     server = ParameterServer(net.init_params(rng), SGD(net.num_params, np.float32), _constant(0.1))
-    group = RecordingGroup(plan, x, y, [0.004, 0.004, 0.5, 0.004, 0.004])
+    group = RecordingGroup(plan, x, y, [0.004, 0.004, 0.5, 0.004, 0.0004, 0.0004])
     core = ParameterServerCore(group, server, 64, epochs=2, step_timeout_s=10)
-    core.train(until_step=5, max_seconds=10)  # one epoch is 4 steps: train stops there
-    core.train(until_step=5, max_seconds=10)
+    core.train(until_step=6, max_seconds=10)  # one epoch is 4 steps: train stops there
+    core.train(until_step=6, max_seconds=10)
     f = IDLE_FRACTION
-    assert group.idle_hints == pytest.approx([0.0, 0.0, f * 0.004, f * 0.004, f * 0.004])
+    assert f * 0.0004 < IDLE_MIN_S  # so the last step does not sleep: it would overshoot
+    assert group.idle_hints == pytest.approx([0.0, 0.0, f * 0.004, f * 0.004, f * 0.004, 0.0])
