@@ -306,7 +306,12 @@ def _add_client_commands(
     p.set_defaults(func=_cmd_scale)
     p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("-o", "--output-file", dest="path", help="where to write (default JOB_ID.npz)")
+    p.add_argument(
+        "-o",
+        "--output-file",
+        dest="path",
+        help="file or existing folder to write to, - for standard output (default JOB_ID.npz)",
+    )
     p.set_defaults(func=_cmd_download)
 
 
@@ -370,7 +375,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             _print_job(job, args.output, submitted=True)
             return EXIT_OK
         if args.output == "text":
-            print(f"submitted job {job.id} ({job.spec.name})", flush=True)
+            print(f"submitted job {job.id} ({progress.printable(job.spec.name)})", flush=True)
         return _follow(client, job.id, args.output, args.reconnect_s)
 
 
@@ -417,16 +422,25 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    path = Path(args.path or f"{args.job_id}.npz")
+    to_stdout = args.path == "-"
+    path = Path(args.path or ".")
+    if path.is_dir():
+        path /= f"{args.job_id}.npz"
     with _connect(args) as client:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
-        size = client.download(args.job_id, path)
+        if to_stdout:
+            size = client.download_to(args.job_id, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            size = client.download(args.job_id, path)
     what = "the final model"
     if job.state in (pb.FAILED, pb.CANCELLED):
         what = f"the job's last checkpoint (the job ended {pb.JobState.Name(job.state)})"
     elif job.state != pb.SUCCEEDED:
         what = f"the job's latest checkpoint (the job was {pb.JobState.Name(job.state)}, not yet SUCCEEDED)"
-    print(f"wrote {size:,} bytes to {path}: {what}")
+    # With -o - standard output holds the model: the note goes to stderr.
+    where = "standard output" if to_stdout else path
+    print(f"wrote {size:,} bytes to {where}: {what}", file=sys.stderr if to_stdout else sys.stdout)
     return EXIT_OK
 
 
@@ -470,7 +484,8 @@ def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
     if output == "json":
         print(json_format.MessageToJson(job))
     elif submitted:
-        print(f"submitted job {job.id} ({job.spec.name}), {progress.state_name(job.state)}")
+        name, state = progress.printable(job.spec.name), progress.state_name(job.state)
+        print(f"submitted job {job.id} ({name}), {state}")
         print(f"follow it with: gradfleet watch {job.id}")
     else:
         print(progress.format_job(job))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -154,6 +155,12 @@ class CoordinatorClient:
         chunks = self._stub.DownloadModel(pb.DownloadModelRequest(job_id=job_id), metadata=self._metadata)
         return write_chunks(chunks, Path(path))
 
+    def download_to(self, job_id: str, out: BinaryIO) -> int:
+        """Stream the trained model into the binary stream `out` (standard output) as it arrives;
+        returns its size. Unlike `download` it cannot take back bytes written before an error."""
+        chunks = self._stub.DownloadModel(pb.DownloadModelRequest(job_id=job_id), metadata=self._metadata)
+        return _copy_chunks(chunks, out)
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the server's health service says SERVING; TimeoutError after `timeout` s."""
         health = health_pb2_grpc.HealthStub(self._channel)
@@ -202,7 +209,7 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
     return size
 
 
-def _copy_chunks(chunks: Iterable[pb.Chunk], out) -> int:
+def _copy_chunks(chunks: Iterable[pb.Chunk], out: BinaryIO) -> int:
     written, total = 0, None
     for chunk in chunks:
         if chunk.offset != written:

@@ -22,6 +22,12 @@ def state_name(state: int) -> str:
     return pb.JobState.Name(state) if state in pb.JobState.values() else f"STATE_{state}"
 
 
+def printable(text: str) -> str:
+    """`text` with each non-printable character escaped (ESC as \\x1b, a newline as \\n): names of
+    jobs stored before SubmitJob refused them must not drive the reader's terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     """`[#####-----]` for 0.5: filled cells rounded down, so 100% only when done."""
     filled = int(min(max(fraction, 0.0), 1.0) * width)
@@ -84,7 +90,7 @@ def format_job(job: pb.Job) -> str:
     p = job.progress
     rows = [
         ("id", job.id),
-        ("name", job.spec.name),
+        ("name", printable(job.spec.name)),
         ("state", state_name(job.state)),
         ("epoch", f"{p.epoch}/{job.spec.epochs or '?'}"),
         ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
@@ -124,7 +130,7 @@ def _table_row(job: pb.Job) -> tuple[str, ...]:
     p = job.progress
     return (
         job.id,
-        job.spec.name,
+        printable(job.spec.name),
         state_name(job.state),
         f"{p.epoch}/{job.spec.epochs or '?'}",
         f"{p.step}/{p.total_steps or '?'}",

@@ -47,7 +47,15 @@ class Scheduler:
 
     def submit(self, spec: pb.JobSpec, owner: str = "") -> pb.Job:
         """Queue a checked spec; a retried submission (same request_id) returns the job it created.
-        LimitExceeded when max_queued_jobs jobs are already waiting."""
+        LimitExceeded when max_queued_jobs jobs are already waiting; JobNotReady when the cluster can
+        never hold its workers (the runner checks again, for a cluster that shrank meanwhile)."""
+        if self.store.find_request(spec) is None:  # a retry gets its job whatever the cluster holds now
+            total = self._total_if_never_fits(spec.num_workers)
+            if total is not None:
+                raise JobNotReady(
+                    f"num_workers: the job needs {spec.num_workers} CPUs (one per worker) but the cluster "
+                    f"has {total:g} in total; lower num_workers or add nodes"
+                )
         # One lock around count, create and put: concurrent submits can neither overshoot the
         # limit nor reach the queue in another order than their records were created.
         with self._submit_lock:
@@ -84,7 +92,7 @@ class Scheduler:
     def scale(self, job_id: str, num_workers: int) -> pb.Job:
         """A queued job starts with `num_workers`; a running one switches at the first step boundary
         with CPUs for them. JobNotReady when the cluster can never hold them (and cannot grow)."""
-        if not self.config.autoscaling and (total := total_if_too_small(num_workers)) is not None:
+        if (total := self._total_if_never_fits(num_workers)) is not None:
             raise JobNotReady(
                 f"num_workers: {num_workers} workers need {num_workers} CPUs (one each) but the cluster "
                 f"has {total:g} in total; scale to at most {total:g} workers or add nodes first"
@@ -97,6 +105,11 @@ class Scheduler:
                 )
         runner.request_scale(num_workers)
         return self.store.get(job_id)
+
+    def _total_if_never_fits(self, num_workers: int) -> float | None:
+        """The cluster's total CPUs when fewer than `num_workers` and it cannot grow, else None (also
+        when the total is unknown: the call is bounded, and the job's reservation bounds its own wait)."""
+        return None if self.config.autoscaling else total_if_too_small(num_workers)
 
     def runner(self, job_id: str) -> JobRunner | None:
         """The runner of a running job, or None."""

@@ -488,6 +488,14 @@ def _limit(max_params: int) -> str:
 def _check_name(name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise InvalidSpec("name", f"got {len(name)} characters; must be at most {MAX_NAME_CHARS}")
+    # Names are printed to other users' terminals (`gradfleet list`): no escapes, newlines or NULs.
+    bad = next((i for i, ch in enumerate(name) if not ch.isprintable()), None)
+    if bad is not None:
+        raise InvalidSpec(
+            "name",
+            f"character {bad + 1} is U+{ord(name[bad]):04X}, which is not printable; "
+            "use letters, digits, punctuation and spaces",
+        )
 
 
 def _check_dataset(dataset: pb.DatasetSpec) -> None:

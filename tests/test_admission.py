@@ -43,6 +43,8 @@ def _write_data(root: Path) -> None:
     np.savez(root / "reg.npz", x_train=x, y_train=rng.normal(size=(50, 2)) + 0.5)
     np.savez(root / "negative.npz", x_train=x, y_train=np.arange(50) - 1)
     np.savez(root / "objects.npz", x_train=np.array([{}] * 50, dtype=object), y_train=np.zeros(50))
+    np.savez(root / "complex.npz", x_train=x.astype(np.complex64), y_train=np.zeros(50))
+    np.savez(root / "strs.npz", x_train=np.full((50, 4), "a"), y_train=np.zeros(50))
     np.savez_compressed(root / "big.npz", x_train=np.zeros((2000, 200), np.float32), y_train=np.zeros(2000))
     (root / "bad.npz").write_bytes(b"this is not a zip archive")
     (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
@@ -104,6 +106,12 @@ REFUSALS = [
     ("missing-file", "npz:missing.npz", {}, INVALID, "dataset.uri", "missing.npz: file not found"),
     ("not-an-npz", "npz:bad.npz", {}, INVALID, "dataset.uri", "bad.npz: not an .npz archive"),
     ("object-array-needs-pickle", "npz:objects.npz", {}, INVALID, "dataset.uri", "object dtype"),
+    ("complex-features", "npz:complex.npz", {}, INVALID, "dataset.uri",
+     "complex.npz (array x_train): unsupported feature dtype complex64; store numbers"),
+    ("string-features", "npz:strs.npz", {}, INVALID, "dataset.uri",
+     "strs.npz (array x_train): unsupported feature dtype <U1; store numbers"),
+    ("name-with-terminal-escape", "npz:blobs.npz", {"name": "a\x1b[31mRED\nline2"},
+     INVALID, "name", "character 2 is U+001B, which is not printable"),
     ("negative-label", "npz:negative.npz", {}, INVALID, "dataset.uri", "negative label -1 at sample 0"),
     ("idx-counts-differ", "idx:idx", {}, INVALID, "dataset.uri", "image and label counts differ"),
     ("idx-truncated", "idx:idx-cut", {}, INVALID, "dataset.uri",

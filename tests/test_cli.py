@@ -71,3 +71,26 @@ def test_scale_changes_a_running_jobs_worker_count(client, coordinator) -> None:
         time.sleep(0.05)
     client.cancel(job.id)
     assert wait_for(client, job.id, timeout_s=30).state == pb.CANCELLED
+
+
+def test_download_into_a_folder_or_to_standard_output(client, coordinator, tmp_path) -> None:
+    """`download JOB -o DIR` with an existing folder writes DIR/JOB.npz; `-o -` writes the model's
+    bytes to standard output and its note to stderr, leaving no file named `-`."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", epochs=1)).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    client.download(job.id, tmp_path / "direct.npz")
+    model = (tmp_path / "direct.npz").read_bytes()
+    folder = tmp_path / "models"
+    folder.mkdir()
+    done = run_cli(coordinator.address, "download", job.id, "-o", str(folder), timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    assert (folder / f"{job.id}.npz").read_bytes() == model
+    assert done.stdout.startswith(f"wrote {len(model):,} bytes to {folder / job.id}.npz: the final model")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = gradfleet_command("download", job.id, "-o", "-", "--server", coordinator.address)
+    piped = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == model
+    assert piped.stderr.decode().startswith(f"wrote {len(model):,} bytes to standard output")
+    assert not (tmp_path / "-").exists()

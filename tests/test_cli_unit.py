@@ -181,6 +181,16 @@ def test_job_table_aligns_columns() -> None:
     ]
 
 
+def test_names_with_control_characters_are_printed_escaped() -> None:
+    """A name stored before SubmitJob refused control characters cannot colour or break the lines
+    of `list`, `get` or `submit`: ESC, newline and NUL print as escapes."""
+    job = pb.Job(id="x", spec=pb.JobSpec(name="a\x1b[31mRED\nline2\x00"), state=pb.QUEUED)
+    escaped = "a\\x1b[31mRED\\nline2\\x00"
+    assert progress.format_job_table([job]).splitlines()[1].split()[1] == escaped
+    assert progress.format_job(job).splitlines()[1] == f"name:  {escaped}"
+    assert progress.printable("résumé ✓") == "résumé ✓"
+
+
 def test_throttle_passes_every_state_and_eval_event_but_few_progress_events() -> None:
     """Non-TTY output keeps STATE and EVAL events and PROGRESS at most every 2 s."""
     throttle = progress.EventThrottle(interval=2.0)

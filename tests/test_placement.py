@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
+import grpc
 import pytest
 import ray
 from ray.util import placement_group_table
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from tests.helpers import small_spec, wait_for, write_blobs
-from workers.placement import Unplaceable, reserve_workers
+from workers.placement import Unplaceable, reserve_workers, total_if_too_small
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -56,12 +58,50 @@ def test_reservation_times_out_and_releases_its_placement_group(ray_session) -> 
         ray.kill(hog)
 
 
-def test_a_job_too_big_for_the_cluster_fails_fast_with_the_reason(client, coordinator) -> None:
-    """A 5-worker job on 4 CPUs ends FAILED within seconds, saying how many CPUs it needs and exist."""
+def test_a_job_too_big_for_the_cluster_is_refused_at_submit(client, coordinator) -> None:
+    """A 5-worker job on 4 CPUs is refused up front with FAILED_PRECONDITION naming both numbers, as
+    ScaleJob is, and no job is created; 4 workers fit."""
     write_blobs(coordinator.config.data_root / "blobs.npz")
-    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", numWorkers=5)).id, timeout_s=60)
-    assert job.state == pb.FAILED
-    assert "needs 5 CPUs" in job.message and "4 in total" in job.message
+    with pytest.raises(grpc.RpcError) as refused:
+        client.submit(small_spec("npz:blobs.npz", numWorkers=5))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == (
+        "num_workers: the job needs 5 CPUs (one per worker) but the cluster has 4 in total; "
+        "lower num_workers or add nodes"
+    )
+    assert client.list() == []
+    fits = client.submit(small_spec("npz:blobs.npz", numWorkers=4))
+    assert fits.state in (pb.QUEUED, pb.RUNNING)
+    client.cancel(fits.id)
+
+
+def test_the_total_cpu_check_is_bounded_and_lets_an_unknown_total_through(monkeypatch) -> None:
+    """A GCS that does not answer costs the check `timeout_s`, and calls meanwhile share the one
+    query; a total that is unknown (no answer, an error, no node reported) lets the job through."""
+    release, calls = threading.Event(), []
+
+    def hung() -> dict:
+        calls.append(1)
+        release.wait(30)
+        return {"CPU": 4.0}
+
+    monkeypatch.setattr(ray, "cluster_resources", hung)
+    start = time.monotonic()
+    try:
+        assert total_if_too_small(5, timeout_s=0.2) is None
+        assert total_if_too_small(5, timeout_s=0.2) is None
+        assert time.monotonic() - start < 2 and calls == [1]
+    finally:
+        release.set()
+    assert total_if_too_small(5, timeout_s=10) == 4.0  # the answer, once there is one
+
+    def fails() -> dict:
+        raise ConnectionError("GCS unreachable")
+
+    monkeypatch.setattr(ray, "cluster_resources", fails)
+    assert total_if_too_small(5) is None
+    monkeypatch.setattr(ray, "cluster_resources", dict)
+    assert total_if_too_small(5) is None
 
 
 def test_a_job_waits_queued_with_a_reason_and_starts_when_cpus_free(client, coordinator) -> None:

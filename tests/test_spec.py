@@ -141,6 +141,14 @@ INVALID = [
     ),
     ("name-long", {"name": "x" * 129}, "name", "got 129 characters; must be at most 128"),
     (
+        "name-terminal-escape",
+        {"name": "a\x1b[31mRED\nline2"},
+        "name",
+        "character 2 is U+001B, which is not printable; use letters, digits, punctuation and spaces",
+    ),
+    ("name-nul", {"name": "\u0000nul"}, "name", "character 1 is U+0000, which is not printable"),
+    ("name-bidi-override", {"name": "job\u202egpj.exe"}, "name", "character 4 is U+202E"),
+    (
         "restarts-huge",
         {"max_worker_restarts": 4_000_000_000},
         "max_worker_restarts",
@@ -169,8 +177,10 @@ def test_validate_rejects_invalid_value(changes: dict, field: str, fragment: str
 
 
 def test_validate_accepts_base_and_examples() -> None:
-    """A minimal spec and both example files pass validation once defaults are filled."""
+    """A minimal spec and both example files pass validation once defaults are filled; so does a
+    name in any script (spaces, punctuation, accents, CJK and symbols are printable)."""
     validate_spec(with_defaults(_spec()))
+    validate_spec(with_defaults(_spec(name="résumé v2 (模型) ✓")))
     for name in ("fashion_mnist.yaml", "quick.yaml"):
         validate_spec(with_defaults(load_spec_file(EXAMPLES / name)))
 

@@ -6,8 +6,10 @@ switches: its `Reservation` may span several groups."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import ray
 from ray.util import placement_group_table
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "SPREAD"  # across nodes where possible: a lost node takes fewer workers with it
 WAIT_POLL_S = 1.0
+TOTAL_CPUS_TIMEOUT_S = 2.0  # the GCS answers in milliseconds; one that does not is unreachable or restarting
 
 
 class Unplaceable(RuntimeError):
@@ -57,10 +60,41 @@ def reserve_workers(
     return group
 
 
-def total_if_too_small(num_workers: int) -> float | None:
-    """The cluster's total CPUs when they are fewer than `num_workers` (one each), else None."""
-    total, _free = cluster_cpus()
-    return total if total < num_workers else None
+def total_if_too_small(num_workers: int, timeout_s: float = TOTAL_CPUS_TIMEOUT_S) -> float | None:
+    """The cluster's total CPUs when they are fewer than `num_workers` (one each), else None.
+
+    Also None when Ray does not say within `timeout_s` (GCS unreachable, Ray not started, no node
+    reported yet): RPC threads call this, and the reservation's own wait bounds a job let through.
+    """
+    total = _total_cpus(timeout_s)
+    return total if total is not None and total < num_workers else None
+
+
+_total_lock = threading.Lock()
+_total_query: Future | None = None  # the query in flight, shared: a hung GCS holds one thread, not one a call
+
+
+def _total_cpus(timeout_s: float) -> float | None:
+    global _total_query
+    with _total_lock:
+        if _total_query is None or _total_query.done():
+            _total_query = Future()
+            threading.Thread(target=_ask_total, args=(_total_query,), name="total-cpus", daemon=True).start()
+        query = _total_query
+    try:
+        return query.result(timeout=timeout_s)
+    except Exception as exc:  # TimeoutError, or Ray's own error
+        log.warning("the cluster's total CPUs are unknown (%r); worker counts are not checked", exc)
+        return None
+
+
+def _ask_total(query: Future) -> None:
+    try:
+        resources = ray.cluster_resources()
+        # No resource at all: no node has reported yet (a live node always has memory), so unknown.
+        query.set_result(resources.get("CPU", 0.0) if resources else None)
+    except Exception as exc:
+        query.set_exception(exc)
 
 
 def wait_all(refs: list, timeout_s: float, on_poll: Callable[[bool], None]) -> None:

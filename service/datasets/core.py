@@ -117,6 +117,13 @@ def label_facts(
     return num_classes, 1 if y.ndim == 1 else int(y.shape[1])
 
 
+def check_feature_dtype(dtype: np.dtype, origin: str) -> None:
+    """DatasetError unless features of `dtype` load: bools, integers or floats (not complex numbers,
+    strings, dates or records); the probe checks an .npz header with it, so submit refuses them."""
+    if dtype.kind not in "buif":
+        raise DatasetError(f"{origin}: unsupported feature dtype {dtype}; store numbers")
+
+
 def _features(x: np.ndarray, origin: str) -> np.ndarray:
     """(n, ...) -> (n, features): integers kept, bools as uint8, floats as finite float32."""
     if x.ndim == 0 or x.shape[0] == 0:
@@ -124,12 +131,11 @@ def _features(x: np.ndarray, origin: str) -> np.ndarray:
     x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0:
         raise DatasetError(f"{origin}: no features: each sample is empty (shape {x.shape})")
+    check_feature_dtype(x.dtype, origin)
     if x.dtype.kind == "b":
         return x.astype(np.uint8)
     if x.dtype.kind in "ui":
         return x
-    if x.dtype.kind != "f":
-        raise DatasetError(f"{origin}: unsupported feature dtype {x.dtype}; store numbers")
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, caught below
         x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, label_facts
+from service.datasets.core import Dataset, DatasetError, check_feature_dtype, label_facts
 from service.datasets.idx import check_stored_size, idx_paths, read_idx, read_idx_header
 from service.datasets.tabular import npz_array, npz_header, open_npz
 from service.datasets.uri import FASHION_MNIST, fashion_mnist_dir, resolve_uri
@@ -147,6 +147,9 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         origins = {key: f"{path} (array {key})" for key in keys}
         shapes = {key: shape for key, (shape, _dtype) in headers.items()}
         _check_shapes(shapes, origins)
+        for key in ("x_train", "x_test"):
+            if key in headers:
+                check_feature_dtype(headers[key][1], origins[key])
         labels = {key: npz_array(archive, key, path) for key in ("y_train", "y_test") if key in keys}
     return _info(shapes, labels, origins, nbytes, (path,), allow_regression=True)
 
