@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import grpc
 
+QUOTED_ID_CHARS = 64  # of an id quoted in a message: a mistyped megabyte must not come back whole
+
+
+def quote_id(job_id: str) -> str:
+    """`job_id` quoted for a message, shortened to its first QUOTED_ID_CHARS characters."""
+    if len(job_id) <= QUOTED_ID_CHARS:
+        return repr(job_id)
+    return f"{job_id[:QUOTED_ID_CHARS]!r}... ({len(job_id)} characters)"
+
 
 class GradfleetError(Exception):
     """Base of all errors a client may see; `code` is the gRPC status it becomes."""
@@ -42,7 +51,7 @@ class JobNotFound(GradfleetError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id!r} not found; `gradfleet list` shows the known jobs")
+        super().__init__(f"job {quote_id(job_id)} not found; `gradfleet list` shows the known jobs")
         self.job_id = job_id
 
     def __reduce__(self):

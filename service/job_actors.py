@@ -18,6 +18,7 @@ from service.config import ServerConfig
 from service.errors import GradfleetError, TrainingFailed
 from service.jobsetup import PreparedData, build_optimizer, model_plan
 from service.param_server import ParameterServerActor, TrainingState
+from service.wording import clause, plural
 from service.worker_cpus import START_GRACE_S, WorkerCPUs
 from workers.batches import steps_per_epoch
 from workers.group import WorkerGroup, WorkerLost
@@ -154,7 +155,7 @@ class JobActors:
             setup.refs,
             ready_timeout_s=self.config.worker_wait_s,
             reservation=reservation,
-            on_wait=self._waiter(f"waiting for CPUs to start {spec.num_workers} workers"),
+            on_wait=self._waiter(f"waiting for CPUs to start {plural(spec.num_workers, 'worker')}"),
         )
         self.check_cancel()
         # Next to the coordinator: losing a worker's node then costs that worker, not a restart.
@@ -184,7 +185,7 @@ class JobActors:
             # The full remote traceback goes to the log; the job message stays one readable line.
             log.error("job %s: remote error\n%s", self.job_id, exc)
             raise TrainingFailed(
-                f"internal error on the cluster: {type(cause).__name__}: {cause}; see the server log"
+                f"internal error on the cluster: {type(cause).__name__}: {clause(cause)}; see the server log"
             ) from None
         except ray.exceptions.GetTimeoutError as exc:
             raise ParameterServerLost("it did not answer in time (GetTimeoutError)") from exc

@@ -7,6 +7,7 @@ what a client sees is always what is on disk.
 from __future__ import annotations
 
 import collections
+import logging
 import sqlite3
 import threading
 import time
@@ -14,10 +15,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidRequest, JobNotFound
+from service.startup import StartupError
+
+log = logging.getLogger(__name__)
 
 TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
 EVENT_HISTORY = 256  # events kept per job for watchers that fall behind
@@ -50,16 +55,17 @@ class JobStore:
 
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(state_dir / "jobs.sqlite3", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, statement in _MIGRATIONS:
-            if column not in columns:
-                self._db.execute(statement)
-        self._db.execute(_REQUEST_INDEX)
-        self._db.commit()
+        path = state_dir / "jobs.sqlite3"
+        db = None
+        try:  # a damaged file fails only once read, past connect(): all of it is in here
+            db = sqlite3.connect(path, check_same_thread=False)
+            _prepare(db)
+            rows = db.execute("SELECT seq, id, record FROM jobs ORDER BY seq").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            raise _store_error(path, exc) from None
+        self._db = db
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, pb.Job] = {}
@@ -67,8 +73,18 @@ class JobStore:
         self._events: dict[str, collections.deque] = {}
         self._state_since: dict[str, float] = {}  # time.time() the job entered its state (or was loaded)
         self._version = 0
-        for seq, job_id, record in self._db.execute("SELECT seq, id, record FROM jobs ORDER BY seq"):
-            self._jobs[job_id] = pb.Job.FromString(record)
+        for seq, job_id, record in rows:
+            try:
+                job = pb.Job.FromString(record)
+            except (DecodeError, TypeError):  # one bad row must not take the other jobs down with it
+                log.error(
+                    "job %s: its stored record cannot be read, so it is skipped; its row is left "
+                    "untouched in %s",
+                    job_id,
+                    path,
+                )
+                continue
+            self._jobs[job_id] = job
             self._seq[job_id] = seq
             self._events[job_id] = collections.deque(maxlen=EVENT_HISTORY)
             self._state_since[job_id] = time.time()
@@ -112,7 +128,12 @@ class JobStore:
         row = self._db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             return None
-        job = self._jobs[row[0]]
+        job = self._jobs.get(row[0])
+        if job is None:  # a row skipped at start-up as unreadable
+            raise InvalidRequest(
+                f"request_id: {request_id!r} was used for job {row[0]}, whose stored record cannot be "
+                "read; send a new request id"
+            )
         if not _same_submission(job.spec, spec):
             raise InvalidRequest(
                 f"request_id: {request_id!r} was already used for job {job.id} with a different spec; "
@@ -237,6 +258,30 @@ def _newer_than(events: collections.deque, version: int) -> list[tuple[int, pb.J
         fresh.append(item)
     fresh.reverse()
     return fresh
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL mode, the table and its migrations."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, statement in _MIGRATIONS:
+        if column not in columns:
+            db.execute(statement)
+    db.execute(_REQUEST_INDEX)
+    db.commit()
+
+
+def _store_error(path: Path, exc: sqlite3.DatabaseError) -> StartupError:
+    if isinstance(exc, sqlite3.OperationalError):  # cannot open, read-only, locked: the file may be fine
+        return StartupError(
+            f"cannot open the job store {path} ({exc}); check its permissions, or choose another --state-dir"
+        )
+    return StartupError(
+        f"the job store {path} is not a readable database ({exc}); move it aside (the coordinator then "
+        "starts with no jobs) or restore it from a backup, or choose another --state-dir"
+    )
 
 
 def _request_id(spec: pb.JobSpec) -> str | None:

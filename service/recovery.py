@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import TrainingFailed
+from service.wording import clause, plural
 from workers.group import WorkerLost
 
 
@@ -37,8 +38,8 @@ class FaultPolicy:
         self.restarts += 1
         if self.restarts > self.max_restarts:
             raise WorkerLost(
-                f"{what} died at step {step} (epoch {epoch}): {cause}; "
-                f"gave up after {self.max_restarts} replacements (max_worker_restarts)"
+                f"{what} died at step {step} (epoch {epoch}): {clause(cause)}; "
+                f"gave up after {plural(self.max_restarts, 'replacement')} (max_worker_restarts)"
             )
 
     def rolls_back(self) -> bool:
@@ -49,7 +50,7 @@ class FaultPolicy:
         """Count a rollback and return the new learning-rate scale, or raise TrainingFailed when
         rollbacks are off or used up; `last_good` names the checkpoint that stays downloadable."""
         if not self.rolls_back():
-            tried = f" after {self.rollbacks} rollbacks" if self.rollback_on_divergence else ""
+            tried = f" after {plural(self.rollbacks, 'rollback')}" if self.rollback_on_divergence else ""
             keep = f"; {last_good} stays downloadable" if last_good else ""
             raise TrainingFailed(f"{message}{tried}{keep}")
         self.rollbacks += 1

@@ -27,6 +27,7 @@ from service.metrics import Metrics
 from service.param_server import Diverged, StepStats, TrainingState
 from service.recovery import FaultPolicy
 from service.spec import spec_to_json, validate_against_dataset
+from service.wording import clause, plural
 from service.worker_cpus import ScaleRequest, WorkerCPUs
 from workers.group import WorkerLost, WorkersNotStarted
 from workers.placement import Unplaceable
@@ -107,7 +108,8 @@ class JobRunner:
             self._finish(pb.FAILED, str(exc))
         except Exception as exc:  # the coordinator must survive anything a job does
             log.exception("job %s failed unexpectedly", self.job_id)
-            self._finish(pb.FAILED, f"internal error: {type(exc).__name__}: {exc}; see the server log")
+            note = f"internal error: {type(exc).__name__}: {clause(exc)}; see the server log"
+            self._finish(pb.FAILED, note)
         finally:
             self._release()
             self._writer.close()
@@ -258,7 +260,7 @@ class JobRunner:
         self._cpus.reservation.shrink_to(target)
         self._setup.spec.num_workers = target
         self._scale.applied(target)
-        note = f"scaled from {before} to {target} workers at step {ckpt.step}"
+        note = f"scaled from {before} to {plural(target, 'worker')} at step {ckpt.step}"
         log.info("job %s: %s", self.job_id, note)
         self.store.update(self.job_id, changes.scaled(target, note), kind=pb.JobEvent.STATE)
         # WorkersNotStarted from here: the job restarts from that checkpoint, with `target` workers.
@@ -290,7 +292,7 @@ class JobRunner:
             on_retry=lambda again: self._count_restart(names, failed_step, again),
         )
         self.metrics.worker_replacements.inc(len(dead))
-        note = f"{names} died at step {failed_step}: {cause}; replaced, the step is redone"
+        note = f"{names} died at step {failed_step}: {clause(cause)}; replaced, the step is redone"
         log.warning("job %s: %s", self.job_id, note)
         self.store.update(
             self.job_id, changes.recovered(note, self._policy.restarts), kind=pb.JobEvent.RECOVERED
@@ -314,7 +316,7 @@ class JobRunner:
                 cause = exc
         self.metrics.worker_replacements.inc()
         note = (
-            f"{what} died at step {failed_step}: {cause}; "
+            f"{what} died at step {failed_step}: {clause(cause)}; "
             f"restarted from {'the checkpoint at step ' + str(ckpt.step) if ckpt else 'the initial weights'}"
         )
         log.warning("job %s: %s", self.job_id, note)

@@ -12,6 +12,7 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
 from service.job_changes import scaled, set_state, show_message
 from service.jobs import JobStore
+from service.wording import plural
 from workers.placement import (
     PlacementGroup,
     Reservation,
@@ -113,7 +114,7 @@ class WorkerCPUs:
         self.scale.applied(target)
         if target == spec.num_workers:
             return False
-        note = f"scaled from {spec.num_workers} to {target} workers before starting"
+        note = f"scaled from {spec.num_workers} to {plural(target, 'worker')} before starting"
         spec.num_workers = target
         self.store.update(self.job_id, scaled(target, note), kind=pb.JobEvent.STATE)
         return True
@@ -136,7 +137,7 @@ class WorkerCPUs:
         if time.monotonic() - self._extra_asked > START_GRACE_S:  # not just Ray placing it
             _total, free = cluster_cpus()
             cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
-            note = f"waiting for {cpus} to scale to {target} workers; cluster has {free:g} free"
+            note = f"waiting for {cpus} to scale to {plural(target, 'worker')}; cluster has {free:g} free"
             show_message(self.store, self.job_id, note)
         return False
 

@@ -118,8 +118,8 @@ REFUSALS = [
      "train-images-idx3-ubyte: truncated file: header dimensions 4x2x2 need 32 bytes (header included) "
      "but the file holds 29"),
     ("idx-gz-truncated", "idx:idx-cut-gz", {}, INVALID, "dataset.uri",
-     "truncated file: header dimensions 4x2x2 need 32 bytes (header included) but its gzip trailer "
-     "records 29"),
+     "truncated file: header dimensions 4x2x2 need 32 bytes (header included) but the file holds 29 "
+     "once decompressed"),
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),

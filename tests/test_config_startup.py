@@ -98,3 +98,29 @@ def test_serve_refuses_bad_ports_and_folders(tmp_path: Path, args: tuple[str, ..
     done, _ = serve("--metrics-port", "-1", "--state-dir", str(tmp_path / "s"), *args)
     assert done.returncode == 2, done.stderr
     assert error.replace("FILE", str(file)) in done.stderr
+
+
+def test_a_corrupt_job_store_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    """A jobs.sqlite3 that is not a database is a start-up error naming it, --state-dir and the way out."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "jobs.sqlite3").write_bytes(b"not a db at all")
+    with pytest.raises(StartupError) as refused:
+        start_coordinator(tmp_path, metrics_port=-1)
+    assert str(refused.value) == (
+        f"the job store {state_dir / 'jobs.sqlite3'} is not a readable database (file is not a database); "
+        "move it aside (the coordinator then starts with no jobs) or restore it from a backup, "
+        "or choose another --state-dir"
+    )
+    assert (state_dir / "jobs.sqlite3").read_bytes() == b"not a db at all"  # left as it was
+
+
+def test_serve_with_a_corrupt_job_store_exits_2(tmp_path: Path) -> None:
+    """`gradfleet serve` on a corrupt job store exits 2 with the message, not a traceback."""
+    state_dir = tmp_path / "s"
+    state_dir.mkdir()
+    (state_dir / "jobs.sqlite3").write_bytes(b"not a db at all")
+    done, _ = serve("--port", "0", "--metrics-port", "-1", "--state-dir", str(state_dir))
+    assert done.returncode == 2, done.stderr
+    assert f"error: the job store {state_dir / 'jobs.sqlite3'} is not a readable database" in done.stderr
+    assert "Traceback" not in done.stderr

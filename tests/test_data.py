@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from service.config import ServerConfig
 from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.datasets.probe import probe_dataset
 from service.datasets.tabular import check_csv_prefix
 from service.errors import LimitExceeded
 from service.jobsetup import DatasetCache
@@ -133,6 +135,10 @@ BAD_INPUTS = [
     ),
     pytest.param(
         idx_files(**{TRAIN_IMAGES: None, TRAIN_IMAGES + ".gz": gzip.compress(idx(IMAGES))[:30]}),
+        "idx:d", TRAIN_IMAGES + ".gz", "truncated file: its gzip data stops", id="idx-truncated-gzip",
+    ),
+    pytest.param(
+        idx_files(**{TRAIN_IMAGES: None, TRAIN_IMAGES + ".gz": gzip.compress(idx(IMAGES))[:-8] + bytes(8)}),
         "idx:d", TRAIN_IMAGES + ".gz", "corrupt gzip", id="idx-corrupt-gzip",
     ),
     pytest.param({}, "idx:nowhere", "nowhere", "no such directory", id="idx-no-directory"),
@@ -300,6 +306,36 @@ def test_compression_is_detected_by_content_not_name(tmp_path):
     assert dataset.y_train.tolist() == [0, 1, 2, 1]
 
 
+def test_a_truncated_gzip_idx_file_is_called_truncated(tmp_path):
+    """A cut-off .gz file (its last bytes are data, not a trailer) is reported truncated, at submit and at
+    load, with the re-download advice; never as "trailing bytes" from a garbage trailer."""
+    images = np.random.default_rng(0).integers(0, 256, (100, 28, 28), dtype=np.uint8)  # compresses poorly
+    whole = gzip.compress(idx(images))
+    assert struct.unpack("<I", whole[40000 - 4 : 40000])[0] > len(idx(images))  # the "trailer" is garbage
+    write(tmp_path, {"d/" + TRAIN_IMAGES + ".gz": whole[:40000], "d/" + TRAIN_LABELS: idx(np.zeros(100))})
+    path = tmp_path / "d" / (TRAIN_IMAGES + ".gz")
+    with pytest.raises(DatasetError) as at_submit:
+        probe_dataset("idx:d", tmp_path, extra_search=(), max_bytes=10**9)
+    assert re.fullmatch(
+        f"{re.escape(str(path))}: truncated file: its gzip data stops after \\d+ of the 78416 bytes that "
+        "header dimensions 100x28x28 need \\(header included\\); re-create or re-download it .*",
+        str(at_submit.value),
+    )
+    with pytest.raises(DatasetError) as at_load:
+        load_dataset("idx:d", tmp_path)
+    assert str(at_load.value) == (
+        f"{path}: truncated file: its gzip data stops before the end-of-stream marker; re-create or "
+        "re-download it (Fashion-MNIST: gradfleet fetch-data --dest DIR)"
+    )
+
+
+def test_a_gzip_idx_file_of_two_members_passes_the_size_check(tmp_path):
+    """The trailer records only the last gzip member; the size check then decompresses to be sure."""
+    data = idx(IMAGES)
+    write(tmp_path, idx_files(**{TRAIN_IMAGES: gzip.compress(data[:10]) + gzip.compress(data[10:])}))
+    assert probe_dataset("idx:d", tmp_path, extra_search=(), max_bytes=10**9).num_train == 4
+
+
 def test_idx_without_test_pair_has_no_test_split(tmp_path):
     """An IDX directory with only the train pair loads with x_test and y_test None."""
     write(tmp_path, idx_files(**{TEST_IMAGES: None, NAMES["y_test"]: None}))
@@ -369,6 +405,15 @@ def test_csv_roundtrip_with_header(tmp_path):
     assert dataset.x_train.tolist() == [[1.5, 2.0], [-3.0, 4.25], [7.0, 8.0]]
     assert dataset.y_train.dtype == np.int64 and dataset.y_train.tolist() == [1, 0, 2]
     assert dataset.num_classes == 3 and dataset.x_test is None and dataset.y_test is None
+
+
+def test_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
+    """A CSV saved by Excel (UTF-8 with a BOM) loads, and passes the submit-time prefix check."""
+    write(tmp_path, {"bom.csv": "\ufeff0.126,2,1\n3,4,0\n".encode()})
+    dataset = load_dataset("csv:bom.csv", tmp_path)
+    assert dataset.x_train.tolist() == [[np.float32(0.126), 2.0], [3.0, 4.0]]
+    assert dataset.y_train.tolist() == [1, 0]
+    assert check_csv_prefix(tmp_path / "bom.csv", 1000) == 2
 
 
 def test_csv_without_header_and_fractional_label_is_regression(tmp_path):

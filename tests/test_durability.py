@@ -3,7 +3,9 @@ without Ray."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
 from service.client import CoordinatorClient
 from service.config import ServerConfig
-from service.errors import InvalidRequest, InvalidSpec, JobNotReady, TrainingFailed
+from service.errors import InvalidRequest, InvalidSpec, JobNotFound, JobNotReady, TrainingFailed
 from service.export import load_model, write_model
 from service.jobs import JobStore
 from service.metrics import Metrics
@@ -27,6 +29,9 @@ from service.recovery import FaultPolicy
 from service.runner import JobRunner
 from service.scheduler import Scheduler
 from service.spec import validate_spec, with_defaults
+from service.startup import StartupError
+from service.wording import clause, plural
+from service.worker_cpus import ScaleRequest, WorkerCPUs
 from tests.helpers import small_spec
 from workers.group import WorkerLost
 from workers.nn import SGD, Adam, Network
@@ -406,3 +411,122 @@ def test_a_watcher_gets_exactly_the_events_after_its_version_oldest_first(tmp_pa
     assert [v for v, _ in events] == [start + 3, start + 4, start + 5]
     assert store.events_after(job.id, start + 5, timeout_s=0) == []
     store.close()
+
+
+def test_an_unreadable_job_record_is_skipped_and_its_row_kept(tmp_path: Path, spec, caplog) -> None:
+    """One job whose stored record is corrupt is logged and skipped; the others load, the row stays."""
+    store = JobStore(tmp_path)
+    bad, _ = store.create(spec)
+    good, _ = store.create(spec)
+    store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute("UPDATE jobs SET record = ? WHERE id = ?", (b"\xff\xff\xff", bad.id))
+    with caplog.at_level(logging.ERROR, logger="service.jobs"):
+        reopened = JobStore(tmp_path)
+    assert [job.id for job in reopened.list()[0]] == [good.id]
+    assert [r.getMessage() for r in caplog.records if r.name == "service.jobs"] == [
+        f"job {bad.id}: its stored record cannot be read, so it is skipped; its row is left untouched "
+        f"in {tmp_path / 'jobs.sqlite3'}"
+    ]
+    reopened.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert db.execute("SELECT record FROM jobs WHERE id = ?", (bad.id,)).fetchone() == (b"\xff\xff\xff",)
+
+
+def test_a_job_store_that_cannot_be_opened_is_a_start_up_error(tmp_path: Path) -> None:
+    """A jobs.sqlite3 sqlite cannot open (here a folder) stops start-up naming it and --state-dir."""
+    (tmp_path / "jobs.sqlite3").mkdir()
+    with pytest.raises(StartupError) as refused:
+        JobStore(tmp_path)
+    assert str(refused.value) == (
+        f"cannot open the job store {tmp_path / 'jobs.sqlite3'} (unable to open database file); "
+        "check its permissions, or choose another --state-dir"
+    )
+
+
+def test_a_retry_of_an_unreadable_job_is_refused_naming_it(tmp_path: Path, spec) -> None:
+    """A request id whose job was skipped as unreadable gets an INVALID_ARGUMENT, not a crash."""
+    spec.request_id = "req-bad"
+    store = JobStore(tmp_path)
+    bad, _ = store.create(spec)
+    store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute("UPDATE jobs SET record = ? WHERE id = ?", (b"\xff\xff\xff", bad.id))
+    with pytest.raises(InvalidRequest, match=f"request_id: 'req-bad' was used for job {bad.id}, whose"):
+        JobStore(tmp_path).create(spec)
+
+
+def test_a_long_unknown_job_id_is_quoted_short(tmp_path: Path) -> None:
+    """NOT_FOUND for a 5000-character id quotes its first 64 characters and its length, not all of it."""
+    with pytest.raises(JobNotFound) as caught:
+        JobStore(tmp_path).get("a" * 4990 + "0123456789")
+    assert caught.value.message == (
+        f"job {'a' * 64!r}... (5000 characters) not found; `gradfleet list` shows the known jobs"
+    )
+    assert caught.value.job_id.endswith("0123456789")  # the exception keeps the whole id
+    with pytest.raises(JobNotFound, match=r"^job 'abc' not found;"):
+        JobStore(tmp_path).get("abc")
+
+
+def test_plural_and_clause_make_job_sentences() -> None:
+    """One worker, two workers; a cause's final full stop goes before "; ...", an ellipsis stays."""
+    assert (plural(1, "worker"), plural(2, "worker")) == ("1 worker", "2 workers")
+    assert plural(0, "rollback") == "0 rollbacks"
+    assert clause(RuntimeError("before finishing this task. ")) == "before finishing this task"
+    assert clause("a shortened line...") == "a shortened line..."
+
+
+def test_fault_policy_messages_count_in_the_singular() -> None:
+    """One replacement or rollback reads "1 replacement" / "1 rollback", and a cause's stop is not doubled."""
+    policy = FaultPolicy(max_restarts=1, rollback_on_divergence=True, max_rollbacks=1, lr_factor=0.5)
+    policy.actor_died("worker 0 (pid 7)", 3, 1, WorkerLost("gone"))
+    with pytest.raises(WorkerLost) as lost:
+        policy.actor_died("worker 0 (pid 7)", 5, 1, WorkerLost("ActorDiedError: before finishing this task."))
+    assert str(lost.value) == (
+        "worker 0 (pid 7) died at step 5 (epoch 1): ActorDiedError: before finishing this task; "
+        "gave up after 1 replacement (max_worker_restarts)"
+    )
+    policy.diverged("loss became NaN", None)
+    with pytest.raises(TrainingFailed, match=r"^loss became NaN after 1 rollback$"):
+        policy.diverged("loss became NaN", None)
+
+
+def test_a_replaced_worker_note_has_one_stop(tmp_path: Path, spec) -> None:
+    """The note after a worker is replaced joins Ray's sentence with "; " and no stray full stop."""
+    runner = _runner(tmp_path, spec)
+    runner._setup.epoch_of = lambda step: 1
+    runner._actors = SimpleNamespace(
+        ps_call=lambda method: None,
+        dead_workers=lambda: [1],
+        group=SimpleNamespace(pids={1: 42}),
+        replace=lambda dead, what, on_retry: None,
+    )
+    cause = WorkerLost("ActorDiedError: The actor died unexpectedly before finishing this task.")
+    runner._replace_workers(cause, 7)
+    assert runner.store.get(runner.job_id).message == (
+        "worker 1 (pid 42) died at step 7: ActorDiedError: The actor died unexpectedly before finishing "
+        "this task; replaced, the step is redone"
+    )
+
+
+def test_scaling_to_one_worker_says_worker(tmp_path: Path, spec) -> None:
+    """Scaling 2 -> 1, running or before the start, says "to 1 worker"."""
+    spec.num_workers = 2
+    runner = _runner(tmp_path, spec)
+    reservation = SimpleNamespace(shrink_to=lambda size: None)
+    runner._cpus = SimpleNamespace(room_for=lambda target: True, reservation=reservation)
+    runner._actors = SimpleNamespace(ps_call=lambda method: None, stop=lambda: None, start=lambda *args: None)
+    runner._checkpoint_of = lambda state: SimpleNamespace(step=30)
+    runner._writer = SimpleNamespace(queued_step=30)
+    runner._scale.set(1)
+    runner._scale_if_asked()
+    assert runner.store.get(runner.job_id).message == "scaled from 2 to 1 worker at step 30"
+
+    waiting = with_defaults(small_spec("npz:blobs.npz", numWorkers=2))
+    store = JobStore(tmp_path / "other")
+    job, _ = store.create(waiting)
+    scale = ScaleRequest()
+    scale.set(1)
+    cpus = WorkerCPUs(job.id, store, ServerConfig(state_dir=tmp_path), scale, lambda: None)
+    assert cpus._take_scale(waiting)
+    assert store.get(job.id).message == "scaled from 2 to 1 worker before starting"

@@ -93,7 +93,7 @@ def test_a_worker_that_keeps_dying_fails_the_job_naming_it(client, coordinator, 
     assert done.state == pb.FAILED
     assert f"worker 0 (pid {pid}) died at step " in done.message
     assert "ActorDiedError" in done.message or "RayChannelError" in done.message
-    assert "gave up after 1 replacements (max_worker_restarts)" in done.message
+    assert "gave up after 1 replacement (max_worker_restarts)" in done.message
 
 
 @pytest.mark.slow

@@ -97,13 +97,11 @@ def read_idx(path: Path, *, labels: bool) -> np.ndarray:
             expected = math.prod(dims) * dtype.itemsize
             payload = _read_all(stream, expected + 1)  # one byte more tells "trailing bytes"
     except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(
-            f"{path}: cannot read (corrupt gzip data or I/O error: {exc}); {_REFETCH_HINT}"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     if len(payload) != expected:
         problem = "truncated file" if len(payload) < expected else "trailing bytes after the data"
         raise DatasetError(
-            f"{path}: {problem}: header dimensions {'x'.join(map(str, dims))} need {expected} "
+            f"{path}: {problem}: header dimensions {_dims(dims)} need {expected} "
             f"bytes of data but the file holds {'more' if len(payload) > expected else len(payload)}; "
             f"{_REFETCH_HINT}"
         )
@@ -123,30 +121,65 @@ def read_idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
         with _open(path) as stream:
             return _read_header(stream, path)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"{path}: cannot read (corrupt gzip data or I/O error: {exc})") from exc
+        raise _unreadable(path, exc) from exc
 
 
 def check_stored_size(path: Path, dtype: np.dtype, dims: tuple[int, ...]) -> None:
     """DatasetError unless the file holds exactly the bytes its header declares, read cheaply: a
-    plain file's size, or a gzip file's trailer ISIZE (uncompressed size mod 2**32, RFC 1952)."""
+    plain file's size, or a gzip file's trailer ISIZE (uncompressed size mod 2**32, RFC 1952); only
+    a gzip file whose trailer disagrees is decompressed, to tell truncated from too long."""
     needed = 4 + 4 * len(dims) + math.prod(dims) * dtype.itemsize  # magic, dimensions, values
     try:
         with path.open("rb") as stream:
             gzipped = stream.read(2) == _GZIP_MAGIC
             if gzipped:
                 stream.seek(-4, os.SEEK_END)
-                held, needed = struct.unpack("<I", stream.read(4))[0], needed % 2**32
+                held = struct.unpack("<I", stream.read(4))[0]
             else:
                 held = os.fstat(stream.fileno()).st_size
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    if gzipped and held != needed % 2**32:
+        # The trailer is only a hint: a truncated file ends in data, not a trailer, and a file of several
+        # gzip members records only the last one. Decompress (at most what the size limit allowed) to know.
+        held = _decompressed_size(path, needed, dims)
     if held != needed:
         problem = "truncated file" if held < needed else "trailing bytes after the data"
-        where = "its gzip trailer records" if gzipped else "the file holds"
+        holds = str(held) if held < needed or not gzipped else "more"  # gzip: counted to needed + 1 only
         raise DatasetError(
-            f"{path}: {problem}: header dimensions {'x'.join(map(str, dims))} need {needed} bytes "
-            f"(header included) but {where} {held}; {_REFETCH_HINT}"
+            f"{path}: {problem}: header dimensions {_dims(dims)} need {needed} bytes (header included) "
+            f"but the file holds {holds}{' once decompressed' if gzipped else ''}; {_REFETCH_HINT}"
         )
+
+
+def _decompressed_size(path: Path, needed: int, dims: tuple[int, ...]) -> int:
+    """The bytes the gzip file `path` decompresses to, counted up to `needed` + 1."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while size <= needed and (chunk := stream.read(min(_CHUNK, needed + 1 - size))):
+                size += len(chunk)
+    except EOFError:  # "Compressed file ended before the end-of-stream marker was reached"
+        raise DatasetError(
+            f"{path}: truncated file: its gzip data stops after {size} of the {needed} bytes that header "
+            f"dimensions {_dims(dims)} need (header included); {_REFETCH_HINT}"
+        ) from None
+    except (OSError, zlib.error) as exc:
+        raise _unreadable(path, exc) from exc
+    return size
+
+
+def _unreadable(path: Path, exc: Exception) -> DatasetError:
+    # gzip's EOFError is "Compressed file ended before the end-of-stream marker was reached"
+    if isinstance(exc, EOFError):
+        return DatasetError(
+            f"{path}: truncated file: its gzip data stops before the end-of-stream marker; {_REFETCH_HINT}"
+        )
+    return DatasetError(f"{path}: cannot read (corrupt gzip data or I/O error: {exc}); {_REFETCH_HINT}")
+
+
+def _dims(dims: tuple[int, ...]) -> str:
+    return "x".join(map(str, dims))
 
 
 def _open(path: Path) -> BinaryIO:

@@ -94,9 +94,12 @@ def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
         raise DatasetError(f"{path}: array {key} is corrupt ({exc}); rewrite the file") from exc
 
 
+_CSV_ENCODING = "utf-8-sig"  # UTF-8, less the byte order mark Excel writes at the start
+
+
 def load_csv(path: Path) -> Dataset:
     """Load numeric rows, label in the last column; a non-numeric first row is a header."""
-    with _csv_errors(path), path.open(newline="", encoding="utf-8") as handle:
+    with _csv_errors(path), path.open(newline="", encoding=_CSV_ENCODING) as handle:
         table = _table(_parse_rows(handle, path), path)
     return assemble(
         {"x_train": table[:, :-1], "y_train": table[:, -1]},
@@ -119,7 +122,7 @@ def check_csv_prefix(path: Path, max_bytes: int) -> int | None:
         cut = len(head) > max_bytes
         if cut:  # after the last complete line
             head = head[: head.rfind(b"\n", 0, max_bytes) + 1]
-        rows = _parse_rows(io.StringIO(head.decode("utf-8"), newline=""), path)
+        rows = _parse_rows(io.StringIO(head.decode(_CSV_ENCODING), newline=""), path)
     if cut and not rows:
         return None
     return _table(rows, path).shape[1] - 1
