@@ -135,7 +135,10 @@ class JobRunner:
         no_test = "" if has_test else _no_test_note(spec.dataset.uri)
         note = "; ".join(filter(None, (no_test, _resume_note(resume, skipped))))
         self.store.update(self.job_id, self._progress_change(note))
-        self._loop(has_test=has_test)
+        # A step's checkpoint is written before its evaluation: a job stopped between the two would
+        # lack that evaluation, and one stopped at its last step would end on the previous accuracy.
+        resumed_at_eval = resume is not None and resume.step > 0 and self._setup.eval_due(resume.step)
+        self._loop(has_test=has_test, evaluate_first=has_test and resumed_at_eval)
         final = self._actors.ps_call("params")
         net = self._setup.plan.network()
         arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
@@ -156,11 +159,16 @@ class JobRunner:
 
     # -- the step loop --------------------------------------------------------------------------
 
-    def _loop(self, has_test: bool) -> None:
+    def _loop(self, has_test: bool, evaluate_first: bool = False) -> None:
+        """Train to the end; `evaluate_first`: evaluate before the first step (see _train)."""
         self._window: list = []  # (time, samples) for throughput
-        while self._step < self._setup.total_steps:
+        while evaluate_first or self._step < self._setup.total_steps:
             self._check_cancel()
             try:
+                if evaluate_first:
+                    self._evaluate()
+                    evaluate_first = False
+                    continue
                 self._scale_if_asked()
                 self._advance(has_test)
             except (ParameterServerLost, WorkersNotStarted) as exc:

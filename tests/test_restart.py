@@ -147,6 +147,28 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(config, how) 
     assert done.progress.samples_trained == 4 * N_TRAIN
 
 
+def test_a_job_resumed_at_an_evaluation_point_evaluates_there_first(config) -> None:
+    """Checkpoints come before the evaluation of their step, so a stop can fall between the two; the
+    resumed job evaluates at its checkpoint before training on (at the last step, its final accuracy
+    would otherwise be the previous epoch's)."""
+    epoch_steps = N_TRAIN // 10
+    spec = small_spec("npz:blobs.npz", batchSize=10, epochs=6, checkpointEverySteps=epoch_steps)
+    with running_coordinator(config) as client:
+        job = client.submit(spec)
+        while client.get(job.id).progress.checkpoint_step < epoch_steps:
+            time.sleep(0.01)
+
+    with running_coordinator(config) as client:
+        events = list(client.watch(job.id))
+    resumed = [e.job.message for e in events if e.job.message.startswith("resumed from the checkpoint")]
+    assert resumed, [e.job.message for e in events]
+    step = int(resumed[0].removeprefix("resumed from the checkpoint at step ").split()[0])
+    assert step % epoch_steps == 0
+    evals = [e.job.progress.step for e in events if e.kind == pb.JobEvent.EVAL]
+    assert evals[0] == step, evals
+    assert evals[-1] == 6 * epoch_steps and events[-1].job.state == pb.SUCCEEDED
+
+
 def test_a_stopping_coordinator_refuses_new_jobs(config) -> None:
     """Once a graceful stop begins, the health service turns NOT_SERVING and a new SubmitJob gets
     UNAVAILABLE (the client may retry elsewhere), while the running job is checkpointed and queued."""
