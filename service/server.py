@@ -74,6 +74,9 @@ class RunningServer:
             self._lock.close()  # last: another coordinator may take the folder from here on
 
 
+EMBEDDED_RAY_ATTEMPTS = 2
+
+
 def set_embedded_ray_environment() -> None:
     """Settings (unless already set) for a Ray that this process starts, read by every Ray process."""
     # On one machine and loopback, token auth would only depend on stray files in the home folder.
@@ -96,7 +99,18 @@ def _init_ray(config: ServerConfig) -> bool:
         "the embedded Ray listens on all network interfaces (Ray cannot be kept on loopback); "
         "keep this machine's Ray ports away from untrusted networks"
     )
-    ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+    for attempt in range(1, EMBEDDED_RAY_ATTEMPTS + 1):
+        try:
+            ray.init(
+                address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False
+            )
+            break
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; a busy machine now and then needs longer.
+            if "timed out during startup" not in str(exc) or attempt == EMBEDDED_RAY_ATTEMPTS:
+                raise
+            log.warning("the embedded Ray did not start in time (%s); starting it again", exc)
+            ray.shutdown()  # stops what the failed start left running
     return True
 
 

@@ -124,3 +124,41 @@ def test_serve_with_a_corrupt_job_store_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert f"error: the job store {state_dir / 'jobs.sqlite3'} is not a readable database" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_embedded_ray_that_times_out_starting_is_started_once_more(monkeypatch, tmp_path: Path) -> None:
+    """Ray gives its raylet a fixed 30 s to register and a busy machine sometimes needs more: the
+    coordinator shuts the failed start down and tries once more; other errors, or a second timeout,
+    reach the caller."""
+    from service import server
+    from service.config import ServerConfig
+
+    calls: list[str] = []
+    outcomes: list[Exception | None] = []
+
+    def fake_init(**kwargs) -> None:
+        calls.append("init")
+        if outcome := outcomes.pop(0):
+            raise outcome
+
+    monkeypatch.setattr(server.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(server.ray, "init", fake_init)
+    monkeypatch.setattr(server.ray, "shutdown", lambda: calls.append("shutdown"))
+    config = ServerConfig(port=0, state_dir=tmp_path)
+    timeout = Exception("The current node timed out during startup. This could happen because ...")
+
+    outcomes[:] = [timeout, None]
+    assert server._init_ray(config) is True
+    assert calls == ["init", "shutdown", "init"]
+
+    calls.clear()
+    outcomes[:] = [timeout, timeout]
+    with pytest.raises(Exception, match="timed out during startup"):
+        server._init_ray(config)
+    assert calls == ["init", "shutdown", "init"]
+
+    calls.clear()
+    outcomes[:] = [RuntimeError("some other failure")]
+    with pytest.raises(RuntimeError, match="some other failure"):
+        server._init_ray(config)
+    assert calls == ["init"]
