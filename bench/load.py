@@ -6,8 +6,9 @@ Starts `gradfleet serve` in a subprocess (the clients here must not share its in
 1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
    samples/s alone, then while N clients each hold a WatchJob stream and call GetJob and ListJobs
    once every --interval seconds (1 s: a dashboard's refresh; 0: back to back, a stress test that
-   takes every spare cycle); reports errors, p50/p99 latency, whether every stream ended cleanly when
-   the job did, and the CPU the coordinator and the clients used (here they share the job's cores);
+   takes every spare cycle), then alone again; reports errors, p50/p99 latency, whether every stream
+   ended cleanly when the job did, the job's samples/s under load against the mean of the two alone
+   windows, and the CPU the coordinator and the clients used (here they share the job's cores);
 2. submits --burst jobs at once to a queue capped at --max-queued-jobs: every one is accepted or
    refused with RESOURCE_EXHAUSTED, none is lost, and the queue drains in submission order.
 The functions are imported by tests/test_load.py with small counts.
@@ -36,6 +37,7 @@ from service.client import CoordinatorClient
 from service.jobs import TERMINAL_STATES
 
 ROOT = Path(__file__).resolve().parent.parent
+WARM_UP_S = 5.0  # training before the first window: the first steps run slower (caches, page faults)
 
 
 @dataclass
@@ -301,19 +303,26 @@ def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> i
         client.wait_ready(timeout=120)
         job = client.submit(_spec(uri))
         wait_training(client, job.id)
-        alone, idle_cpu = cpu_use_during(server_pid, lambda: samples_per_second(client, job.id, args.seconds))
-        (report, loaded), load_cpu = cpu_use_during(
-            server_pid,
-            lambda: read_load(
-                address,
-                job.id,
-                args.clients,
-                lambda: samples_per_second(client, job.id, args.seconds),
-                lambda: client.cancel(job.id),
-                args.interval,
-            ),
+        time.sleep(WARM_UP_S)
+
+        def rate() -> float:
+            return samples_per_second(client, job.id, args.seconds)
+
+        before, idle_cpu = cpu_use_during(server_pid, rate)
+        after: list[float] = []
+
+        def end_job() -> None:  # the pollers have stopped; the streams stay open until the cancel
+            after.append(rate())
+            client.cancel(job.id)
+
+        report, (loaded, load_cpu) = read_load(
+            address, job.id, args.clients, lambda: cpu_use_during(server_pid, rate), end_job, args.interval
         )
-    _print_read_load(report, args, alone, loaded)
+    _print_read_load(report, args, (before + after[0]) / 2, loaded)
+    print(
+        f"  (alone: {before:,.0f} before the load, {after[0]:,.0f} after it, with the streams still "
+        "open; their mean is the reference, so a drift of the machine's speed cancels)"
+    )
     print(
         f"  CPU, in cores: coordinator {idle_cpu.coordinator:.2f} alone, {load_cpu.coordinator:.2f} "
         f"under load; the clients (this process) {load_cpu.clients:.2f}, on a machine of "
