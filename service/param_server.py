@@ -166,8 +166,7 @@ class ParameterServerCore:
         self._grad = np.empty_like(server.params)
         self._reduction = ReductionBuffers(self._grad)
         self._recent_norms: collections.deque[float] = collections.deque(maxlen=SPIKE_HISTORY_STEPS)
-        self._idle_s = 0.0  # how long the next step sleeps before reading results (see _one_step)
-        self._last_compute_s = 0.0
+        self._recent_compute_s = (0.0, 0.0)  # slowest worker's compute in the last two steps
 
     def _position(self) -> tuple[int, int]:
         step = self.server.step
@@ -197,7 +196,7 @@ class ParameterServerCore:
         start = time.perf_counter()
         epoch, batch_index = self._position()
         command = StepCommand("train", self.server.params, self.group.size, epoch, batch_index)
-        results = self.group.run(command, self.step_timeout_s, idle_s=self._idle_s)
+        results = self.group.run(command, self.step_timeout_s, idle_s=self._idle_s())
         reduce_start = time.perf_counter()
         grad, loss_sum, count = reduce_results(
             results, self.plan.num_microshards, self._grad, self._reduction
@@ -209,12 +208,7 @@ class ParameterServerCore:
         lr = self.server.apply(grad, count)
         end = time.perf_counter()
         compute = max((r.compute_seconds for r in results), default=0.0)
-        # Sleep through most of the next step's compute rather than spin in Ray's read, which on a
-        # machine with a core per worker takes CPU from the workers: early by a margin for jitter,
-        # and from the shorter of the last two steps so that one stalled step does not slow the next.
-        idle = IDLE_FRACTION * min(compute, self._last_compute_s)
-        self._idle_s = idle if idle >= IDLE_MIN_S else 0.0
-        self._last_compute_s = compute
+        self._recent_compute_s = (self._recent_compute_s[1], compute)
         return StepStats(
             epoch=epoch,
             step=self.server.step,
@@ -227,6 +221,14 @@ class ParameterServerCore:
             reduce_seconds=apply_start - reduce_start,
             apply_seconds=end - apply_start,
         )
+
+    def _idle_s(self) -> float:
+        """How long a step sleeps before reading its results: through most of the compute rather than
+        spin in Ray's read, which on a machine with a core per worker takes CPU from the workers.
+        Early by a margin for jitter, and from the shorter of the last two steps so that one stalled
+        step does not slow the next."""
+        idle = IDLE_FRACTION * min(self._recent_compute_s)
+        return idle if idle >= IDLE_MIN_S else 0.0
 
     def _check_finite(self, loss_sum: float, grad_norm: float, epoch: int) -> None:
         if math.isfinite(loss_sum) and math.isfinite(grad_norm):

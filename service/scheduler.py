@@ -13,7 +13,7 @@ from service.jobs import TERMINAL_STATES, JobStore
 from service.jobsetup import DatasetCache
 from service.metrics import Metrics
 from service.runner import JobRunner
-from workers.placement import total_if_too_small
+from workers.placement import too_small_message, total_if_too_small
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ class Scheduler:
         if self.store.find_request(spec) is None:  # a retry gets its job whatever the cluster holds now
             total = self._total_if_never_fits(spec.num_workers)
             if total is not None:
-                raise JobNotReady(
-                    f"num_workers: the job needs {spec.num_workers} CPUs (one per worker) but the cluster "
-                    f"has {total:g} in total; lower num_workers or add nodes"
-                )
+                raise JobNotReady(f"num_workers: {too_small_message(spec.num_workers, total)}")
         # One lock around count, create and put: concurrent submits can neither overshoot the
         # limit nor reach the queue in another order than their records were created.
         with self._submit_lock:

@@ -47,10 +47,7 @@ def reserve_workers(
     `on_wait(reason)` about once a second; an exception from `on_wait` (a cancel) ends the wait.
     """
     if fail_if_too_small and (total := total_if_too_small(num_workers)) is not None:
-        raise Unplaceable(
-            f"the job needs {num_workers} CPUs (one per worker) but the cluster has {total:g} in total; "
-            "lower num_workers or add nodes"
-        )
+        raise Unplaceable(too_small_message(num_workers, total))
     group = request_workers(num_workers, strategy)
     try:
         _wait_ready(group, num_workers, wait_s, on_wait)
@@ -68,6 +65,14 @@ def total_if_too_small(num_workers: int, timeout_s: float = TOTAL_CPUS_TIMEOUT_S
     """
     total = _total_cpus(timeout_s)
     return total if total is not None and total < num_workers else None
+
+
+def too_small_message(num_workers: int, total: float) -> str:
+    """Why a job of `num_workers` can never run on a cluster of `total` CPUs, and what to do."""
+    return (
+        f"the job needs {num_workers} CPUs (one per worker) but the cluster has {total:g} in total; "
+        "lower num_workers or add nodes"
+    )
 
 
 _total_lock = threading.Lock()
