@@ -75,6 +75,9 @@ class RunningServer:
 
 
 EMBEDDED_RAY_ATTEMPTS = 2
+# Ray's fixed start-up waits: 30 s for the raylet to register, 30 s for the GCS to publish its port.
+# A busy machine now and then misses one; a second start usually makes it.
+RAY_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def set_embedded_ray_environment() -> None:
@@ -106,8 +109,8 @@ def _init_ray(config: ServerConfig) -> bool:
             )
             break
         except Exception as exc:
-            # Ray gives its raylet a fixed 30 s to register; a busy machine now and then needs longer.
-            if "timed out during startup" not in str(exc) or attempt == EMBEDDED_RAY_ATTEMPTS:
+            timed_out = any(message in str(exc) for message in RAY_START_TIMEOUTS)
+            if not timed_out or attempt == EMBEDDED_RAY_ATTEMPTS:
                 raise
             log.warning("the embedded Ray did not start in time (%s); starting it again", exc)
             ray.shutdown()  # stops what the failed start left running
