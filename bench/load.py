@@ -1,14 +1,18 @@
 """Load on a coordinator: read traffic while a job trains, and a burst of submissions.
 
-    python bench/load.py [--clients 50] [--seconds 30] [--interval 1] [--burst 200] [--max-queued-jobs 50]
+    python bench/load.py [--clients 50] [--seconds 30] [--windows 3] [--interval 1] [--burst 200]
+                         [--max-queued-jobs 50]
 
 Starts `gradfleet serve` in a subprocess (the clients here must not share its interpreter), then:
 1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
-   samples/s alone, then while N clients each hold a WatchJob stream and call GetJob and ListJobs
-   once every --interval seconds (1 s: a dashboard's refresh; 0: back to back, a stress test that
-   takes every spare cycle), then alone again; reports errors, p50/p99 latency, whether every stream
-   ended cleanly when the job did, the job's samples/s under load against the mean of the two alone
-   windows, and the CPU the coordinator and the clients used (here they share the job's cores);
+   samples/s in alternating windows: alone, then while N clients each hold a WatchJob stream and
+   call GetJob and ListJobs once every --interval seconds (1 s: a dashboard's refresh; 0: back to
+   back, a stress test that takes every spare cycle), then alone again, and so on: --seconds of load
+   in --windows windows, each compared with the mean of the alone windows around it, so a drift of
+   a shared machine's speed cancels. Reports errors, p50/p99 latency, whether every stream of the
+   last window ended cleanly when the job did (earlier windows' clients hang up), the median and
+   range of the per-window slowdowns, and the CPU the coordinator and the clients used (here they
+   share the job's cores);
 2. submits --burst jobs at once to a queue capped at --max-queued-jobs: every one is accepted or
    refused with RESOURCE_EXHAUSTED, none is lost, and the queue drains in submission order.
 The functions are imported by tests/test_load.py with small counts.
@@ -48,6 +52,7 @@ class ReadLoad:
     errors: list[str] = field(default_factory=list)
     streams_opened: int = 0
     streams_clean: int = 0  # ended by the server after the job's terminal STATE event
+    streams_hung_up: int = 0  # closed by their client while the job trained on
     watch_events: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,16 +77,20 @@ def read_load(
     job_id: str,
     clients: int,
     during: Callable[[], float],
-    end_job: Callable[[], None],
+    end_job: Callable[[], None] | None,
     interval_s: float = 0.0,
+    report: ReadLoad | None = None,
 ) -> tuple[ReadLoad, float]:
     """N clients loop GetJob/ListJobs while each holds a WatchJob stream on `job_id`, for as long
     as `during()` runs (its result is returned too); then `end_job()` is called and every stream
-    must end with the job's terminal event. Each client pauses `interval_s` between rounds
-    (0: back to back, a stress test)."""
-    report = ReadLoad()
-    stop = threading.Event()
-    watchers = [threading.Thread(target=_watch, args=(address, job_id, report)) for _ in range(clients)]
+    must end with the job's terminal event (`end_job=None`: the clients hang up their streams
+    instead, and the job trains on). Each client pauses `interval_s` between rounds (0: back to
+    back, a stress test). Adds to `report` when one is given."""
+    report = report or ReadLoad()
+    stop, hang_up = threading.Event(), threading.Event()
+    calls: list[grpc.Future] = []
+    watch_args = (address, job_id, report, calls, hang_up)
+    watchers = [threading.Thread(target=_watch, args=watch_args) for _ in range(clients)]
     pollers = [
         threading.Thread(target=_poll, args=(address, job_id, report, stop, interval_s))
         for _ in range(clients)
@@ -92,7 +101,13 @@ def read_load(
     stop.set()
     for thread in pollers:
         thread.join()
-    end_job()
+    if end_job is None:
+        hang_up.set()
+        with report._lock:
+            for call in calls:
+                call.cancel()
+    else:
+        end_job()
     for thread in watchers:
         thread.join(timeout=60)
         if thread.is_alive():
@@ -115,21 +130,30 @@ def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event, in
             stop.wait(interval_s)
 
 
-def _watch(address: str, job_id: str, report: ReadLoad) -> None:
+def _watch(
+    address: str, job_id: str, report: ReadLoad, calls: list[grpc.Future], hang_up: threading.Event
+) -> None:
     with CoordinatorClient(address) as client:
         last, count = None, 0
+        stream = client.watch(job_id)
+        with report._lock:
+            report.streams_opened += 1
+            if hang_up.is_set():  # started after the hang-up went out
+                stream.cancel()
+            calls.append(stream)
         try:
-            with report._lock:
-                report.streams_opened += 1
-            for event in client.watch(job_id):
+            for event in stream:
                 last, count = event, count + 1
         except grpc.RpcError as exc:
-            report.fail(f"WatchJob: {exc.code().name}: {exc.details()}")
-            return
+            if not (hang_up.is_set() and exc.code() == grpc.StatusCode.CANCELLED):
+                report.fail(f"WatchJob: {exc.code().name}: {exc.details()}")
+                return
         with report._lock:
             report.watch_events += count
             if last is not None and last.job.state in TERMINAL_STATES:
                 report.streams_clean += 1
+            elif hang_up.is_set():
+                report.streams_hung_up += 1
 
 
 def cpu_seconds(pid: int) -> float:
@@ -279,10 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="pause between a client's rounds, s (0: back to back)"
     )
+    parser.add_argument(
+        "--windows", type=int, default=3, help="load windows, each between two alone windows of its length"
+    )
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--max-queued-jobs", type=int, default=50)
     parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
     args = parser.parse_args(argv)
+    if args.windows < 1:
+        parser.error(f"--windows: got {args.windows}; must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
@@ -299,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> int:
+    window_s = args.seconds / args.windows
+    report, alone, loaded = ReadLoad(), [], []
     with CoordinatorClient(address) as client:
         client.wait_ready(timeout=120)
         job = client.submit(_spec(uri))
@@ -306,28 +337,21 @@ def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> i
         time.sleep(WARM_UP_S)
 
         def rate() -> float:
-            return samples_per_second(client, job.id, args.seconds)
+            return samples_per_second(client, job.id, window_s)
 
-        before, idle_cpu = cpu_use_during(server_pid, rate)
-        after: list[float] = []
+        def measure() -> tuple[float, CpuUse]:
+            return cpu_use_during(server_pid, rate)
 
-        def end_job() -> None:  # the pollers have stopped; the streams stay open until the cancel
-            after.append(rate())
-            client.cancel(job.id)
-
-        report, (loaded, load_cpu) = read_load(
-            address, job.id, args.clients, lambda: cpu_use_during(server_pid, rate), end_job, args.interval
-        )
-    _print_read_load(report, args, (before + after[0]) / 2, loaded)
-    print(
-        f"  (alone: {before:,.0f} before the load, {after[0]:,.0f} after it, with the streams still "
-        "open; their mean is the reference, so a drift of the machine's speed cancels)"
-    )
-    print(
-        f"  CPU, in cores: coordinator {idle_cpu.coordinator:.2f} alone, {load_cpu.coordinator:.2f} "
-        f"under load; the clients (this process) {load_cpu.clients:.2f}, on a machine of "
-        f"{os.cpu_count()} cores that also runs the job"
-    )
+        alone.append(measure())
+        for window in range(args.windows):
+            last = window == args.windows - 1
+            # Earlier windows' clients hang up; the last window's streams must end with the job.
+            end_job = (lambda: client.cancel(job.id)) if last else None
+            _, under_load = read_load(address, job.id, args.clients, measure, end_job, args.interval, report)
+            loaded.append(under_load)
+            if not last:
+                alone.append(measure())
+    _print_read_load(report, args, alone, loaded)
     small = _spec(uri, epochs=1, numWorkers=1, dataset={"uri": uri, "maxTrainSamples": 512})
     burst = submit_burst(address, small, args.burst)
     print(
@@ -339,26 +363,47 @@ def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> i
         jobs = drained_in_order(client, burst.accepted, timeout_s=3600)
         in_order = started_in_order(jobs)
         print(f"  drained in {time.monotonic() - start:.0f} s; started in submission order: {in_order}")
-    clean = report.streams_clean == report.streams_opened == args.clients
+    clean = report.streams_clean == args.clients and report.streams_opened == args.clients * args.windows
     counted = len(burst.accepted) + len(burst.refused) == args.burst
     return 0 if clean and counted and in_order and not (report.errors or burst.other_errors) else 1
 
 
-def _print_read_load(report: ReadLoad, args: argparse.Namespace, alone: float, loaded: float) -> None:
+def _print_read_load(
+    report: ReadLoad,
+    args: argparse.Namespace,
+    alone: list[tuple[float, CpuUse]],
+    loaded: list[tuple[float, CpuUse]],
+) -> None:
     calls, errors = report.calls(), len(report.errors)
     pace = f"{args.interval:g} s apart" if args.interval else "back to back"
-    rate = calls / args.seconds
     print(
-        f"read load: {args.clients} clients x {args.seconds:g} s ({pace}), {calls} calls ({rate:,.0f}/s), "
-        f"{errors} errors"
+        f"read load: {args.clients} clients x {args.seconds:g} s in {args.windows} windows ({pace}), "
+        f"{calls} calls ({calls / args.seconds:,.0f}/s), {errors} errors"
     )
     for method, values in report.latencies.items():
         p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
         print(f"  {method}: {len(values)} calls, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    clean, opened = report.streams_clean, report.streams_opened
-    print(f"  WatchJob: {clean}/{opened} streams ended cleanly, {report.watch_events} events")
-    slower = (1 - loaded / alone) * 100 if alone else float("nan")
-    print(f"  job samples/s: {alone:,.0f} alone, {loaded:,.0f} under load ({slower:.1f}% slower)")
+    print(
+        f"  WatchJob: {report.streams_opened} streams, {report.streams_hung_up} closed by their "
+        f"clients between windows, {report.streams_clean} ended cleanly with the job, "
+        f"{report.watch_events} events"
+    )
+    slower = []
+    for i, (rate, use) in enumerate(loaded):
+        neighbours = [r for r, _ in alone[i : i + 2]]  # the alone windows before and after
+        reference = sum(neighbours) / len(neighbours)
+        slower.append((1 - rate / reference) * 100)
+        print(
+            f"  window {i + 1}: {reference:,.0f} samples/s alone (mean of the windows around it), "
+            f"{rate:,.0f} under load ({slower[-1]:.1f}% slower); CPU in cores: coordinator "
+            f"{use.coordinator:.2f}, clients {use.clients:.2f}"
+        )
+    idle = sum(use.coordinator for _, use in alone) / len(alone)
+    print(
+        f"  job samples/s under load: median {np.median(slower):.1f}% slower "
+        f"(windows {min(slower):.1f}% to {max(slower):.1f}%); the coordinator used {idle:.2f} cores "
+        f"alone; the clients (this process) run on the same {os.cpu_count()} cores as the job"
+    )
     for error in report.errors[:5]:
         print(f"  error: {error}")
 
