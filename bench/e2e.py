@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from gradfleet.v1 import coordinator_pb2 as pb  # noqa: E402
 from service.datasets import load_dataset  # noqa: E402
-from service.spec import load_spec_file, with_defaults  # noqa: E402
+from service.spec import load_spec_file  # noqa: E402
+from service.spec_defaults import with_defaults  # noqa: E402
 from workers.batches import batch_indices, epoch_permutation  # noqa: E402
 from workers.nn import Network, make_optimizer  # noqa: E402
 

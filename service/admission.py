@@ -28,7 +28,8 @@ from service.datasets.probe import (
 from service.datasets.tabular import check_csv_prefix
 from service.errors import InvalidSpec
 from service.jobsetup import DatasetCache
-from service.spec import validate_against_dataset, validate_spec, with_defaults
+from service.spec_defaults import with_defaults
+from service.spec_validation import validate_against_dataset, validate_spec
 
 INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this
 

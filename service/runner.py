@@ -26,7 +26,8 @@ from service.jobsetup import DatasetCache, prepare_data
 from service.metrics import Metrics
 from service.param_server import Diverged, StepStats, TrainingState
 from service.recovery import FaultPolicy
-from service.spec import spec_to_json, validate_against_dataset
+from service.spec import spec_to_json
+from service.spec_validation import validate_against_dataset
 from service.wording import clause, plural
 from service.worker_cpus import ScaleRequest, WorkerCPUs
 from workers.group import WorkerLost, WorkersNotStarted

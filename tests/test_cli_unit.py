@@ -14,8 +14,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
-from service import cli, progress
-from service.client import DownloadError, write_chunks
+from service import cli, cli_parser, cli_watch, progress
+from service.client import DEFAULT_ADDRESS, DownloadError, write_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -222,7 +222,7 @@ def test_durations_are_readable(seconds: float, text: str) -> None:
 
 
 def _parse(*argv: str, environ: dict | None = None):
-    return cli.build_parser(environ or {}).parse_args(list(argv))
+    return cli_parser.build_parser(environ or {}).parse_args(list(argv))
 
 
 @pytest.mark.parametrize(
@@ -276,7 +276,7 @@ def _parse(*argv: str, environ: dict | None = None):
                 "watch": True,
                 "output": "json",
                 "set": ["epochs=3", "seed=2"],
-                "server": cli.DEFAULT_ADDRESS,
+                "server": DEFAULT_ADDRESS,
             },
         ),
         (["submit", "job.yaml"], {"watch": False, "output": "text", "set": []}),
@@ -445,7 +445,7 @@ def test_watch_reconnects_after_a_broken_stream() -> None:
     client = _ScriptedClient(([STATE_RUNNING, STEP_5], UNAVAILABLE), ([STATE_RUNNING, DONE], None))
     slept: list[float] = []
     out = io.StringIO()
-    job = cli.watch_job(client, "abc", cli.Renderer(out, tty=False), sleep=slept.append)
+    job = cli_watch.watch_job(client, "abc", cli_watch.Renderer(out, tty=False), sleep=slept.append)
     assert (job.state, client.calls, client.reconnects, slept) == (pb.SUCCEEDED, 2, 1, [0.5])
     assert "connection lost (UNAVAILABLE: socket closed); reconnecting in 0.5 s (trying for 60 s more)" in (
         out.getvalue()
@@ -454,8 +454,8 @@ def test_watch_reconnects_after_a_broken_stream() -> None:
 
 def test_reconnect_delays_back_off_to_2_s_and_fill_the_window() -> None:
     """Reconnect attempts wait 0.5, 1 and then 2 s each, until the window (default 60 s) is used."""
-    assert cli.reconnect_delays(6) == (0.5, 1.0, 2.0, 2.0, 0.5)
-    default = cli.reconnect_delays(cli.RECONNECT_WINDOW_S)
+    assert cli_watch.reconnect_delays(6) == (0.5, 1.0, 2.0, 2.0, 0.5)
+    default = cli_watch.reconnect_delays(cli_watch.RECONNECT_WINDOW_S)
     assert sum(default) == 60 and max(default) == 2.0
 
 
@@ -463,15 +463,17 @@ def test_watch_gives_up_after_the_last_backoff() -> None:
     """When every reconnect fails, watch_job raises WatchLost after sleeping each delay once."""
     client = _ScriptedClient(*[([STATE_RUNNING], UNAVAILABLE)] * 4)
     slept: list[float] = []
-    with pytest.raises(cli.WatchLost, match=r"lost the watch stream of job abc .* gave up after 0\.7 s"):
-        cli.watch_job(client, "abc", None, delays=(0.1, 0.2, 0.4), sleep=slept.append)
+    with pytest.raises(
+        cli_watch.WatchLost, match=r"lost the watch stream of job abc .* gave up after 0\.7 s"
+    ):
+        cli_watch.watch_job(client, "abc", None, delays=(0.1, 0.2, 0.4), sleep=slept.append)
     assert (client.calls, slept) == (4, [0.1, 0.2, 0.4])
 
 
 def test_watch_treats_an_early_end_of_stream_as_a_break() -> None:
     """A stream that ends before a terminal state is reopened, not taken as the end of the job."""
     client = _ScriptedClient(([STATE_RUNNING], None), ([DONE], None))
-    job = cli.watch_job(client, "abc", None, sleep=lambda s: None)
+    job = cli_watch.watch_job(client, "abc", None, sleep=lambda s: None)
     assert (job.state, client.calls) == (pb.SUCCEEDED, 2)
 
 
@@ -484,7 +486,7 @@ def test_watch_does_not_retry_what_retrying_cannot_fix(script) -> None:
     """A first connection failure or a non-transient error is raised at once."""
     client = _ScriptedClient(script)
     with pytest.raises(grpc.RpcError):
-        cli.watch_job(client, "abc", None, sleep=lambda s: pytest.fail("must not sleep"))
+        cli_watch.watch_job(client, "abc", None, sleep=lambda s: pytest.fail("must not sleep"))
     assert client.calls == 1
 
 
@@ -492,7 +494,7 @@ def test_non_tty_rendering_prints_lines_and_leaves_the_end_to_the_summary() -> N
     """Off a terminal each shown event is a line; the final STATE is left to the summary."""
     times = iter([0.0, 0.5, 1.0])
     out = io.StringIO()
-    renderer = cli.Renderer(out, tty=False, clock=lambda: next(times))
+    renderer = cli_watch.Renderer(out, tty=False, clock=lambda: next(times))
     for event in (STATE_RUNNING, STEP_5, STEP_5, DONE):
         renderer.show(event)
     assert out.getvalue().splitlines() == [
@@ -504,7 +506,7 @@ def test_non_tty_rendering_prints_lines_and_leaves_the_end_to_the_summary() -> N
 def test_tty_rendering_redraws_the_bar_in_place() -> None:
     """On a terminal progress redraws one line with \\r; a state line first clears the bar."""
     out = io.StringIO()
-    renderer = cli.Renderer(out, tty=True)
+    renderer = cli_watch.Renderer(out, tty=True)
     renderer.show(STEP_5)
     renderer.note("connection lost")
     renderer.show(STEP_5)

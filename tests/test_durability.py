@@ -28,7 +28,8 @@ from service.param_server import Diverged, ParameterServer, ParameterServerCore
 from service.recovery import FaultPolicy
 from service.runner import JobRunner
 from service.scheduler import Scheduler
-from service.spec import validate_spec, with_defaults
+from service.spec_defaults import with_defaults
+from service.spec_validation import validate_spec
 from service.startup import StartupError
 from service.wording import clause, plural
 from service.worker_cpus import ScaleRequest, WorkerCPUs

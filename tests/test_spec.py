@@ -14,16 +14,9 @@ from hypothesis import strategies as st
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidSpec
 from service.jobsetup import build_optimizer
-from service.spec import (
-    count_params,
-    load_spec_file,
-    spec_from_dict,
-    spec_to_dict,
-    spec_to_json,
-    validate_against_dataset,
-    validate_spec,
-    with_defaults,
-)
+from service.spec import load_spec_file, spec_from_dict, spec_to_dict, spec_to_json
+from service.spec_defaults import with_defaults
+from service.spec_validation import count_params, validate_against_dataset, validate_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

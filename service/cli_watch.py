@@ -1,0 +1,145 @@
+"""Following a job from the command line: the watch loop and how its events are shown.
+
+`watch_job` follows one job's event stream to its end, reconnecting with backoff when the stream
+breaks (a coordinator restart, a dropped network), and raises `WatchLost` when reconnecting does not
+help; `Renderer` writes the events, as a progress bar redrawn in place on a terminal or as one line
+per event elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+import grpc
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import progress
+from service.client import CoordinatorClient
+
+# Codes a broken watch stream shows when the server restarts or the network drops.
+_RECONNECT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+)
+RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0)  # then every 2 s: a restarted coordinator is found within 2 s
+RECONNECT_WINDOW_S = 60.0  # a coordinator restart (Ray included) takes well under this
+
+
+def reconnect_delays(window_s: float) -> tuple[float, ...]:
+    """Sleeps between reconnect attempts: the backoff, then its last value, adding up to `window_s`."""
+    delays: list[float] = []
+    total = 0.0
+    while (left := window_s - total) > 0:
+        delays.append(min(RECONNECT_BACKOFF_S[min(len(delays), len(RECONNECT_BACKOFF_S) - 1)], left))
+        total += delays[-1]
+    return tuple(delays)
+
+
+_LOG = logging.getLogger(__name__)
+
+
+class WatchLost(Exception):
+    """The watch stream broke and reconnecting did not help."""
+
+
+def watch_job(
+    client: CoordinatorClient,
+    job_id: str,
+    renderer: Renderer | None,
+    *,
+    delays: Sequence[float] = reconnect_delays(RECONNECT_WINDOW_S),
+    sleep: Callable[[float], None] = time.sleep,
+) -> pb.Job:
+    """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks (on a
+    fresh channel each time, so gRPC's own growing reconnect backoff never delays finding the server).
+
+    Returns the job as of its last event; raises WatchLost when every reconnect failed, and
+    grpc.RpcError when the first connection fails or for errors reconnecting cannot fix.
+    """
+    last: pb.Job | None = None
+    failures = 0
+    while True:
+        job, count, reason = _stream_once(client, job_id, renderer, connected=last is not None)
+        last = job or last
+        if last is not None and last.state in progress.TERMINAL_STATES:
+            if renderer:
+                renderer.end_line()
+            return last
+        if count > 1:  # the first event only restates the job: count later ones as progress
+            failures = 0
+        if failures == len(delays):
+            raise WatchLost(
+                f"lost the watch stream of job {job_id} ({reason}); gave up after {sum(delays):g} s "
+                "of reconnecting (--reconnect-s sets how long)"
+            )
+        _LOG.debug("watch stream broke: %s", reason)
+        if renderer:
+            wait, left = delays[failures], sum(delays[failures:])
+            renderer.note(
+                f"connection lost ({reason}); reconnecting in {wait:g} s (trying for {left:g} s more)"
+            )
+        sleep(delays[failures])
+        client.reconnect()
+        failures += 1
+
+
+def _stream_once(
+    client: CoordinatorClient, job_id: str, renderer: Renderer | None, *, connected: bool
+) -> tuple[pb.Job | None, int, str]:
+    """Show one watch stream's events; returns (last job, event count, why the stream ended)."""
+    job, count = None, 0
+    try:
+        for event in client.watch(job_id):
+            job, count = event.job, count + 1
+            if renderer:
+                renderer.show(event)
+    except grpc.RpcError as exc:
+        if not (connected or count) or exc.code() not in _RECONNECT_CODES:
+            raise  # never connected, or an error that reconnecting cannot fix
+        return job, count, f"{exc.code().name}: {exc.details()}"
+    return job, count, "the stream ended early"
+
+
+class Renderer:
+    """Writes watch events: on a TTY a progress bar redrawn in place, with STATE and EVAL
+    events as lines above it; otherwise one line per event, PROGRESS at most every ~2 s."""
+
+    def __init__(self, out: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out, self.tty, self.clock = out, tty, clock
+        self._throttle = progress.EventThrottle()
+        self._bar_len = 0  # length of the bar line on screen; 0 = none drawn
+
+    def show(self, event: pb.JobEvent) -> None:
+        if event.kind == pb.JobEvent.STATE and event.job.state in progress.TERMINAL_STATES:
+            return  # the summary line says it, with the message, right after
+        if not self.tty:
+            if self._throttle.should_print(event, self.clock()):
+                self._line(progress.format_event(event))
+            return
+        if event.kind != pb.JobEvent.PROGRESS:
+            self._line(progress.format_event(event))
+        if event.job.state == pb.RUNNING and event.job.progress.total_steps:
+            self._bar(progress.format_progress(event.job))
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def end_line(self) -> None:
+        if self._bar_len:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar_len = 0
+
+    def _bar(self, text: str) -> None:
+        self.out.write("\r" + text.ljust(self._bar_len))  # pad over a longer previous line
+        self.out.flush()
+        self._bar_len = max(len(text), 1)
+
+    def _line(self, text: str) -> None:
+        if self._bar_len:  # replace the bar with the line; the bar is redrawn by the next event
+            self.out.write("\r" + " " * self._bar_len + "\r")
+            self._bar_len = 0
+        self.out.write(text + "\n")
+        self.out.flush()
