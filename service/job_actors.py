@@ -175,7 +175,15 @@ class JobActors:
     def ps_call(self, method: str, *args, timeout_s: float | None = None):
         """The parameter server's `method(*args)`, waited for with a bound: a stuck cluster fails or
         restarts the job instead of hanging it (ParameterServerLost)."""
-        ref = getattr(self.ps, method).remote(*args)
+        return self.ps_result(self.ps_start(method, *args), timeout_s)
+
+    def ps_start(self, method: str, *args) -> ray.ObjectRef:
+        """Call the parameter server's `method(*args)` without waiting; see `ps_result`. It runs
+        after the calls started before it: the actor takes one at a time, in order."""
+        return getattr(self.ps, method).remote(*args)
+
+    def ps_result(self, ref: ray.ObjectRef, timeout_s: float | None = None):
+        """The result of a call from `ps_start`, with the errors and bound of `ps_call`."""
         try:
             return ray.get(ref, timeout=timeout_s or self.config.step_timeout_s * 2 + 60)
         except ray.exceptions.RayTaskError as exc:

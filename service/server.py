@@ -61,9 +61,10 @@ class RunningServer:
         self.servicer.stopping.set()  # first: a client that saw NOT_SERVING cannot submit any more
         self.health.enter_graceful_shutdown()
         self.store.wake_all()
-        done = self.grpc_server.stop(grace_s)
+        # Jobs checkpoint while gRPC still answers: a submit meanwhile gets the servicer's
+        # UNAVAILABLE, where a stopped gRPC server could leave it to be CANCELLED after the grace.
         self.scheduler.stop()
-        done.wait(grace_s)
+        self.grpc_server.stop(grace_s).wait(grace_s)
         self.metrics.close()
         if self._http is not None:
             _close_http(self._http)

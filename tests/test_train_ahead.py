@@ -1,0 +1,100 @@
+"""The runner sends the parameter server its next train call before it records the last report, so
+training does not wait for the job store and metrics; a stop in between still checkpoints counters
+that match the weights."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.checkpoints import CheckpointStore
+from service.client import CoordinatorClient
+from service.config import ServerConfig
+from service.job_actors import JobActors
+from service.runner import JobRunner
+from service.server import start_server
+from tests.helpers import small_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+BATCH = 10
+
+
+@pytest.fixture
+def config(ray_session, tmp_path: Path) -> ServerConfig:
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    return ServerConfig(port=0, metrics_port=-1, state_dir=tmp_path / "state", data_root=data_root)
+
+
+def long_epochs_spec(config: ServerConfig):
+    """A job whose train calls end on the 0.5 s report interval: 5,000 steps an epoch, no test split,
+    no checkpoint before the epoch's end."""
+    rng = np.random.default_rng(0)
+    rows = 50_000
+    x, y = rng.normal(size=(rows, 20)).astype(np.float32), rng.integers(0, 3, rows)
+    np.savez(config.data_root / "train_only.npz", x_train=x, y_train=y)
+    return small_spec(
+        "npz:train_only.npz", batchSize=BATCH, epochs=100, numWorkers=1, checkpointEverySteps=10**6
+    )
+
+
+def test_the_next_train_call_goes_out_before_the_last_report_is_recorded(config, monkeypatch) -> None:
+    """With nothing due but training, each report is recorded while the parameter server trains on."""
+    events: list[str] = []
+    start, record = JobActors.ps_start, JobRunner._record
+
+    def logged_start(self, method, *args):
+        events.append(f"start {method}")
+        return start(self, method, *args)
+
+    def logged_record(self, steps):
+        events.append("record")
+        return record(self, steps)
+
+    monkeypatch.setattr(JobActors, "ps_start", logged_start)
+    monkeypatch.setattr(JobRunner, "_record", logged_record)
+    spec = long_epochs_spec(config)
+    server = start_server(config)
+    try:
+        with CoordinatorClient(server.address) as client:
+            job = client.submit(spec)
+            while events.count("record") < 4:
+                time.sleep(0.05)
+            client.cancel(job.id)
+    finally:
+        server.stop(grace_s=1.0)
+    records = [i for i, event in enumerate(events) if event == "record"]
+    # The first call, then before each report is recorded the call after it.
+    assert events[:5] == ["start train", "start train", "record", "start train", "record"], events
+    assert all(events[i - 1] == "start train" for i in records[:4]), events
+
+
+def test_a_stop_while_a_train_call_is_ahead_checkpoints_matching_counters(config, monkeypatch) -> None:
+    """The shutdown checkpoint comes after the train call sent ahead: its steps are recorded first, so
+    the checkpoint's samples counter matches its step."""
+    recorded_enough = threading.Event()
+    record = JobRunner._record
+
+    def slow_record(self, steps):
+        record(self, steps)
+        if steps[-1].step >= 200 and not recorded_enough.is_set():
+            recorded_enough.set()
+            time.sleep(1.0)  # the stop comes now, while the call sent ahead trains
+
+    monkeypatch.setattr(JobRunner, "_record", slow_record)
+    spec = long_epochs_spec(config)
+    server = start_server(config)
+    try:
+        with CoordinatorClient(server.address) as client:
+            job = client.submit(spec)
+            assert recorded_enough.wait(timeout=60)
+    finally:
+        server.stop(grace_s=5.0)
+    ckpt, skipped = CheckpointStore(config.state_dir, job.id).latest()
+    assert ckpt is not None and not skipped
+    assert ckpt.step > 200
+    assert ckpt.samples_trained == ckpt.step * BATCH
