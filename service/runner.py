@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.5  # how often the parameter server reports back (progress, cancel checks)
 THROUGHPUT_WINDOW_S = 5.0
 SHUTDOWN_CHECKPOINT_TIMEOUT_S = 15.0  # a SIGTERM'd coordinator exits in bounded time
+CANCELLED_NOTE = "cancelled by request"
 
 
 class JobCancelled(Exception):
@@ -103,7 +104,7 @@ class JobRunner:
                 self.store.update(self.job_id, changes.set_state(pb.QUEUED, note))
                 self.metrics.retire_job(self.job_id)
             else:
-                self._finish(pb.CANCELLED, "cancelled by request")
+                self._finish(pb.CANCELLED, CANCELLED_NOTE)
         except GradfleetError as exc:
             self._finish(pb.FAILED, exc.message)
         except (DatasetError, CheckpointError) as exc:
@@ -145,13 +146,15 @@ class JobRunner:
         # lack that evaluation, and one stopped at its last step would end on the previous accuracy.
         resumed_at_eval = resume is not None and resume.step > 0 and self._setup.eval_due(resume.step)
         self._loop(has_test=has_test, evaluate_first=has_test and resumed_at_eval)
+        self._check_cancel()  # one that came during the last steps or the final evaluation
         final = self._actors.ps_call("params")
         net = self._setup.plan.network()
         arrays = model_arrays(net.named_parameters(final), data.offset, data.scale, spec_to_json(spec))
         write_model(self.model_path(self.config, self.job_id), arrays)
         self._writer.flush()
-        self._finish(pb.SUCCEEDED, no_test)  # the note stays visible once the job is done
-        self.checkpoints.remove()  # the final model supersedes them
+        # The note stays visible once the job is done; the final model supersedes the checkpoints.
+        if self._finish(pb.SUCCEEDED, no_test, unless_cancelled=True) == pb.SUCCEEDED:
+            self.checkpoints.remove()
 
     def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
         """Take the counters of the checkpoint read from disk that training continues from (a
@@ -413,11 +416,25 @@ class JobRunner:
     def _say(self, message: str) -> None:
         changes.show_message(self.store, self.job_id, message)
 
-    def _finish(self, state: int, message: str) -> None:
+    def _finish(self, state: int, message: str, unless_cancelled: bool = False) -> int:
+        """Record the job's final state; returns it. `unless_cancelled`: CANCELLED instead if a cancel
+        came first, decided under the store's lock: CancelJob reads the state back after raising the
+        flag, so its reply names the state the job really ends in."""
         self._writer.drain()
-        self.store.update(self.job_id, changes.set_state(state, message))
-        self.metrics.finish_job(self.job_id, pb.JobState.Name(state).lower())
-        log.info("job %s %s %s", self.job_id, pb.JobState.Name(state), message)
+        ended: list[tuple[int, str]] = []
+
+        def change(job: pb.Job) -> None:
+            cancelled = (
+                unless_cancelled and self.cancel_requested.is_set() and not self.shutting_down.is_set()
+            )
+            ended.append((pb.CANCELLED, CANCELLED_NOTE) if cancelled else (state, message))
+            changes.set_state(*ended[0])(job)
+
+        self.store.update(self.job_id, change)
+        final, note = ended[0]
+        self.metrics.finish_job(self.job_id, pb.JobState.Name(final).lower())
+        log.info("job %s %s %s", self.job_id, pb.JobState.Name(final), note)
+        return final
 
     def _release(self) -> None:
         """Stop the actors and give back the job's CPUs."""

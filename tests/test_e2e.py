@@ -135,6 +135,26 @@ def test_cancel_stops_a_running_job(client, coordinator):
     assert done.progress.step < done.progress.total_steps
 
 
+def test_a_cancel_during_the_final_evaluation_ends_the_job_cancelled(client, coordinator, monkeypatch):
+    """A cancel after the last step (during the final evaluation, before the model is written) is
+    not ignored: the job ends CANCELLED, as the RUNNING state in the cancel's reply promised."""
+    from service.runner import JobRunner
+
+    evaluate, replies = JobRunner._evaluate, []
+
+    def evaluate_then_cancel(runner):
+        if runner._step >= runner._setup.total_steps and not replies:
+            replies.append(client.cancel(runner.job_id))  # through gRPC, from the runner's own thread
+        evaluate(runner)
+
+    monkeypatch.setattr(JobRunner, "_evaluate", evaluate_then_cancel)
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", epochs=1)).id, timeout_s=60)
+    assert [r.state for r in replies] == [pb.RUNNING]
+    assert job.state == pb.CANCELLED, job.message
+    assert job.progress.step == job.progress.total_steps
+
+
 def test_errors_carry_status_codes(client, coordinator):
     """Bad spec: INVALID_ARGUMENT naming the field; unknown job: NOT_FOUND; early download:
     FAILED_PRECONDITION."""
