@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import EnumDescriptor
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.datasets.core import TargetRange
 from service.errors import InvalidSpec
 from service.spec import UINT32_MAX, enum_names
 from workers.batches import steps_per_epoch
@@ -127,15 +128,18 @@ def validate_against_dataset(
     max_params: int,
     *,
     target_width: int | None = None,
+    target_range: TargetRange | None = None,
 ) -> None:
     """Raise InvalidSpec where the spec does not fit the dataset.
 
-    `num_classes` is 0 for float (regression) targets, which have `target_width` columns. None
-    for any of them means unknown (a large CSV file not yet parsed): what depends on it is checked
-    when the job loads the data.
+    `num_classes` is 0 for float (regression) targets, which have `target_width` columns and
+    values in `target_range`. None for any of them means unknown (a large CSV file not yet
+    parsed): what depends on it is checked when the job loads the data.
     """
     if num_classes is not None:
         _check_output_layer(spec, num_classes, target_width)
+    if target_range is not None:
+        _check_target_range(spec, target_range)
     params = count_params(num_features, spec)
     if params > max_params:
         raise InvalidSpec(
@@ -187,6 +191,19 @@ def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | 
             f"layers[{last}].units",
             f"got {units}; the dataset has {what}, so the last layer needs {wanted} units{hint}",
         )
+
+
+def _check_target_range(spec: pb.JobSpec, targets: TargetRange) -> None:
+    """Binary cross-entropy of a target outside [0, 1] has no minimum: the loss runs negative."""
+    if spec.loss != pb.BINARY_CROSS_ENTROPY or 0 <= targets.low <= targets.high <= 1:
+        return
+    value, where = (targets.low, targets.low_at) if targets.low < 0 else (targets.high, targets.high_at)
+    raise InvalidSpec(
+        "loss",
+        f"got BINARY_CROSS_ENTROPY; binary cross-entropy needs targets in [0, 1], but {where} has "
+        f"{_num(value)} (the targets range over [{_num(targets.low)}, {_num(targets.high)}]); "
+        "rescale the targets, or choose MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER",
+    )
 
 
 def count_params(input_size: int, spec: pb.JobSpec) -> int:
