@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidRequest, JobNotFound
+from service.spec import enum_names
 from service.startup import StartupError
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,10 @@ class JobStore:
     ) -> tuple[list[pb.Job], str]:
         """Jobs newest first, filtered by state (0 = all) and owner (None = all); returns
         (page, next_page_token)."""
+        if state not in pb.JobState.values():  # an open enum: a client can send any number
+            raise InvalidRequest(
+                f"state: got {state}; must be one of {enum_names(pb.JobState.DESCRIPTOR)}, or unset for all"
+            )
         size = page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidRequest(f"page_size: got {size}; must be at most {MAX_PAGE_SIZE}")
