@@ -62,6 +62,7 @@ class Admission:
             num_train,
             config.max_params,
             target_width=info.target_width,
+            target_range=info.target_range,
         )
         return spec
 

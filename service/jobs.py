@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.errors import InvalidRequest, JobNotFound
+from service.spec import enum_names
 from service.startup import StartupError
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     record BLOB NOT NULL
 )
 """
-# Idempotent submission: one job per client request id (NULLs, jobs without one, never clash).
+# Idempotent submission: one job per principal and client request id (NULLs, jobs without one,
+# never clash). Scoped by owner so that another principal's request id neither finds nor names a job.
 # Spec fields the server itself rewrites after the submission (ScaleJob): a retry still matches.
 _CHANGED_AFTER_SUBMIT = ("num_workers",)
-_MIGRATIONS = (("request_id", "ALTER TABLE jobs ADD COLUMN request_id TEXT"),)
-_REQUEST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id)"
+_MIGRATIONS = (
+    ("request_id", "ALTER TABLE jobs ADD COLUMN request_id TEXT"),
+    ("owner", "ALTER TABLE jobs ADD COLUMN owner TEXT"),
+)
+_OLD_REQUEST_INDEX = "DROP INDEX IF EXISTS jobs_request_id"  # request ids were global before
+_REQUEST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs (owner, request_id)"
 
 
 def now_timestamp() -> Timestamp:
@@ -95,17 +101,18 @@ class JobStore:
 
     def create(self, spec: pb.JobSpec, owner: str = "") -> tuple[pb.Job, bool]:
         """Create a QUEUED job owned by `owner`; returns (job, True). A spec whose request_id names a
-        job already created returns (that job, False): a retried SubmitJob never makes a second job."""
+        job `owner` already created returns (that job, False): a retried SubmitJob never makes a
+        second job. Another owner's request ids are not looked at."""
         with self._lock:
-            existing = self._by_request(spec)
+            existing = self._by_request(spec, owner)
             if existing is not None:
                 return _copy(existing), False
             job = pb.Job(
                 id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp(), owner=owner
             )
             cursor = self._db.execute(
-                "INSERT INTO jobs (id, state, record, request_id) VALUES (?, ?, ?, ?)",
-                (job.id, job.state, job.SerializeToString(), _request_id(spec)),
+                "INSERT INTO jobs (id, state, record, request_id, owner) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.state, job.SerializeToString(), _request_id(spec), owner),
             )
             self._db.commit()
             self._jobs[job.id] = job
@@ -115,17 +122,19 @@ class JobStore:
             self._record_event(job, pb.JobEvent.STATE)
             return _copy(job), True
 
-    def find_request(self, spec: pb.JobSpec) -> pb.Job | None:
-        """The job already created for `spec.request_id`, or None."""
+    def find_request(self, spec: pb.JobSpec, owner: str = "") -> pb.Job | None:
+        """The job `owner` already created for `spec.request_id`, or None."""
         with self._lock:
-            job = self._by_request(spec)
+            job = self._by_request(spec, owner)
             return None if job is None else _copy(job)
 
-    def _by_request(self, spec: pb.JobSpec) -> pb.Job | None:
+    def _by_request(self, spec: pb.JobSpec, owner: str) -> pb.Job | None:
         request_id = _request_id(spec)
         if request_id is None:
             return None
-        row = self._db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT id FROM jobs WHERE owner = ? AND request_id = ?", (owner, request_id)
+        ).fetchone()
         if row is None:
             return None
         job = self._jobs.get(row[0])
@@ -185,6 +194,10 @@ class JobStore:
     ) -> tuple[list[pb.Job], str]:
         """Jobs newest first, filtered by state (0 = all) and owner (None = all); returns
         (page, next_page_token)."""
+        if state not in pb.JobState.values():  # an open enum: a client can send any number
+            raise InvalidRequest(
+                f"state: got {state}; must be one of {enum_names(pb.JobState.DESCRIPTOR)}, or unset for all"
+            )
         size = page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidRequest(f"page_size: got {size}; must be at most {MAX_PAGE_SIZE}")
@@ -261,16 +274,37 @@ def _newer_than(events: collections.deque, version: int) -> list[tuple[int, pb.J
 
 
 def _prepare(db: sqlite3.Connection) -> None:
-    """WAL mode, the table and its migrations."""
+    """WAL mode, the table and its migrations, in one transaction: a crash part-way through a
+    migration leaves the old schema, which the next start migrates again."""
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute(_SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    for column, statement in _MIGRATIONS:
-        if column not in columns:
-            db.execute(statement)
-    db.execute(_REQUEST_INDEX)
-    db.commit()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column, statement in _MIGRATIONS:
+            if column not in columns:
+                db.execute(statement)
+        if "owner" not in columns:
+            _fill_owners(db)
+        db.execute(_OLD_REQUEST_INDEX)
+        db.execute(_REQUEST_INDEX)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def _fill_owners(db: sqlite3.Connection) -> None:
+    """Copy each job's owner from its record into the new column. An unreadable record keeps NULL,
+    so its request id matches no principal's retry (whose it was cannot be told)."""
+    rows = db.execute("SELECT seq, record FROM jobs").fetchall()
+    for seq, record in rows:
+        try:
+            owner = pb.Job.FromString(record).owner
+        except (DecodeError, TypeError):
+            continue
+        db.execute("UPDATE jobs SET owner = ? WHERE seq = ?", (owner, seq))
 
 
 def _store_error(path: Path, exc: sqlite3.DatabaseError) -> StartupError:

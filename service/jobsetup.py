@@ -148,6 +148,7 @@ def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
         y_test=None if ds.y_test is None else ds.y_test[:n_test],
         num_classes=ds.num_classes,
         source=ds.source,
+        target_range=ds.target_range,
     )
     method = _lower(pb.Preprocessing, spec.dataset.preprocessing)
     norm = compute_normalization(ds.x_train, method)

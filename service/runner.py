@@ -131,6 +131,7 @@ class JobRunner:
             len(ds.y_train),
             self.config.max_params,
             target_width=ds.target_width,
+            target_range=ds.target_range,
         )
         resume, skipped = self.checkpoints.latest(spec_hash(spec))
         self._check_cancel()

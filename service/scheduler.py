@@ -46,17 +46,19 @@ class Scheduler:
         self._dispatcher.start()
 
     def submit(self, spec: pb.JobSpec, owner: str = "") -> pb.Job:
-        """Queue a checked spec; a retried submission (same request_id) returns the job it created.
+        """Queue a checked spec; a retried submission (same owner and request_id) returns the job it created.
         LimitExceeded when max_queued_jobs jobs are already waiting; JobNotReady when the cluster can
         never hold its workers (the runner checks again, for a cluster that shrank meanwhile)."""
-        if self.store.find_request(spec) is None:  # a retry gets its job whatever the cluster holds now
+        if (
+            self.store.find_request(spec, owner) is None
+        ):  # a retry gets its job whatever the cluster holds now
             total = self._total_if_never_fits(spec.num_workers)
             if total is not None:
                 raise JobNotReady(f"num_workers: {too_small_message(spec.num_workers, total)}")
         # One lock around count, create and put: concurrent submits can neither overshoot the
         # limit nor reach the queue in another order than their records were created.
         with self._submit_lock:
-            existing = self.store.find_request(spec)
+            existing = self.store.find_request(spec, owner)
             if existing is not None:
                 return existing
             queued = self.store.counts_by_state()[pb.QUEUED]

@@ -15,6 +15,18 @@ from google.protobuf.message import Message
 from gradfleet.v1 import coordinator_pb2 as pb
 
 MAX_DEFAULT_MICRO_SHARDS = 16
+# Options that only some kinds use; validation refuses a value other than these with another kind.
+LOSS_OPTION_DEFAULTS = {"label_smoothing": 0.0, "huber_delta": 1.0}
+LEAKY_RELU_SLOPE = 0.01
+OPTIMIZER_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "rho": 0.9}
+SCHEDULE_DEFAULTS = {
+    "gamma": 0.1,
+    "step_epochs": 1,
+    "min_learning_rate": 0.0,
+    "pct_start": 0.3,
+    "div_factor": 25.0,
+    "final_div_factor": 1e4,
+}
 
 
 def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
@@ -33,7 +45,7 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
         if layer.activation == pb.ACTIVATION_UNSPECIFIED:
             layer.activation = pb.IDENTITY if i == len(out.layers) - 1 else pb.RELU
         _fill_layer(layer)
-    _default(out, label_smoothing=0.0, huber_delta=1.0, eval_top_k=5)
+    _default(out, **LOSS_OPTION_DEFAULTS, eval_top_k=5)
     _fill_optimizer(out.optimizer)
     _fill_recovery(out)
     return out
@@ -46,7 +58,7 @@ def _fill_layer(layer: pb.LayerSpec) -> None:
     if layer.init == pb.INITIALIZER_UNSPECIFIED:
         layer.init = pb.HE_NORMAL if layer.activation in _RELU_LIKE else pb.GLOROT_UNIFORM
     if layer.activation == pb.LEAKY_RELU:
-        _default(layer, slope=0.01)
+        _default(layer, slope=LEAKY_RELU_SLOPE)
     _default(layer, dropout=0.0)
 
 
@@ -66,12 +78,10 @@ def _fill_optimizer(opt: pb.OptimizerSpec) -> None:
     if not opt.HasField("learning_rate"):  # an explicit 0 stays, for validation to refuse
         opt.learning_rate = 0.001 if opt.kind in (pb.ADAM, pb.ADAMW) else 0.01
     # Filled whatever the kind, so a reader never sees a silent 0.0 for a hyperparameter.
-    _default(opt, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8)
-    _default(opt, weight_decay=0.0, clip_norm=0.0, rho=0.9)
+    _default(opt, **OPTIMIZER_DEFAULTS, weight_decay=0.0, clip_norm=0.0)
     if opt.schedule.kind == pb.SCHEDULE_UNSPECIFIED:
         opt.schedule.kind = pb.CONSTANT
-    _default(opt.schedule, gamma=0.1, step_epochs=1, min_learning_rate=0.0)
-    _default(opt.schedule, warmup_steps=0, pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    _default(opt.schedule, **SCHEDULE_DEFAULTS, warmup_steps=0)
 
 
 def _default(message: Message, **values: Any) -> None:

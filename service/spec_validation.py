@@ -13,10 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.datasets.core import TargetRange
 from service.errors import InvalidSpec
 from service.spec import UINT32_MAX, enum_names
+from service.spec_defaults import (
+    LEAKY_RELU_SLOPE,
+    LOSS_OPTION_DEFAULTS,
+    OPTIMIZER_DEFAULTS,
+    SCHEDULE_DEFAULTS,
+)
 from workers.batches import steps_per_epoch
 
 MAX_NAME_CHARS = 128
@@ -63,6 +72,24 @@ _OPTIMIZER_RANGES = {
     "rho": FRACTION,
     "weight_decay": Interval(0, 100),
     "clip_norm": Interval(0, 1e6),
+}
+# Options only some kinds use (the others: every kind), and those kinds. Set to anything but its
+# default with another kind, an option would be silently ignored: it is refused instead.
+_LOSS_OPTION_USERS = {"label_smoothing": (pb.SOFTMAX_CROSS_ENTROPY,), "huber_delta": (pb.HUBER,)}
+_ADAM_LIKE = (pb.ADAM, pb.ADAMW)
+_OPTIMIZER_OPTION_USERS = {
+    "momentum": (pb.MOMENTUM, pb.NESTEROV),
+    "beta1": _ADAM_LIKE,
+    "beta2": _ADAM_LIKE,
+    "epsilon": (*_ADAM_LIKE, pb.RMSPROP, pb.ADAGRAD),
+    "rho": (pb.RMSPROP,),
+}
+_SCHEDULE_OPTION_USERS = {
+    "gamma": (pb.STEP, pb.MULTI_STEP, pb.EXPONENTIAL),
+    "step_epochs": (pb.STEP,),
+    "min_learning_rate": (pb.COSINE,),
+    "milestones": (pb.MULTI_STEP,),
+    **dict.fromkeys(("pct_start", "div_factor", "final_div_factor"), (pb.ONE_CYCLE,)),
 }
 # min_learning_rate is checked against the learning rate itself.
 _SCHEDULE_RANGES = {
@@ -127,15 +154,18 @@ def validate_against_dataset(
     max_params: int,
     *,
     target_width: int | None = None,
+    target_range: TargetRange | None = None,
 ) -> None:
     """Raise InvalidSpec where the spec does not fit the dataset.
 
-    `num_classes` is 0 for float (regression) targets, which have `target_width` columns. None
-    for any of them means unknown (a large CSV file not yet parsed): what depends on it is checked
-    when the job loads the data.
+    `num_classes` is 0 for float (regression) targets, which have `target_width` columns and
+    values in `target_range`. None for any of them means unknown (a large CSV file not yet
+    parsed): what depends on it is checked when the job loads the data.
     """
     if num_classes is not None:
         _check_output_layer(spec, num_classes, target_width)
+    if target_range is not None:
+        _check_target_range(spec, target_range)
     params = count_params(num_features, spec)
     if params > max_params:
         raise InvalidSpec(
@@ -189,6 +219,19 @@ def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | 
         )
 
 
+def _check_target_range(spec: pb.JobSpec, targets: TargetRange) -> None:
+    """Binary cross-entropy of a target outside [0, 1] has no minimum: the loss runs negative."""
+    if spec.loss != pb.BINARY_CROSS_ENTROPY or 0 <= targets.low <= targets.high <= 1:
+        return
+    value, where = (targets.low, targets.low_at) if targets.low < 0 else (targets.high, targets.high_at)
+    raise InvalidSpec(
+        "loss",
+        f"got BINARY_CROSS_ENTROPY; binary cross-entropy needs targets in [0, 1], but {where} has "
+        f"{_num(value)} (the targets range over [{_num(targets.low)}, {_num(targets.high)}]); "
+        "rescale the targets, or choose MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER",
+    )
+
+
 def count_params(input_size: int, spec: pb.JobSpec) -> int:
     """Weights plus biases of the dense stack: sum of (fan_in + 1) * units over the layers."""
     total, fan_in = 0, input_size
@@ -237,6 +280,10 @@ def _check_layers(layers: Sequence[pb.LayerSpec]) -> None:
 
 
 def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> None:
+    users, default = {"slope": (pb.LEAKY_RELU,)}, {"slope": LEAKY_RELU_SLOPE}
+    _check_unused_options(
+        f"{path}.", layer, (f"{path}.activation", pb.Activation, layer.activation), users, default
+    )
     _check_enum(f"{path}.init", layer.init, pb.Initializer.DESCRIPTOR)
     if layer.HasField("slope"):
         _check_float(f"{path}.slope", layer.slope, FRACTION)
@@ -248,6 +295,8 @@ def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> No
 
 
 def _check_loss_options(spec: pb.JobSpec) -> None:
+    kind = ("loss", pb.Loss, spec.loss)
+    _check_unused_options("", spec, kind, _LOSS_OPTION_USERS, LOSS_OPTION_DEFAULTS)
     _check_float("label_smoothing", spec.label_smoothing, FRACTION)
     _check_float("huber_delta", spec.huber_delta, HUBER_DELTA)
     _check_range("eval_top_k", spec.eval_top_k, 1, MAX_LAYER_UNITS)
@@ -255,11 +304,15 @@ def _check_loss_options(spec: pb.JobSpec) -> None:
 
 def _check_optimizer(opt: pb.OptimizerSpec, epochs: int) -> None:
     _check_enum("optimizer.kind", opt.kind, pb.OptimizerKind.DESCRIPTOR)
+    kind = ("optimizer.kind", pb.OptimizerKind, opt.kind)
+    _check_unused_options("optimizer.", opt, kind, _OPTIMIZER_OPTION_USERS, OPTIMIZER_DEFAULTS)
     for name, interval in _OPTIMIZER_RANGES.items():
         _check_float(f"optimizer.{name}", getattr(opt, name), interval)
     schedule = opt.schedule
-    _check_schedule_options(schedule, epochs)
     _check_enum("optimizer.schedule.kind", schedule.kind, pb.ScheduleKind.DESCRIPTOR)
+    kind = ("optimizer.schedule.kind", pb.ScheduleKind, schedule.kind)
+    _check_unused_options("optimizer.schedule.", schedule, kind, _SCHEDULE_OPTION_USERS, SCHEDULE_DEFAULTS)
+    _check_schedule_options(schedule, epochs)
     _check_range("optimizer.schedule.step_epochs", schedule.step_epochs, 1, UINT32_MAX)
     low = schedule.min_learning_rate
     if not (math.isfinite(low) and 0 <= low <= opt.learning_rate):
@@ -288,6 +341,41 @@ def _check_schedule_options(schedule: pb.ScheduleSpec, epochs: int) -> None:
             )
     for name, interval in _SCHEDULE_RANGES.items():
         _check_float(f"{path}.{name}", getattr(schedule, name), interval)
+
+
+def _check_unused_options(
+    prefix: str,
+    message: Message,
+    kind: tuple[str, EnumTypeWrapper, int],
+    users: dict[str, tuple[int, ...]],
+    defaults: dict,
+) -> None:
+    """InvalidSpec for the first option in `users` set to other than its default (a repeated one:
+    not empty) while `kind` (path, enum, value) is none of the kinds that use it."""
+    kind_path, enum, value = kind
+    for name, kinds in users.items():
+        field = getattr(message, name)
+        if value in kinds:
+            continue
+        if name in defaults:
+            if not message.HasField(name) or field == defaults[name]:
+                continue
+            shown = _num(field) if isinstance(field, float) else str(field)
+        elif field:  # a repeated field: set when not empty
+            shown = str(list(field))
+        else:
+            continue
+        names = [enum.Name(k) for k in kinds]
+        who = f"only {names[0]} uses it" if len(names) == 1 else f"only {_and(names)} use it"
+        raise InvalidSpec(
+            f"{prefix}{name}",
+            f"got {shown}, but {kind_path} is {enum.Name(value)}: {who}; remove it or choose "
+            f"{names[0] if len(names) == 1 else 'one of those'}",
+        )
+
+
+def _and(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _check_range(path: str, value: int, low: int, high: int) -> None:

@@ -42,6 +42,9 @@ def _write_data(root: Path) -> None:
     x = rng.normal(size=(50, 4)).astype(np.float32)
     np.savez(root / "reg.npz", x_train=x, y_train=rng.normal(size=(50, 2)) + 0.5)
     np.savez(root / "negative.npz", x_train=x, y_train=np.arange(50) - 1)
+    np.savez(root / "wide-targets.npz", x_train=x, y_train=np.linspace(0, 3, 50))  # floats in [0, 3]
+    (root / "wide-targets.csv").write_text("a,b,y\n" + "0.5,1,0.25\n" * 49 + "\n0.5,1,-0.5\n")
+    (root / "negative.csv").write_text("1,2,0\n3,4,-1\n")
     np.savez(root / "objects.npz", x_train=np.array([{}] * 50, dtype=object), y_train=np.zeros(50))
     np.savez(root / "complex.npz", x_train=x.astype(np.complex64), y_train=np.zeros(50))
     np.savez(root / "strs.npz", x_train=np.full((50, 4), "a"), y_train=np.zeros(50))
@@ -113,6 +116,14 @@ REFUSALS = [
     ("name-with-terminal-escape", "npz:blobs.npz", {"name": "a\x1b[31mRED\nline2"},
      INVALID, "name", "character 2 is U+001B, which is not printable"),
     ("negative-label", "npz:negative.npz", {}, INVALID, "dataset.uri", "negative label -1 at sample 0"),
+    ("csv-negative-label-line", "csv:negative.csv", {}, INVALID, "dataset.uri",
+     "negative.csv: negative label -1 at line 2, column 3; class labels must be 0..num_classes-1"),
+    ("bce-targets-above-1", "npz:wide-targets.npz",
+     {"loss": "BINARY_CROSS_ENTROPY", "layers": [{"units": 1}]}, INVALID, "loss",
+     "wide-targets.npz (array y_train) at sample 49 has 3 (the targets range over [0, 3])"),
+    ("bce-targets-below-0-csv", "csv:wide-targets.csv",
+     {"loss": "BINARY_CROSS_ENTROPY", "layers": [{"units": 1}]}, INVALID, "loss",
+     "binary cross-entropy needs targets in [0, 1], but /"),
     ("idx-counts-differ", "idx:idx", {}, INVALID, "dataset.uri", "image and label counts differ"),
     ("idx-truncated", "idx:idx-cut", {}, INVALID, "dataset.uri",
      "train-images-idx3-ubyte: truncated file: header dimensions 4x2x2 need 32 bytes (header included) "
@@ -194,14 +205,17 @@ def test_a_rewritten_dataset_is_probed_again(client, server, name, write):
 
 def test_a_large_csv_is_checked_by_its_first_lines_at_submit_and_whole_at_load(ray_session, tmp_path):
     """SubmitJob parses only the first --csv-check-bytes of a larger CSV file, so it answers at
-    once: a bad row there is refused; a bad row further down, or a label that needs more output
-    units, fails the job when it loads the data, naming the line or the field."""
+    once: a bad row there is refused; a bad row further down, a label that needs more output
+    units, or a target outside [0, 1] for binary cross-entropy, fails the job when it loads the
+    data, naming the line or the field."""
     running = start_coordinator(tmp_path, csv_check_bytes=4096)
     root = running.config.data_root
     rows = "".join(f"{i % 7},{i % 5},{i % 3}\n" for i in range(2000))  # 12 kB, 3 classes
     (root / "early.csv").write_text("1,2,0\n1,2\n" + rows)
     (root / "late.csv").write_text(rows + "1,x,0\n")
     (root / "classes.csv").write_text(rows + "1,1,7\n")
+    (root / "targets.csv").write_text("".join(f"{i % 7},{i % 5},0.5\n" for i in range(2000)) + "1,1,2.5\n")
+    bce = {"loss": "BINARY_CROSS_ENTROPY", "layers": [{"units": 4}, {"units": 1}], "epochs": 1}
     try:
         with CoordinatorClient(running.address) as client:
             with pytest.raises(grpc.RpcError) as caught:
@@ -210,13 +224,18 @@ def test_a_large_csv_is_checked_by_its_first_lines_at_submit_and_whole_at_load(r
             assert "early.csv: line 2: ragged row" in caught.value.details()
             late = client.submit(small_spec("csv:late.csv", epochs=1))
             classes = client.submit(small_spec("csv:classes.csv", epochs=1))
+            targets = client.submit(small_spec("csv:targets.csv", **bce))
             late, classes = wait_for(client, late.id), wait_for(client, classes.id)
+            targets = wait_for(client, targets.id)
     finally:
         running.stop(grace_s=1.0)
     assert late.state == pb.FAILED
     assert "late.csv: line 2001, column 2: non-numeric cell 'x'" in late.message
     assert classes.state == pb.FAILED
     assert "layers[1].units: got 3; the dataset has 8 classes" in classes.message
+    assert targets.state == pb.FAILED
+    assert "needs targets in [0, 1], but " in targets.message
+    assert "targets.csv at line 2001, column 3 has 2.5" in targets.message
 
 
 def test_fashion_mnist_facts_come_from_headers(fashion_dir, tmp_path):

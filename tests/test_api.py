@@ -127,6 +127,16 @@ def test_cancelling_a_finished_job_returns_it_unchanged(client, stub, coordinato
     assert client.get(failed.id) == failed
 
 
+def test_an_unknown_state_filter_is_an_invalid_argument(stub) -> None:
+    """ListJobs with a state number JobState does not define names the field and the states."""
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ListJobs(pb.ListJobsRequest(state=99), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == (
+        "state: got 99; must be one of QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, or unset for all"
+    )
+
+
 def test_empty_job_id_is_an_invalid_argument(stub) -> None:
     """GetJob, CancelJob and WatchJob with an empty id get INVALID_ARGUMENT naming job_id."""
     calls = [

@@ -226,8 +226,8 @@ BAD_INPUTS = [
         {"d.csv": b"1\n2\n"}, "csv:d.csv", "d.csv", "only 1 column", id="csv-one-column"
     ),
     pytest.param(
-        {"d.csv": b"1,2,-1\n3,4,0\n"}, "csv:d.csv", "d.csv", "negative label -1",
-        id="csv-negative-label",
+        {"d.csv": b"a,b,y\n\n3,4,0\n1,2,-1\n"}, "csv:d.csv", "d.csv",
+        "negative label -1 at line 4, column 3", id="csv-negative-label",
     ),
     pytest.param(
         {"d.csv": b"\xff\xfe1,2\n"}, "csv:d.csv", "d.csv", "not UTF-8 text", id="csv-not-utf8"
@@ -245,6 +245,25 @@ def test_bad_input_is_rejected_naming_file_and_problem(tmp_path, files, uri, bad
     message = str(caught.value)
     assert bad_file in message
     assert phrase.lower() in message.lower()
+
+
+def test_float_targets_carry_their_range_and_where_its_ends_are(tmp_path):
+    """The smallest and largest regression target are named by sample (npz, per target column)
+    or by line and column (CSV); class labels have no range."""
+    targets = np.array([[0.5, 2.5], [-1.5, 0.0], [1.0, 0.25]])
+    write(tmp_path, {"d.npz": npz(x_train=X3, y_train=targets), "c.npz": npz(x_train=X3, y_train=Y3)})
+    (tmp_path / "d.csv").write_text("a,y\n1,0.5\n\n2,3.5\n3,-0.5\n")
+    npz_range = load_dataset("npz:d.npz", tmp_path, extra_search=()).target_range
+    assert (npz_range.low, npz_range.high) == (-1.5, 2.5)
+    assert npz_range.low_at.endswith("d.npz (array y_train) at sample 1, target column 0")
+    assert npz_range.high_at.endswith("d.npz (array y_train) at sample 0, target column 1")
+    probed = probe_dataset("npz:d.npz", tmp_path, extra_search=(), max_bytes=10**6).target_range
+    assert probed == npz_range
+    csv_range = load_dataset("csv:d.csv", tmp_path, extra_search=()).target_range
+    assert (csv_range.low, csv_range.high) == (-0.5, 3.5)
+    assert csv_range.low_at.endswith("d.csv at line 5, column 2")
+    assert csv_range.high_at.endswith("d.csv at line 4, column 2")
+    assert load_dataset("npz:c.npz", tmp_path, extra_search=()).target_range is None
 
 
 @pytest.fixture(scope="module")

@@ -344,6 +344,56 @@ def test_a_retried_submit_matches_its_job_after_a_scale(tmp_path: Path, spec) ->
     assert store.find_request(spec).id == job.id
 
 
+def test_a_request_id_belongs_to_the_owner_that_sent_it(tmp_path: Path, spec) -> None:
+    """Another owner's request id is a new job of its own; a different spec under it names only
+    that owner's job."""
+    spec.request_id = "shared"
+    store = JobStore(tmp_path)
+    alice, _ = store.create(spec, owner="alice")
+    bob, created = store.create(spec, owner="bob")
+    assert created and bob.id != alice.id and bob.owner == "bob"
+    assert store.find_request(spec, "alice").id == alice.id and store.find_request(spec, "carol") is None
+    other = with_defaults(small_spec("npz:blobs.npz", seed=99, requestId="shared"))
+    with pytest.raises(InvalidRequest) as caught:
+        store.create(other, owner="bob")
+    assert bob.id in caught.value.message and alice.id not in caught.value.message
+
+
+def _old_store(folder: Path, jobs: list[pb.Job]) -> None:
+    """A job store as coordinators before per-owner request ids wrote it: one global request-id index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(folder / "jobs.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
+            "state INTEGER NOT NULL, record BLOB NOT NULL, request_id TEXT)"
+        )
+        db.execute("CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id)")
+        for job in jobs:
+            db.execute(
+                "INSERT INTO jobs (id, state, record, request_id) VALUES (?, ?, ?, ?)",
+                (job.id, job.state, job.SerializeToString(), job.spec.request_id or None),
+            )
+    db.close()
+
+
+def test_an_old_state_folder_keeps_its_request_ids_per_owner(tmp_path: Path, spec) -> None:
+    """A store written with global request ids opens with its jobs; a retry by their owner still
+    finds each, another owner's same request id makes a new job, and it survives a reopening."""
+    spec.request_id = "rid-1"
+    old = pb.Job(id="aaaaaaaaaaaa", spec=spec, state=pb.SUCCEEDED, owner="alice")
+    _old_store(tmp_path, [old])
+    store = JobStore(tmp_path)
+    assert store.get(old.id).owner == "alice"
+    assert store.create(spec, owner="alice") == (old, False)
+    bob, created = store.create(spec, owner="bob")
+    assert created
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert reopened.find_request(spec, "alice").id == old.id
+    assert reopened.find_request(spec, "bob").id == bob.id
+    assert len(reopened.list()[0]) == 2
+
+
 def test_the_queue_age_counts_from_when_a_job_last_became_queued(tmp_path: Path, spec) -> None:
     """A job submitted an hour ago and re-queued just now has waited seconds, not an hour."""
     store = JobStore(tmp_path)

@@ -92,6 +92,25 @@ def test_a_principal_sees_only_its_own_jobs(secured, tmp_path):
         assert admin.cancel(job.id).id == job.id
 
 
+def test_a_request_id_is_scoped_to_its_principal(secured):
+    """Bob reusing Alice's request id gets a job of his own (same spec) or his own retry (another
+    spec), never Alice's job or its id; each principal's retries still return its own job."""
+    spec = small_spec("npz:blobs.npz", epochs=1000, batchSize=10, requestId="alice-rid-7")
+    other = small_spec("npz:blobs.npz", epochs=1000, batchSize=10, seed=99, requestId="alice-rid-7")
+    with _client(secured, ALICE) as alice, _client(secured, BOB) as bob:
+        mine = alice.submit(spec)
+        theirs = bob.submit(spec)
+        assert theirs.owner == "bob" and theirs.id != mine.id
+        assert bob.submit(spec).id == theirs.id and alice.submit(spec).id == mine.id
+        with pytest.raises(grpc.RpcError) as caught:
+            bob.submit(other)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert theirs.id in caught.value.details() and mine.id not in caught.value.details()
+        assert [j.id for j in bob.list()] == [theirs.id]
+        for job in (mine, theirs):
+            secured.scheduler.cancel(job.id)
+
+
 def test_the_cli_takes_its_token_from_the_environment_never_a_flag(secured, capsys, monkeypatch):
     """`gradfleet list` sends the token in GRADFLEET_TOKEN and refuses `--token` (saying why,
     without echoing it) and abbreviations of --token-file, so no token goes on a command line."""

@@ -42,6 +42,27 @@ def _spec(**changes: object) -> pb.JobSpec:
     return spec_from_dict(data)
 
 
+# Options only some kinds use, and the change that picks such a kind, so a range check is reached.
+_USED_WITH = {
+    "optimizer.momentum": {"optimizer.kind": "MOMENTUM"},
+    "optimizer.rho": {"optimizer.kind": "RMSPROP"},
+    "optimizer.schedule.gamma": {"optimizer.schedule.kind": "STEP"},
+    "optimizer.schedule.step_epochs": {"optimizer.schedule.kind": "STEP"},
+    "optimizer.schedule.min_learning_rate": {"optimizer.schedule.kind": "COSINE"},
+    "optimizer.schedule.pct_start": {"optimizer.schedule.kind": "ONE_CYCLE"},
+    "optimizer.schedule.div_factor": {"optimizer.schedule.kind": "ONE_CYCLE"},
+    "optimizer.schedule.final_div_factor": {"optimizer.schedule.kind": "ONE_CYCLE"},
+    "huber_delta": {"loss": "HUBER"},
+    "layers.0.slope": {"layers.0.activation": "LEAKY_RELU"},
+}
+
+
+def _using(changes: dict) -> dict:
+    """`changes` plus a kind that uses each option they set (where one is not chosen already)."""
+    kinds = {k: v for path in changes for k, v in _USED_WITH.get(path, {}).items()}
+    return kinds | changes
+
+
 def _invalid(spec: pb.JobSpec, **limits: int) -> InvalidSpec:
     with pytest.raises(InvalidSpec) as info:
         validate_spec(with_defaults(spec), **limits)
@@ -163,7 +184,7 @@ INVALID = [
 )
 def test_validate_rejects_invalid_value(changes: dict, field: str, fragment: str) -> None:
     """It rejects each invalid value, naming the field path, the value and what is allowed."""
-    err = _invalid(_spec(**changes))
+    err = _invalid(_spec(**_using(changes)))
     assert err.field == field
     assert fragment in err.message
     assert err.message.startswith(f"{field}: ")
@@ -585,7 +606,7 @@ def _float_paths(desc, path: str = "") -> list[str]:
 def test_every_float_field_has_a_finite_range(path: str) -> None:
     """It rejects 1e308 in every float field of the spec, naming that field and its range."""
     keys = path.replace("[0]", ".0").split(".")
-    err = _invalid(_spec(**{".".join(keys): 1e308}))
+    err = _invalid(_spec(**_using({".".join(keys): 1e308})))
     assert err.field == path
     assert "got 1e+308; must be" in err.message
 
@@ -597,7 +618,7 @@ def test_every_float_field_has_a_finite_range(path: str) -> None:
 )
 def test_validate_rejects_invalid_engine_options(changes: dict, field: str, fragment: str) -> None:
     """It rejects each out-of-range engine option, naming the field and the allowed range."""
-    err = _invalid(_spec(**changes))
+    err = _invalid(_spec(**_using(changes)))
     assert (err.field, err.message.startswith(f"{field}: ")) == (field, True)
     assert fragment in err.message
 
@@ -648,11 +669,77 @@ def test_every_engine_option_is_accepted_from_yaml_names() -> None:
                             "loss": loss,
                             "optimizer.kind": kind,
                             "optimizer.schedule.kind": schedule,
-                            "optimizer.schedule.milestones": [2, 4],
+                            **({"optimizer.schedule.milestones": [2, 4]} if schedule == "MULTI_STEP" else {}),
                             "optimizer.schedule.warmup_steps": 10,
                         }
                     )
                     validate_spec(with_defaults(spec))
+
+
+UNUSED_OPTIONS = [
+    ("smoothing-with-mse", {"loss": "MEAN_SQUARED_ERROR", "label_smoothing": 0.1}, "label_smoothing",
+     "got 0.1, but loss is MEAN_SQUARED_ERROR: only SOFTMAX_CROSS_ENTROPY uses it; remove it or choose "
+     "SOFTMAX_CROSS_ENTROPY"),
+    ("huber-delta-with-softmax", {"huber_delta": 2.0}, "huber_delta",
+     "got 2, but loss is SOFTMAX_CROSS_ENTROPY: only HUBER uses it"),
+    ("beta2-with-sgd", {"optimizer.kind": "SGD", "optimizer.beta2": 0.99}, "optimizer.beta2",
+     "got 0.99, but optimizer.kind is SGD: only ADAM and ADAMW use it; remove it or choose one of those"),
+    ("epsilon-with-momentum", {"optimizer.kind": "MOMENTUM", "optimizer.epsilon": 1e-6}, "optimizer.epsilon",
+     "only ADAM, ADAMW, RMSPROP and ADAGRAD use it"),
+    ("momentum-with-adam", {"optimizer.momentum": 0.5}, "optimizer.momentum",
+     "got 0.5, but optimizer.kind is ADAM: only MOMENTUM and NESTEROV use it"),
+    ("rho-with-adagrad", {"optimizer.kind": "ADAGRAD", "optimizer.rho": 0.5}, "optimizer.rho",
+     "only RMSPROP uses it"),
+    ("slope-with-relu", {"layers.0.slope": 0.2}, "layers[0].slope",
+     "got 0.2, but layers[0].activation is RELU: only LEAKY_RELU uses it; remove it or choose LEAKY_RELU"),
+    ("milestones-with-cosine", {"epochs": 1, "optimizer.schedule.kind": "COSINE",
+                                "optimizer.schedule.milestones": [1]},
+     "optimizer.schedule.milestones",
+     "got [1], but optimizer.schedule.kind is COSINE: only MULTI_STEP uses it"),
+    ("gamma-with-cosine", {"optimizer.schedule.kind": "COSINE", "optimizer.schedule.gamma": 0.5},
+     "optimizer.schedule.gamma", "only STEP, MULTI_STEP and EXPONENTIAL use it"),
+    ("step-epochs-with-exponential", {"optimizer.schedule.kind": "EXPONENTIAL",
+                                      "optimizer.schedule.step_epochs": 3},
+     "optimizer.schedule.step_epochs",
+     "got 3, but optimizer.schedule.kind is EXPONENTIAL: only STEP uses it"),
+    ("min-lr-with-step", {"optimizer.schedule.kind": "STEP", "optimizer.schedule.min_learning_rate": 1e-5},
+     "optimizer.schedule.min_learning_rate", "only COSINE uses it"),
+    ("pct-start-with-constant", {"optimizer.schedule.pct_start": 0.5}, "optimizer.schedule.pct_start",
+     "got 0.5, but optimizer.schedule.kind is CONSTANT: only ONE_CYCLE uses it"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"), [r[1:] for r in UNUSED_OPTIONS], ids=[r[0] for r in UNUSED_OPTIONS]
+)
+def test_an_option_the_chosen_kind_does_not_use_is_refused(changes: dict, field: str, fragment: str) -> None:
+    """An option set to other than its default with a kind that ignores it is refused, naming the
+    field, the kind chosen and the kinds that use it."""
+    err = _invalid(_spec(**changes))
+    assert (err.field, err.message.startswith(f"{field}: ")) == (field, True)
+    assert fragment in err.message
+
+
+def test_an_unused_option_at_its_default_is_accepted() -> None:
+    """Defaults written out (as a filled spec, such as GetJob returns, has them) are not refused,
+    whatever the kinds."""
+    spec = _spec(
+        **{
+            "optimizer.kind": "SGD",
+            "optimizer.beta2": 0.999,
+            "optimizer.momentum": 0.9,
+            "label_smoothing": 0.0,
+            "huber_delta": 1.0,
+            "layers.0.slope": 0.01,
+            "optimizer.schedule.gamma": 0.1,
+            "optimizer.schedule.min_learning_rate": 0.0,
+        }
+    )
+    validate_spec(with_defaults(spec))
+    for kind in ("SGD", "MOMENTUM", "ADAGRAD", "RMSPROP"):
+        for schedule in ("CONSTANT", "COSINE", "STEP", "ONE_CYCLE"):
+            filled = with_defaults(_spec(**{"optimizer.kind": kind, "optimizer.schedule.kind": schedule}))
+            validate_spec(with_defaults(filled))
 
 
 def test_an_explicit_zero_learning_rate_is_refused_not_defaulted() -> None:
@@ -684,14 +771,17 @@ def test_readme_job_file_section_names_every_option_and_value() -> None:
 @pytest.mark.parametrize("kind", ["CONSTANT", "COSINE", "EXPONENTIAL", "ONE_CYCLE", "STEP"])
 def test_extreme_valid_values_keep_every_rate_finite(kind: str) -> None:
     """At the edges of every range, each schedule's rates stay finite and within the learning rate."""
+    uses = {  # the extremes of the options that `kind` uses
+        "STEP": {"optimizer.schedule.gamma": 1.0},
+        "EXPONENTIAL": {"optimizer.schedule.gamma": 1.0},
+        "COSINE": {"optimizer.schedule.min_learning_rate": 1e3},
+        "ONE_CYCLE": {"optimizer.schedule.div_factor": 1.0, "optimizer.schedule.final_div_factor": 1e9},
+    }
     extremes = {
         "optimizer.learning_rate": 1e3,
         "optimizer.schedule.kind": kind,
-        "optimizer.schedule.gamma": 1.0,
         "optimizer.schedule.warmup_steps": 3,
-        "optimizer.schedule.div_factor": 1.0,
-        "optimizer.schedule.final_div_factor": 1e9,
-        "optimizer.schedule.min_learning_rate": 1e3,
+        **uses.get(kind, {}),
     }
     spec = with_defaults(_spec(batch_size=10, epochs=4, **extremes))
     validate_spec(spec)

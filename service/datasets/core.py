@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,26 @@ _MAX_WHOLE_LABEL = 2**31
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message names the file, the problem and the fix."""
+
+
+# Where sample `row` of an array is in its file, for error messages: "sample 5", or for a CSV
+# file "line 7, column 3".
+SampleNamer = Callable[[int], str]
+
+
+def _by_index(row: int) -> str:
+    return f"sample {row}"
+
+
+@dataclass(frozen=True)
+class TargetRange:
+    """The smallest and largest float (regression) target over both splits, and where each is
+    ("d.npz (array y_train) at sample 5"), so a loss that needs a range can name the culprit."""
+
+    low: float
+    high: float
+    low_at: str
+    high_at: str
 
 
 def confine(path: Path, data_root: Path, what: str) -> Path:
@@ -48,6 +68,7 @@ class Dataset:
     x_test, y_test : same layout as the training arrays, or None when there is no test split
     num_classes : max label + 1 for class labels; 0 for float (regression) targets
     source : which files were read, for logs and job status
+    target_range : the range of float targets and where its ends are; None for class labels
     """
 
     x_train: np.ndarray
@@ -56,6 +77,7 @@ class Dataset:
     y_test: np.ndarray | None
     num_classes: int
     source: str
+    target_range: TargetRange | None = None
 
     @property
     def num_features(self) -> int:
@@ -79,12 +101,14 @@ def assemble(
     *,
     source: str,
     allow_regression: bool,
+    sample_names: Mapping[str, SampleNamer] | None = None,
 ) -> Dataset:
     """Validate raw arrays keyed x_train, y_train, x_test, y_test and build a Dataset.
 
     `origins` names where each array came from (a file, or "file.npz (array x_train)") so every
-    error can say which file to fix. Float labels that are all whole numbers are class labels;
-    any other float labels are regression targets when `allow_regression`, else an error.
+    error can say which file to fix, and `sample_names` where a label is in it (by default
+    "sample N"). Float labels that are all whole numbers are class labels; any other float labels
+    are regression targets when `allow_regression`, else an error.
     """
     x_train = _features(arrays["x_train"], origins["x_train"])
     y_train = arrays["y_train"]
@@ -100,21 +124,28 @@ def assemble(
                 "must come from the same preprocessing"
             )
     targets, num_classes = _targets(
-        {"y_train": y_train, "y_test": y_test}, origins, allow_regression=allow_regression
+        {"y_train": y_train, "y_test": y_test},
+        origins,
+        allow_regression=allow_regression,
+        names=sample_names or {},
     )
-    return Dataset(x_train, targets["y_train"], x_test, targets["y_test"], num_classes, source)
+    target_range = _target_range(targets, origins, sample_names or {}) if num_classes == 0 else None
+    return Dataset(x_train, targets["y_train"], x_test, targets["y_test"], num_classes, source, target_range)
 
 
 def label_facts(
     ys: Mapping[str, np.ndarray | None], origins: Mapping[str, str], *, allow_regression: bool
-) -> tuple[int, int]:
-    """(num_classes, target columns) of the label arrays, after the checks `assemble` makes.
+) -> tuple[int, int, TargetRange | None]:
+    """(num_classes, target columns, target range) of the label arrays, after the checks
+    `assemble` makes.
 
-    num_classes is 0 for float (regression) targets; target columns is 1 for class labels.
+    num_classes is 0 for float (regression) targets; target columns is 1 for class labels, and
+    the range is None for them.
     """
-    targets, num_classes = _targets(dict(ys), origins, allow_regression=allow_regression)
+    targets, num_classes = _targets(dict(ys), origins, allow_regression=allow_regression, names={})
     y = targets["y_train"]
-    return num_classes, 1 if y.ndim == 1 else int(y.shape[1])
+    target_range = _target_range(targets, origins, {}) if num_classes == 0 else None
+    return num_classes, 1 if y.ndim == 1 else int(y.shape[1]), target_range
 
 
 def check_feature_dtype(dtype: np.dtype, origin: str) -> None:
@@ -158,12 +189,18 @@ def _check_count(x: np.ndarray, y: np.ndarray, x_origin: str, y_origin: str) -> 
 
 
 def _targets(
-    ys: dict[str, np.ndarray | None], origins: Mapping[str, str], *, allow_regression: bool
+    ys: dict[str, np.ndarray | None],
+    origins: Mapping[str, str],
+    *,
+    allow_regression: bool,
+    names: Mapping[str, SampleNamer],
 ) -> tuple[dict[str, np.ndarray | None], int]:
     """Class labels (int64) when every label is a whole number, else float32 regression targets."""
-    present = {k: _squeeze_column(v, origins[k]) for k, v in ys.items() if v is not None}
+    present = {
+        k: _squeeze_column(v, origins[k], names.get(k, _by_index)) for k, v in ys.items() if v is not None
+    }
     if all(_is_whole(y) for y in present.values()):
-        labels = {k: _class_labels(y, origins[k]) for k, y in present.items()}
+        labels = {k: _class_labels(y, origins[k], names.get(k, _by_index)) for k, y in present.items()}
         num_classes = max(int(y.max()) for y in labels.values()) + 1
         return {k: labels.get(k) for k in ys}, num_classes
     if not allow_regression:
@@ -172,8 +209,9 @@ def _targets(
         if y.ndim != 1:
             raise DatasetError(f"{origins[key]}: class labels must have shape (n,), got {y.shape}")
         row = int(np.flatnonzero(~_whole_mask(y))[0])
+        where = names.get(key, _by_index)(row)
         raise DatasetError(
-            f"{origins[key]}: non-integer label {y[row]} at sample {row}; class labels must be "
+            f"{origins[key]}: non-integer label {y[row]} at {where}; class labels must be "
             "whole numbers 0..num_classes-1"
         )
     widths = {y.shape[1:] for y in present.values()}
@@ -185,7 +223,23 @@ def _targets(
     return {k: (None if y is None else present[k].astype(np.float32)) for k, y in ys.items()}, 0
 
 
-def _squeeze_column(y: np.ndarray, origin: str) -> np.ndarray:
+def _target_range(
+    targets: Mapping[str, np.ndarray | None], origins: Mapping[str, str], names: Mapping[str, SampleNamer]
+) -> TargetRange:
+    """The extremes of float targets (n,) or (n, k) over the splits, each with where it is."""
+    ends = []
+    for key, y in targets.items():
+        if y is None or y.size == 0:
+            continue
+        for flat in (int(np.argmin(y)), int(np.argmax(y))):
+            row, column = divmod(flat, 1 if y.ndim == 1 else y.shape[1])
+            where = f"{origins[key]} at {names.get(key, _by_index)(row)}"
+            ends.append((float(y.flat[flat]), where + (f", target column {column}" if y.ndim == 2 else "")))
+    low, high = min(ends, key=lambda end: end[0]), max(ends, key=lambda end: end[0])
+    return TargetRange(low[0], high[0], low[1], high[1])
+
+
+def _squeeze_column(y: np.ndarray, origin: str, name: SampleNamer = _by_index) -> np.ndarray:
     """(n, 1) -> (n,) so a column vector of labels reads as labels; (n, k>1) stays (targets)."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -195,7 +249,7 @@ def _squeeze_column(y: np.ndarray, origin: str) -> np.ndarray:
         )
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         row = int(np.argwhere(~np.isfinite(y))[0][0])
-        raise DatasetError(f"{origin}: NaN or infinite label at sample {row}; drop or fix it")
+        raise DatasetError(f"{origin}: NaN or infinite label at {name(row)}; drop or fix it")
     return y
 
 
@@ -209,14 +263,14 @@ def _whole_mask(y: np.ndarray) -> np.ndarray:
     return (y == np.trunc(y)) & (np.abs(y) < _MAX_WHOLE_LABEL)
 
 
-def _class_labels(y: np.ndarray, origin: str) -> np.ndarray:
+def _class_labels(y: np.ndarray, origin: str, name: SampleNamer) -> np.ndarray:
     if y.dtype.kind == "u" and y.size and y.max() >= _MAX_WHOLE_LABEL:
         raise DatasetError(f"{origin}: label {y.max()} is too large for a class index")
     labels = y.astype(np.int64)
     if labels.size and labels.min() < 0:
         row = int(np.argmin(labels))
         raise DatasetError(
-            f"{origin}: negative label {labels[row]} at sample {row}; class labels must be "
+            f"{origin}: negative label {labels[row]} at {name(row)}; class labels must be "
             "0..num_classes-1 (shift them, or store regression targets as non-integer floats)"
         )
     return labels

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, check_feature_dtype, label_facts
+from service.datasets.core import Dataset, DatasetError, TargetRange, check_feature_dtype, label_facts
 from service.datasets.idx import check_stored_size, idx_paths, read_idx, read_idx_header
 from service.datasets.tabular import npz_array, npz_header, open_npz
 from service.datasets.uri import FASHION_MNIST, fashion_mnist_dir, resolve_uri
@@ -43,6 +43,7 @@ class DatasetInfo:
     num_test: int | None
     nbytes: int | None
     files: tuple[Path, ...]  # the files read, to notice when they change
+    target_range: TargetRange | None = None  # float targets only
 
 
 def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int) -> DatasetInfo:
@@ -94,6 +95,7 @@ def info_from_dataset(dataset: Dataset, files: tuple[Path, ...]) -> DatasetInfo:
         num_test=0 if dataset.y_test is None else len(dataset.y_test),
         nbytes=dataset.nbytes,
         files=files,
+        target_range=dataset.target_range,
     )
 
 
@@ -195,7 +197,7 @@ def _info(
     *,
     allow_regression: bool,
 ) -> DatasetInfo:
-    num_classes, width = label_facts(
+    num_classes, width, target_range = label_facts(
         {"y_train": labels["y_train"], "y_test": labels.get("y_test")},
         origins,
         allow_regression=allow_regression,
@@ -208,4 +210,5 @@ def _info(
         num_test=shapes["x_test"][0] if "x_test" in shapes else 0,
         nbytes=nbytes,
         files=files,
+        target_range=target_range,
     )

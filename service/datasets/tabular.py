@@ -99,13 +99,17 @@ _CSV_ENCODING = "utf-8-sig"  # UTF-8, less the byte order mark Excel writes at t
 
 def load_csv(path: Path) -> Dataset:
     """Load numeric rows, label in the last column; a non-numeric first row is a header."""
+    lines: list[int] = []
     with _csv_errors(path), path.open(newline="", encoding=_CSV_ENCODING) as handle:
-        table = _table(_parse_rows(handle, path), path)
+        table = _table(_parse_rows(handle, path, lines), path)
+    label_column = table.shape[1]
     return assemble(
         {"x_train": table[:, :-1], "y_train": table[:, -1]},
-        {"x_train": str(path), "y_train": f"{path} (last column)"},
+        {"x_train": str(path), "y_train": str(path)},
         source=f"csv {path}",
         allow_regression=True,
+        # Blank lines and a header are skipped: name the line, as the parse errors do.
+        sample_names={"y_train": lambda row: f"line {lines[row]}, column {label_column}"},
     )
 
 
@@ -150,7 +154,8 @@ def _csv_errors(path: Path) -> Iterator[None]:
         raise DatasetError(f"{path}: cannot read: {exc}") from exc
 
 
-def _parse_rows(handle: TextIO, path: Path) -> list[np.ndarray]:
+def _parse_rows(handle: TextIO, path: Path, lines: list[int] | None = None) -> list[np.ndarray]:
+    """The data rows as float64 arrays; `lines`, if given, gets the line number of each."""
     reader = csv.reader(handle)
     rows: list[np.ndarray] = []
     first_line = data_line = 0
@@ -171,6 +176,8 @@ def _parse_rows(handle: TextIO, path: Path) -> list[np.ndarray]:
                     f"{data_line} has {len(rows[0])}; every row needs the same columns"
                 )
             rows.append(values)
+            if lines is not None:
+                lines.append(line)
     except csv.Error as exc:
         raise DatasetError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
     return rows
