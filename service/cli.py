@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import progress
+from service.cli_connect import UsageError, connect, format_rpc_error, uses_tls
 from service.cli_parser import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -32,7 +33,7 @@ from service.cli_parser import (
     build_parser,
 )
 from service.cli_watch import Renderer, WatchLost, reconnect_delays, watch_job
-from service.client import CoordinatorClient, DownloadError, TlsOptions
+from service.client import CoordinatorClient, DownloadError
 from service.errors import GradfleetError
 from service.spec import load_spec_file
 
@@ -44,17 +45,6 @@ def exit_code_for_state(state: int) -> int:
         pb.FAILED: EXIT_JOB_FAILED,
         pb.CANCELLED: EXIT_JOB_CANCELLED,
     }.get(state, EXIT_ERROR)
-
-
-def format_rpc_error(exc: grpc.RpcError, address: str) -> str:
-    """One line for stderr; an unreachable server gets the address tried and what to do."""
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"error: cannot reach the coordinator at {address} ({details}); "
-            "start one with `gradfleet serve`, or point --server / GRADFLEET_SERVER at it"
-        )
-    return f"error: {code.name}: {details}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,28 +63,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(args: argparse.Namespace) -> CoordinatorClient:
-    """A client for --server with the TLS and token options of the command line and environment."""
-    tls = None
-    if args.tls or args.ca or args.cert or args.key:
-        tls = TlsOptions(*(Path(p) if p else None for p in (args.ca, args.cert, args.key)))
-    return CoordinatorClient(args.server, tls=tls, token=_read_token(args))
-
-
-def _read_token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        if not token:
-            raise OSError(f"{args.token_file}: empty token file")
-        return token
-    return args.env_token
-
-
 def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file, overrides=args.set)
     if args.request_id:
         spec.request_id = args.request_id
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.submit(spec)
         if not args.watch:
             _print_job(job, args.output, submitted=True)
@@ -105,13 +78,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         _print_job(client.get(args.job_id), args.output)
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         jobs = client.list(state=args.state)
     if args.output == "json":
         print(json_format.MessageToJson(pb.ListJobsResponse(jobs=jobs)))
@@ -121,12 +94,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         return _follow(client, args.job_id, "text", args.reconnect_s)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.cancel(args.job_id)
     if job.state in (pb.QUEUED, pb.RUNNING):  # cancellation is asynchronous: workers stop in seconds
         print(f"cancel requested: job {job.id} is {pb.JobState.Name(job.state)} and stops within seconds")
@@ -138,7 +111,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.scale(args.job_id, args.num_workers)
     when = "from its next step" if job.state == pb.RUNNING else "when it starts"
     workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
@@ -151,7 +124,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     path = Path(args.path or ".")
     if path.is_dir():
         path /= f"{args.job_id}.npz"
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
         if to_stdout:
             size = client.download_to(args.job_id, sys.stdout.buffer)
@@ -247,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _commands()[args.command](args)
     except grpc.RpcError as exc:
-        return _fail(format_rpc_error(exc, getattr(args, "server", "")))
+        return _fail(format_rpc_error(exc, getattr(args, "server", ""), tls=uses_tls(args)))
+    except UsageError as exc:  # a bad option value, before anything was sent
+        return _fail(f"error: {exc}")
     except GradfleetError as exc:  # an invalid job file, before anything is sent
         return _fail(f"error: {exc.message}")
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do
