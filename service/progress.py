@@ -16,6 +16,7 @@ LOG_INTERVAL_S = 2.0  # non-TTY output: at most one progress line per this many 
 
 
 _CLASSIFICATION_LOSSES = (pb.LOSS_UNSPECIFIED, pb.SOFTMAX_CROSS_ENTROPY, pb.BINARY_CROSS_ENTROPY)
+_REGRESSION_LOSSES = (pb.MEAN_SQUARED_ERROR, pb.MEAN_ABSOLUTE_ERROR, pb.HUBER)
 
 
 def state_name(state: int) -> str:
@@ -47,8 +48,8 @@ def format_progress(job: pb.Job) -> str:
         parts.append(f"loss {_num(p.loss)}")
     if p.samples_per_second > 0:
         parts.append(f"{p.samples_per_second:.3g} samples/s")
-    if p.has_eval:
-        parts.append(f"eval acc {p.eval_accuracy:.4f}")
+    if p.has_eval and (short := _short_eval_score(job)):
+        parts.append(f"eval {short}")
     return " ".join(parts)
 
 
@@ -57,9 +58,8 @@ def format_event(event: pb.JobEvent) -> str:
     job = event.job
     if event.kind == pb.JobEvent.EVAL:
         p = job.progress
-        return (
-            f"eval at epoch {p.epoch} step {p.step}: accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
-        )
+        scores = [*eval_scores(job), f"loss {_num(p.eval_loss)}"]
+        return f"eval at epoch {p.epoch} step {p.step}: {', '.join(scores)}"
     if event.kind == pb.JobEvent.PROGRESS:
         return format_progress(job)
     if event.kind == pb.JobEvent.CHECKPOINT:
@@ -79,7 +79,7 @@ def format_summary(job: pb.Job) -> str:
         head += f" {word} {format_duration(elapsed)}"
     p = job.progress
     if job.state == pb.SUCCEEDED and p.has_eval:
-        return f"{head}: test accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
+        return f"{head}: test {', '.join([*eval_scores(job), f'loss {_num(p.eval_loss)}'])}"
     if job.state == pb.SUCCEEDED:
         return f"{head}: training loss {_num(p.loss)}"
     return f"{head}: {job.message}" if job.message else head
@@ -97,13 +97,13 @@ def format_job(job: pb.Job) -> str:
     ]
     if p.step:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
-    if p.has_eval:
-        rows.append(("eval", f"accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"))
-    if p.has_eval and p.eval_top_k_accuracy and job.spec.loss in _CLASSIFICATION_LOSSES:
-        rows.append(("metrics", f"top-{job.spec.eval_top_k or 5} accuracy {p.eval_top_k_accuracy:.4f}"))
-    elif p.has_eval and (p.eval_mse or p.eval_mae) and job.spec.loss not in _CLASSIFICATION_LOSSES:
-        # regression: the error measures are what mean something
-        rows.append(("metrics", f"MSE {_num(p.eval_mse)}, MAE {_num(p.eval_mae)}, R^2 {_num(p.eval_r2)}"))
+    if p.has_eval:  # a regression's error measures get the metrics line
+        rows.append(("eval", ", ".join([*_accuracies(job), f"loss {_num(p.eval_loss)}"])))
+    top_k = p.eval_top_k_accuracy
+    if p.has_eval and top_k and math.isfinite(top_k) and job.spec.loss in _CLASSIFICATION_LOSSES:
+        rows.append(("metrics", f"top-{job.spec.eval_top_k or 5} accuracy {top_k:.4f}"))
+    elif p.has_eval and (scores := _regression_scores(job)):
+        rows.append(("metrics", ", ".join(scores)))
     if p.samples_per_second > 0:
         rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
     if job.message:
@@ -135,9 +135,57 @@ def _table_row(job: pb.Job) -> tuple[str, ...]:
         f"{p.epoch}/{job.spec.epochs or '?'}",
         f"{p.step}/{p.total_steps or '?'}",
         _num(p.loss) if p.step else "-",
-        f"{p.eval_accuracy:.4f}" if p.has_eval else "-",
+        _table_accuracy(job),
         format_time(job.created_at) if job.HasField("created_at") else "-",
     )
+
+
+def eval_scores(job: pb.Job) -> list[str]:
+    """The latest evaluation's figures that mean something for the job: accuracy for class labels,
+    per-label accuracy for multi-label outputs, MSE, MAE and R^2 for a regression loss."""
+    return [*_accuracies(job), *_regression_scores(job)]
+
+
+def _accuracies(job: pb.Job) -> list[str]:
+    p, scores = job.progress, []
+    if math.isfinite(p.eval_accuracy):  # NaN: float targets, where no output is "the" class
+        scores.append(f"accuracy {p.eval_accuracy:.4f}")
+    if job.spec.loss == pb.BINARY_CROSS_ENTROPY and math.isfinite(p.eval_label_accuracy):
+        scores.append(f"per-label accuracy {p.eval_label_accuracy:.4f}")
+    return scores
+
+
+def _regression_scores(job: pb.Job) -> list[str]:
+    p = job.progress
+    if job.spec.loss not in _REGRESSION_LOSSES or not (
+        math.isfinite(p.eval_mse) or math.isfinite(p.eval_mae)
+    ):
+        return []
+    return [f"MSE {_num(p.eval_mse)}", f"MAE {_num(p.eval_mae)}", f"R^2 {_num(p.eval_r2)}"]
+
+
+def _short_eval_score(job: pb.Job) -> str:
+    """One figure for the progress line: `acc 0.8235`, `label acc 0.9120` or `MSE 0.0125`."""
+    if headline := _headline_accuracy(job):
+        return f"{headline[0]} {headline[1]:.4f}"
+    if job.spec.loss in _REGRESSION_LOSSES and math.isfinite(job.progress.eval_mse):
+        return f"MSE {_num(job.progress.eval_mse)}"
+    return ""
+
+
+def _table_accuracy(job: pb.Job) -> str:
+    """The EVAL ACC column: the accuracy, the per-label one for multi-label jobs, else -."""
+    headline = _headline_accuracy(job) if job.progress.has_eval else None
+    return f"{headline[1]:.4f}" if headline else "-"
+
+
+def _headline_accuracy(job: pb.Job) -> tuple[str, float] | None:
+    p = job.progress
+    if math.isfinite(p.eval_accuracy):
+        return "acc", p.eval_accuracy
+    if job.spec.loss == pb.BINARY_CROSS_ENTROPY and math.isfinite(p.eval_label_accuracy):
+        return "label acc", p.eval_label_accuracy
+    return None
 
 
 class EventThrottle:
