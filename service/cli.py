@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -68,13 +69,40 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.request_id:
         spec.request_id = args.request_id
     with connect(args) as client:
+        sent_at = time.time()
         job = client.submit(spec)
+        earlier = spec.HasField("request_id") and submitted_earlier(job, sent_at)
         if not args.watch:
-            _print_job(job, args.output, submitted=True)
+            _print_job(job, args.output, submitted=True, earlier=earlier)
             return EXIT_OK
         if args.output == "text":
-            print(f"submitted job {job.id} ({progress.printable(job.spec.name)})", flush=True)
+            print(_submitted_line(job, earlier, state=False), flush=True)
         return _follow(client, job.id, args.output, args.reconnect_s)
+
+
+CLOCK_SLACK_S = 2.0  # how far the coordinator's clock may trail this machine's
+
+
+def submitted_earlier(job: pb.Job, sent_at: float) -> bool:
+    """Whether SubmitJob returned a job an earlier submit with the same request id created: the server
+    answers a repeated request id with the existing job, and a job it creates now is QUEUED and
+    created after `sent_at` (this machine's clock, less CLOCK_SLACK_S for the server's)."""
+    created = job.created_at.seconds + job.created_at.nanos / 1e9
+    return job.state != pb.QUEUED or created < sent_at - CLOCK_SLACK_S
+
+
+def _submitted_line(job: pb.Job, earlier: bool, *, state: bool) -> str:
+    """`submitted job ID (NAME)[, STATE]`, or, for a repeated request id, which job it already made."""
+    name, state_name = progress.printable(job.spec.name), progress.state_name(job.state)
+    if not earlier:
+        return f"submitted job {job.id} ({name})" + (f", {state_name}" if state else "")
+    when = f", created {progress.format_time(job.created_at)}" if job.HasField("created_at") else ""
+    now = f", now {state_name}" if state else ""
+    request_id = progress.printable(job.spec.request_id)
+    return (
+        f"request id {request_id} was already submitted as job {job.id} ({name}){when}{now}; "
+        "no new job was queued"
+    )
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
@@ -122,10 +150,13 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     to_stdout = args.path == "-"
     path = Path(args.path or ".")
-    if path.is_dir():
+    folder = path.is_dir() or (args.path or "").endswith(("/", os.sep))  # `-o DIR/`: always a folder
+    if folder:
         path /= f"{args.job_id}.npz"
     with connect(args) as client:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
+        if folder:
+            _make_folder(path.parent, args.path)
         if to_stdout:
             size = client.download_to(args.job_id, sys.stdout.buffer)
             sys.stdout.buffer.flush()
@@ -142,11 +173,19 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _make_folder(folder: Path, flag_value: str | None) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"-o {flag_value}: {folder} exists and is not a folder") from None
+
+
 def _cmd_fetch_data(args: argparse.Namespace) -> int:
     from service import fetch
 
     source = args.source_dir
-    if source is None and fetch.SYSTEM_COPY.is_dir():
+    # The system copy stands in for the default mirror only: an explicit --base-url is downloaded from.
+    if source is None and args.base_url is None and fetch.SYSTEM_COPY.is_dir():
         source = fetch.SYSTEM_COPY
     base_url = args.base_url or fetch.DEFAULT_BASE_URL
     show = _FetchProgress(sys.stdout)
@@ -178,12 +217,11 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
+def _print_job(job: pb.Job, output: str, *, submitted: bool = False, earlier: bool = False) -> None:
     if output == "json":
         print(json_format.MessageToJson(job))
     elif submitted:
-        name, state = progress.printable(job.spec.name), progress.state_name(job.state)
-        print(f"submitted job {job.id} ({name}), {state}")
+        print(_submitted_line(job, earlier, state=True))
         print(f"follow it with: gradfleet watch {job.id}")
     else:
         print(progress.format_job(job))

@@ -254,7 +254,8 @@ def _add_client_commands(
         "-o",
         "--output-file",
         dest="path",
-        help="file or existing folder to write to, - for standard output (default JOB_ID.npz)",
+        help="file or folder to write to (a trailing / makes it a folder, created if missing; "
+        "a folder gets JOB_ID.npz), - for standard output (default JOB_ID.npz)",
     )
 
 
@@ -262,7 +263,11 @@ def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = sub.add_parser("fetch-data", parents=[common], help="download Fashion-MNIST, verified")
     default_dest = DEFAULT_DATA_ROOT / "fashion-mnist"
     p.add_argument("--dest", type=Path, default=default_dest, help=f"default {default_dest}")
-    p.add_argument("--base-url", metavar="URL", help="mirror to download from (default: the official one)")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="mirror to download from (default: the official one, or the system copy if any)",
+    )
     p.add_argument(
         "--source-dir",
         type=Path,

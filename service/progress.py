@@ -95,6 +95,9 @@ def format_job(job: pb.Job) -> str:
         ("epoch", f"{p.epoch}/{job.spec.epochs or '?'}"),
         ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
     ]
+    if job.spec.num_workers:  # the current count: `scale` changes it
+        restarts = f" ({p.worker_restarts} replaced after failures)" if p.worker_restarts else ""
+        rows.insert(3, ("workers", f"{job.spec.num_workers}{restarts}"))
     if p.step:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
     if p.has_eval:  # a regression's error measures get the metrics line

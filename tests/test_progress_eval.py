@@ -52,3 +52,13 @@ def test_a_classifier_still_shows_its_accuracy() -> None:
     job = _evaluated(pb.SOFTMAX_CROSS_ENTROPY, accuracy=0.875, top_k_accuracy=0.99, label_accuracy=NAN)
     assert progress.format_summary(job) == "job abc SUCCEEDED: test accuracy 0.8750, loss 0.0123"
     assert progress.format_job_table([job]).splitlines()[1].split()[6] == "0.8750"
+
+
+def test_get_shows_the_worker_count_and_replacements() -> None:
+    """`gradfleet get` shows the job's current worker count (set by `scale`), after its state."""
+    job = _evaluated(pb.SOFTMAX_CROSS_ENTROPY, accuracy=0.5, label_accuracy=NAN)
+    job.spec.num_workers = 3
+    lines = progress.format_job(job).splitlines()
+    assert lines[2:4] == ["state:   SUCCEEDED", "workers: 3"]
+    job.progress.worker_restarts = 2
+    assert "workers: 3 (2 replaced after failures)" in progress.format_job(job)
