@@ -35,22 +35,40 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def format_progress(job: pb.Job) -> str:
-    """One line: epoch 3/10 [#####-----] 45% step 700/2350 loss 0.3412 1.2e+05 samples/s ..."""
+# Parts of the progress line dropped first to last when the terminal is too narrow for all.
+_PROGRESS_DROP_ORDER = ("throughput", "step", "bar", "eval", "loss")
+
+
+def format_progress(job: pb.Job, width: int | None = None) -> str:
+    """One line: epoch 3/10 [#####-----]  45% step 700/2350 loss 0.3412 1.2e+05 samples/s ...
+
+    With `width` (columns), the least important parts go until the line fits: throughput, step,
+    the bar's cells, eval, loss; whatever is left is cut at `width`."""
+    parts = _progress_parts(job)
+    for name in (*_PROGRESS_DROP_ORDER, None):
+        line = " ".join(parts.values())
+        if width is None or len(line) <= width:
+            return line
+        parts.pop(name, None)
+    return line[: max(width, 0)]
+
+
+def _progress_parts(job: pb.Job) -> dict[str, str]:
     p = job.progress
     fraction = p.step / p.total_steps if p.total_steps else 0.0
-    parts = [
-        f"epoch {max(p.epoch, 1)}/{job.spec.epochs or '?'}",  # 0 before the first step: show the first
-        f"{progress_bar(fraction)} {int(fraction * 100):3d}%",
-        f"step {p.step}/{p.total_steps or '?'}",
-    ]
+    parts = {
+        "epoch": f"epoch {max(p.epoch, 1)}/{job.spec.epochs or '?'}",  # 0 before the first step: the first
+        "bar": progress_bar(fraction),
+        "percent": f"{int(fraction * 100):3d}%",
+        "step": f"step {p.step}/{p.total_steps or '?'}",
+    }
     if p.step:
-        parts.append(f"loss {_num(p.loss)}")
+        parts["loss"] = f"loss {_num(p.loss)}"
     if p.samples_per_second > 0:
-        parts.append(f"{p.samples_per_second:.3g} samples/s")
+        parts["throughput"] = f"{p.samples_per_second:.3g} samples/s"
     if p.has_eval and (short := _short_eval_score(job)):
-        parts.append(f"eval {short}")
-    return " ".join(parts)
+        parts["eval"] = f"eval {short}"
+    return parts
 
 
 def format_event(event: pb.JobEvent) -> str:
