@@ -234,7 +234,8 @@ def _add_client_commands(
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field, e.g. --set epochs=3 --set optimizer.learning_rate=0.01",
+        help="override a field, e.g. --set epochs=3 --set optimizer.learning_rate=0.01; list items by "
+        "index, --set 'layers[0].units=32' or --set layers.0.units=32",
     )
     p = sub.add_parser("get", parents=[client, output], help="show one job")
     p.add_argument("job_id", metavar="JOB_ID")
