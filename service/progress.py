@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from datetime import timezone
 
@@ -142,9 +143,22 @@ def format_job_table(jobs: Sequence[pb.Job]) -> str:
     """A table with one row per job, for `gradfleet list`."""
     header = ("ID", "NAME", "STATE", "EPOCH", "STEP", "LOSS", "EVAL ACC", "CREATED")
     rows = [header] + [_table_row(job) for job in jobs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns `text` takes: 2 for wide and full-width characters (CJK, most emoji), 0 for
+    combining marks, 1 otherwise; len() would misalign columns after such names."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def _pad(cell: str, width: int) -> str:
+    return cell + " " * (width - display_width(cell))
 
 
 def _table_row(job: pb.Job) -> tuple[str, ...]:

@@ -49,3 +49,16 @@ def test_the_terminal_bar_never_reaches_the_last_column() -> None:
     redraws = out.getvalue().rstrip("\n").split("\r")[1:]
     assert redraws and all(len(text) <= 79 for text in redraws)
     assert redraws[-1].rstrip() == "epoch 2/2 [##########] 100% step 158/158 loss 0.4123 eval acc 0.8235"
+
+
+def test_the_job_table_pads_wide_names_by_their_display_width() -> None:
+    """A name of wide characters (2 columns each) is padded by columns, so later columns line up."""
+    jobs = [
+        pb.Job(id="a1", spec=pb.JobSpec(name="日本語🚀"), state=pb.QUEUED),
+        pb.Job(id="b2", spec=pb.JobSpec(name="plain"), state=pb.QUEUED),
+        pb.Job(id="c3", spec=pb.JobSpec(name="cafe\u0301"), state=pb.QUEUED),  # e + combining accent
+    ]
+    lines = progress.format_job_table(jobs).splitlines()
+    state_columns = {progress.display_width(line[: line.index("QUEUED")]) for line in lines[1:]}
+    assert state_columns == {progress.display_width(lines[0][: lines[0].index("STATE")])}
+    assert lines[1].startswith("a1  日本語🚀  QUEUED")
