@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -21,6 +22,7 @@ from google.protobuf import json_format
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import progress
+from service.cli_connect import UsageError, connect, format_rpc_error, uses_tls
 from service.cli_parser import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -32,7 +34,7 @@ from service.cli_parser import (
     build_parser,
 )
 from service.cli_watch import Renderer, WatchLost, reconnect_delays, watch_job
-from service.client import CoordinatorClient, DownloadError, TlsOptions
+from service.client import CoordinatorClient, DownloadError
 from service.errors import GradfleetError
 from service.spec import load_spec_file
 
@@ -44,17 +46,6 @@ def exit_code_for_state(state: int) -> int:
         pb.FAILED: EXIT_JOB_FAILED,
         pb.CANCELLED: EXIT_JOB_CANCELLED,
     }.get(state, EXIT_ERROR)
-
-
-def format_rpc_error(exc: grpc.RpcError, address: str) -> str:
-    """One line for stderr; an unreachable server gets the address tried and what to do."""
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"error: cannot reach the coordinator at {address} ({details}); "
-            "start one with `gradfleet serve`, or point --server / GRADFLEET_SERVER at it"
-        )
-    return f"error: {code.name}: {details}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,45 +64,55 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(args: argparse.Namespace) -> CoordinatorClient:
-    """A client for --server with the TLS and token options of the command line and environment."""
-    tls = None
-    if args.tls or args.ca or args.cert or args.key:
-        tls = TlsOptions(*(Path(p) if p else None for p in (args.ca, args.cert, args.key)))
-    return CoordinatorClient(args.server, tls=tls, token=_read_token(args))
-
-
-def _read_token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        if not token:
-            raise OSError(f"{args.token_file}: empty token file")
-        return token
-    return args.env_token
-
-
 def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file, overrides=args.set)
     if args.request_id:
         spec.request_id = args.request_id
-    with _connect(args) as client:
+    with connect(args) as client:
+        sent_at = time.time()
         job = client.submit(spec)
+        earlier = spec.HasField("request_id") and submitted_earlier(job, sent_at)
         if not args.watch:
-            _print_job(job, args.output, submitted=True)
+            _print_job(job, args.output, submitted=True, earlier=earlier)
             return EXIT_OK
         if args.output == "text":
-            print(f"submitted job {job.id} ({progress.printable(job.spec.name)})", flush=True)
+            print(_submitted_line(job, earlier, state=False), flush=True)
         return _follow(client, job.id, args.output, args.reconnect_s)
 
 
+CLOCK_SLACK_S = 2.0  # how far the coordinator's clock may trail this machine's
+
+
+def submitted_earlier(job: pb.Job, sent_at: float) -> bool:
+    """Whether SubmitJob returned a job an earlier submit with the same request id created: the server
+    answers a repeated request id with the existing job, and a job it creates now is QUEUED and
+    created after `sent_at` (this machine's clock, less CLOCK_SLACK_S for the server's)."""
+    created = job.created_at.seconds + job.created_at.nanos / 1e9
+    return job.state != pb.QUEUED or created < sent_at - CLOCK_SLACK_S
+
+
+def _submitted_line(job: pb.Job, earlier: bool, *, state: bool) -> str:
+    """`submitted job ID (NAME)[, STATE]`, or, for a repeated request id, which job it already made."""
+    name, state_name = progress.printable(job.spec.name), progress.state_name(job.state)
+    if not earlier:
+        return f"submitted job {job.id} ({name})" + (f", {state_name}" if state else "")
+    when = f", created {progress.format_time(job.created_at)}" if job.HasField("created_at") else ""
+    now = f", now {state_name}" if state else ""
+    request_id = progress.printable(job.spec.request_id)
+    return (
+        f"request id {request_id} was already submitted as job {job.id} ({name}){when}{now}; "
+        "no new job was queued"
+    )
+
+
 def _cmd_get(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         _print_job(client.get(args.job_id), args.output)
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         jobs = client.list(state=args.state)
     if args.output == "json":
         print(json_format.MessageToJson(pb.ListJobsResponse(jobs=jobs)))
@@ -121,12 +122,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         return _follow(client, args.job_id, "text", args.reconnect_s)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.cancel(args.job_id)
     if job.state in (pb.QUEUED, pb.RUNNING):  # cancellation is asynchronous: workers stop in seconds
         print(f"cancel requested: job {job.id} is {pb.JobState.Name(job.state)} and stops within seconds")
@@ -138,7 +139,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.scale(args.job_id, args.num_workers)
     when = "from its next step" if job.state == pb.RUNNING else "when it starts"
     workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
@@ -149,10 +150,13 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     to_stdout = args.path == "-"
     path = Path(args.path or ".")
-    if path.is_dir():
+    folder = path.is_dir() or (args.path or "").endswith(("/", os.sep))  # `-o DIR/`: always a folder
+    if folder:
         path /= f"{args.job_id}.npz"
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
+        if folder:
+            _make_folder(path.parent, args.path)
         if to_stdout:
             size = client.download_to(args.job_id, sys.stdout.buffer)
             sys.stdout.buffer.flush()
@@ -169,11 +173,19 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _make_folder(folder: Path, flag_value: str | None) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"-o {flag_value}: {folder} exists and is not a folder") from None
+
+
 def _cmd_fetch_data(args: argparse.Namespace) -> int:
     from service import fetch
 
     source = args.source_dir
-    if source is None and fetch.SYSTEM_COPY.is_dir():
+    # The system copy stands in for the default mirror only: an explicit --base-url is downloaded from.
+    if source is None and args.base_url is None and fetch.SYSTEM_COPY.is_dir():
         source = fetch.SYSTEM_COPY
     base_url = args.base_url or fetch.DEFAULT_BASE_URL
     show = _FetchProgress(sys.stdout)
@@ -205,12 +217,11 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _print_job(job: pb.Job, output: str, *, submitted: bool = False) -> None:
+def _print_job(job: pb.Job, output: str, *, submitted: bool = False, earlier: bool = False) -> None:
     if output == "json":
         print(json_format.MessageToJson(job))
     elif submitted:
-        name, state = progress.printable(job.spec.name), progress.state_name(job.state)
-        print(f"submitted job {job.id} ({name}), {state}")
+        print(_submitted_line(job, earlier, state=True))
         print(f"follow it with: gradfleet watch {job.id}")
     else:
         print(progress.format_job(job))
@@ -247,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _commands()[args.command](args)
     except grpc.RpcError as exc:
-        return _fail(format_rpc_error(exc, getattr(args, "server", "")))
+        return _fail(format_rpc_error(exc, getattr(args, "server", ""), tls=uses_tls(args)))
+    except UsageError as exc:  # a bad option value, before anything was sent
+        return _fail(f"error: {exc}")
     except GradfleetError as exc:  # an invalid job file, before anything is sent
         return _fail(f"error: {exc.message}")
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do

@@ -234,7 +234,8 @@ def _add_client_commands(
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field, e.g. --set epochs=3 --set optimizer.learning_rate=0.01",
+        help="override a field, e.g. --set epochs=3 --set optimizer.learning_rate=0.01; list items by "
+        "index, --set 'layers[0].units=32' or --set layers.0.units=32",
     )
     p = sub.add_parser("get", parents=[client, output], help="show one job")
     p.add_argument("job_id", metavar="JOB_ID")
@@ -254,7 +255,8 @@ def _add_client_commands(
         "-o",
         "--output-file",
         dest="path",
-        help="file or existing folder to write to, - for standard output (default JOB_ID.npz)",
+        help="file or folder to write to (a trailing / makes it a folder, created if missing; "
+        "a folder gets JOB_ID.npz), - for standard output (default JOB_ID.npz)",
     )
 
 
@@ -262,7 +264,11 @@ def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = sub.add_parser("fetch-data", parents=[common], help="download Fashion-MNIST, verified")
     default_dest = DEFAULT_DATA_ROOT / "fashion-mnist"
     p.add_argument("--dest", type=Path, default=default_dest, help=f"default {default_dest}")
-    p.add_argument("--base-url", metavar="URL", help="mirror to download from (default: the official one)")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="mirror to download from (default: the official one, or the system copy if any)",
+    )
     p.add_argument(
         "--source-dir",
         type=Path,

@@ -9,6 +9,7 @@ per event elsewhere.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -104,10 +105,20 @@ def _stream_once(
 
 class Renderer:
     """Writes watch events: on a TTY a progress bar redrawn in place, with STATE and EVAL
-    events as lines above it; otherwise one line per event, PROGRESS at most every ~2 s."""
+    events as lines above it; otherwise one line per event, PROGRESS at most every ~2 s.
 
-    def __init__(self, out: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
-        self.out, self.tty, self.clock = out, tty, clock
+    `columns` gives the terminal's width, asked at each redraw (the window may be resized): a bar
+    wider than the terminal would wrap, and each `\r` redraw would leave a stale line behind."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        tty: bool,
+        clock: Callable[[], float] = time.monotonic,
+        columns: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
+    ) -> None:
+        self.out, self.tty, self.clock, self.columns = out, tty, clock, columns
         self._throttle = progress.EventThrottle()
         self._bar_len = 0  # length of the bar line on screen; 0 = none drawn
 
@@ -121,7 +132,8 @@ class Renderer:
         if event.kind != pb.JobEvent.PROGRESS:
             self._line(progress.format_event(event))
         if event.job.state == pb.RUNNING and event.job.progress.total_steps:
-            self._bar(progress.format_progress(event.job))
+            # One column spare: some terminals wrap as soon as the last column is written.
+            self._bar(progress.format_progress(event.job, max(self.columns() - 1, 1)))
 
     def note(self, text: str) -> None:
         self._line(text)
@@ -133,7 +145,8 @@ class Renderer:
             self._bar_len = 0
 
     def _bar(self, text: str) -> None:
-        self.out.write("\r" + text.ljust(self._bar_len))  # pad over a longer previous line
+        pad = min(self._bar_len, max(self.columns() - 1, len(text)))  # over a longer previous line
+        self.out.write("\r" + text.ljust(pad))
         self.out.flush()
         self._bar_len = max(len(text), 1)
 

@@ -76,6 +76,7 @@ def set_eval(loss: float, accuracy: float, other: dict[str, float]) -> JobChange
         job.progress.eval_accuracy = accuracy
         job.progress.has_eval = True
         job.progress.eval_top_k_accuracy = other.get("top_k_accuracy", float("nan"))
+        job.progress.eval_label_accuracy = other.get("label_accuracy", float("nan"))
         job.progress.eval_mse = other.get("mse", float("nan"))
         job.progress.eval_mae = other.get("mae", float("nan"))
         job.progress.eval_r2 = other.get("r2", float("nan"))

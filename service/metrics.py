@@ -47,7 +47,7 @@ class Metrics:
         )
         self.job_eval_accuracy = Gauge(
             "gradfleet_job_eval_accuracy",
-            "Test-set accuracy (0-1) at the latest evaluation.",
+            "Test-set accuracy (0-1) at the latest evaluation; absent for float targets.",
             job,
             registry=registry,
         )
@@ -200,9 +200,11 @@ class Metrics:
         self.job_samples_per_second.labels(job_id).set(samples_per_second)
 
     def record_eval(self, job_id: str, loss: float, accuracy: float) -> None:
-        """The latest test-set evaluation of the job."""
+        """The latest test-set evaluation of the job; a NaN accuracy (regression and multi-label
+        jobs have none) leaves the accuracy series out rather than showing a 0."""
         self.job_eval_loss.labels(job_id).set(loss)
-        self.job_eval_accuracy.labels(job_id).set(accuracy)
+        if math.isfinite(accuracy):
+            self.job_eval_accuracy.labels(job_id).set(accuracy)
 
     def record_divergence(self, job_id: str, loss: float | None) -> None:
         """Show a step's non-finite mean `loss` in gradfleet_job_loss, which only applied steps set

@@ -261,7 +261,8 @@ class ParameterServerCore:
 
     def evaluate(self) -> tuple[float, float, int, dict[str, float]]:
         """Test-set (mean loss, accuracy, samples, other metrics) with the current parameters;
-        the other metrics are workers.nn.metrics.summarize's top_k_accuracy, mse, mae and r2."""
+        the other metrics are workers.nn.metrics.summarize's top_k_accuracy, label_accuracy, mse,
+        mae and r2. Accuracy is NaN for float targets: there it means nothing."""
         command = StepCommand("eval", self.server.params, self.group.size)
         results = self.group.run(command, self.step_timeout_s)
         count = sum(r.count for r in results)
@@ -272,12 +273,8 @@ class ParameterServerCore:
             if result.sums is not None:
                 sums = add_sums(sums, result.sums)
         metrics = summarize(sums, self.plan.layer_sizes[-1]) if sums else {}
-        return (
-            sum(r.loss_sum for r in results) / count,
-            sum(r.correct for r in results) / count,
-            count,
-            metrics,
-        )
+        accuracy = metrics.pop("accuracy", math.nan)
+        return sum(r.loss_sum for r in results) / count, accuracy, count, metrics
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

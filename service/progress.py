@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from datetime import timezone
 
@@ -16,6 +17,7 @@ LOG_INTERVAL_S = 2.0  # non-TTY output: at most one progress line per this many 
 
 
 _CLASSIFICATION_LOSSES = (pb.LOSS_UNSPECIFIED, pb.SOFTMAX_CROSS_ENTROPY, pb.BINARY_CROSS_ENTROPY)
+_REGRESSION_LOSSES = (pb.MEAN_SQUARED_ERROR, pb.MEAN_ABSOLUTE_ERROR, pb.HUBER)
 
 
 def state_name(state: int) -> str:
@@ -34,22 +36,40 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def format_progress(job: pb.Job) -> str:
-    """One line: epoch 3/10 [#####-----] 45% step 700/2350 loss 0.3412 1.2e+05 samples/s ..."""
+# Parts of the progress line dropped first to last when the terminal is too narrow for all.
+_PROGRESS_DROP_ORDER = ("throughput", "step", "bar", "eval", "loss")
+
+
+def format_progress(job: pb.Job, width: int | None = None) -> str:
+    """One line: epoch 3/10 [#####-----]  45% step 700/2350 loss 0.3412 1.2e+05 samples/s ...
+
+    With `width` (columns), the least important parts go until the line fits: throughput, step,
+    the bar's cells, eval, loss; whatever is left is cut at `width`."""
+    parts = _progress_parts(job)
+    for name in (*_PROGRESS_DROP_ORDER, None):
+        line = " ".join(parts.values())
+        if width is None or len(line) <= width:
+            return line
+        parts.pop(name, None)
+    return line[: max(width, 0)]
+
+
+def _progress_parts(job: pb.Job) -> dict[str, str]:
     p = job.progress
     fraction = p.step / p.total_steps if p.total_steps else 0.0
-    parts = [
-        f"epoch {max(p.epoch, 1)}/{job.spec.epochs or '?'}",  # 0 before the first step: show the first
-        f"{progress_bar(fraction)} {int(fraction * 100):3d}%",
-        f"step {p.step}/{p.total_steps or '?'}",
-    ]
+    parts = {
+        "epoch": f"epoch {max(p.epoch, 1)}/{job.spec.epochs or '?'}",  # 0 before the first step: the first
+        "bar": progress_bar(fraction),
+        "percent": f"{int(fraction * 100):3d}%",
+        "step": f"step {p.step}/{p.total_steps or '?'}",
+    }
     if p.step:
-        parts.append(f"loss {_num(p.loss)}")
+        parts["loss"] = f"loss {_num(p.loss)}"
     if p.samples_per_second > 0:
-        parts.append(f"{p.samples_per_second:.3g} samples/s")
-    if p.has_eval:
-        parts.append(f"eval acc {p.eval_accuracy:.4f}")
-    return " ".join(parts)
+        parts["throughput"] = f"{p.samples_per_second:.3g} samples/s"
+    if p.has_eval and (short := _short_eval_score(job)):
+        parts["eval"] = f"eval {short}"
+    return parts
 
 
 def format_event(event: pb.JobEvent) -> str:
@@ -57,9 +77,8 @@ def format_event(event: pb.JobEvent) -> str:
     job = event.job
     if event.kind == pb.JobEvent.EVAL:
         p = job.progress
-        return (
-            f"eval at epoch {p.epoch} step {p.step}: accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
-        )
+        scores = [*eval_scores(job), f"loss {_num(p.eval_loss)}"]
+        return f"eval at epoch {p.epoch} step {p.step}: {', '.join(scores)}"
     if event.kind == pb.JobEvent.PROGRESS:
         return format_progress(job)
     if event.kind == pb.JobEvent.CHECKPOINT:
@@ -79,7 +98,7 @@ def format_summary(job: pb.Job) -> str:
         head += f" {word} {format_duration(elapsed)}"
     p = job.progress
     if job.state == pb.SUCCEEDED and p.has_eval:
-        return f"{head}: test accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"
+        return f"{head}: test {', '.join([*eval_scores(job), f'loss {_num(p.eval_loss)}'])}"
     if job.state == pb.SUCCEEDED:
         return f"{head}: training loss {_num(p.loss)}"
     return f"{head}: {job.message}" if job.message else head
@@ -95,15 +114,18 @@ def format_job(job: pb.Job) -> str:
         ("epoch", f"{p.epoch}/{job.spec.epochs or '?'}"),
         ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
     ]
+    if job.spec.num_workers:  # the current count: `scale` changes it
+        restarts = f" ({p.worker_restarts} replaced after failures)" if p.worker_restarts else ""
+        rows.insert(3, ("workers", f"{job.spec.num_workers}{restarts}"))
     if p.step:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
-    if p.has_eval:
-        rows.append(("eval", f"accuracy {p.eval_accuracy:.4f}, loss {_num(p.eval_loss)}"))
-    if p.has_eval and p.eval_top_k_accuracy and job.spec.loss in _CLASSIFICATION_LOSSES:
-        rows.append(("metrics", f"top-{job.spec.eval_top_k or 5} accuracy {p.eval_top_k_accuracy:.4f}"))
-    elif p.has_eval and (p.eval_mse or p.eval_mae) and job.spec.loss not in _CLASSIFICATION_LOSSES:
-        # regression: the error measures are what mean something
-        rows.append(("metrics", f"MSE {_num(p.eval_mse)}, MAE {_num(p.eval_mae)}, R^2 {_num(p.eval_r2)}"))
+    if p.has_eval:  # a regression's error measures get the metrics line
+        rows.append(("eval", ", ".join([*_accuracies(job), f"loss {_num(p.eval_loss)}"])))
+    top_k = p.eval_top_k_accuracy
+    if p.has_eval and top_k and math.isfinite(top_k) and job.spec.loss in _CLASSIFICATION_LOSSES:
+        rows.append(("metrics", f"top-{job.spec.eval_top_k or 5} accuracy {top_k:.4f}"))
+    elif p.has_eval and (scores := _regression_scores(job)):
+        rows.append(("metrics", ", ".join(scores)))
     if p.samples_per_second > 0:
         rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
     if job.message:
@@ -121,9 +143,22 @@ def format_job_table(jobs: Sequence[pb.Job]) -> str:
     """A table with one row per job, for `gradfleet list`."""
     header = ("ID", "NAME", "STATE", "EPOCH", "STEP", "LOSS", "EVAL ACC", "CREATED")
     rows = [header] + [_table_row(job) for job in jobs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns `text` takes: 2 for wide and full-width characters (CJK, most emoji), 0 for
+    combining marks, 1 otherwise; len() would misalign columns after such names."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def _pad(cell: str, width: int) -> str:
+    return cell + " " * (width - display_width(cell))
 
 
 def _table_row(job: pb.Job) -> tuple[str, ...]:
@@ -135,9 +170,57 @@ def _table_row(job: pb.Job) -> tuple[str, ...]:
         f"{p.epoch}/{job.spec.epochs or '?'}",
         f"{p.step}/{p.total_steps or '?'}",
         _num(p.loss) if p.step else "-",
-        f"{p.eval_accuracy:.4f}" if p.has_eval else "-",
+        _table_accuracy(job),
         format_time(job.created_at) if job.HasField("created_at") else "-",
     )
+
+
+def eval_scores(job: pb.Job) -> list[str]:
+    """The latest evaluation's figures that mean something for the job: accuracy for class labels,
+    per-label accuracy for multi-label outputs, MSE, MAE and R^2 for a regression loss."""
+    return [*_accuracies(job), *_regression_scores(job)]
+
+
+def _accuracies(job: pb.Job) -> list[str]:
+    p, scores = job.progress, []
+    if math.isfinite(p.eval_accuracy):  # NaN: float targets, where no output is "the" class
+        scores.append(f"accuracy {p.eval_accuracy:.4f}")
+    if job.spec.loss == pb.BINARY_CROSS_ENTROPY and math.isfinite(p.eval_label_accuracy):
+        scores.append(f"per-label accuracy {p.eval_label_accuracy:.4f}")
+    return scores
+
+
+def _regression_scores(job: pb.Job) -> list[str]:
+    p = job.progress
+    if job.spec.loss not in _REGRESSION_LOSSES or not (
+        math.isfinite(p.eval_mse) or math.isfinite(p.eval_mae)
+    ):
+        return []
+    return [f"MSE {_num(p.eval_mse)}", f"MAE {_num(p.eval_mae)}", f"R^2 {_num(p.eval_r2)}"]
+
+
+def _short_eval_score(job: pb.Job) -> str:
+    """One figure for the progress line: `acc 0.8235`, `label acc 0.9120` or `MSE 0.0125`."""
+    if headline := _headline_accuracy(job):
+        return f"{headline[0]} {headline[1]:.4f}"
+    if job.spec.loss in _REGRESSION_LOSSES and math.isfinite(job.progress.eval_mse):
+        return f"MSE {_num(job.progress.eval_mse)}"
+    return ""
+
+
+def _table_accuracy(job: pb.Job) -> str:
+    """The EVAL ACC column: the accuracy, the per-label one for multi-label jobs, else -."""
+    headline = _headline_accuracy(job) if job.progress.has_eval else None
+    return f"{headline[1]:.4f}" if headline else "-"
+
+
+def _headline_accuracy(job: pb.Job) -> tuple[str, float] | None:
+    p = job.progress
+    if math.isfinite(p.eval_accuracy):
+        return "acc", p.eval_accuracy
+    if job.spec.loss == pb.BINARY_CROSS_ENTROPY and math.isfinite(p.eval_label_accuracy):
+        return "label acc", p.eval_label_accuracy
+    return None
 
 
 class EventThrottle:

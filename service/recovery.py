@@ -50,7 +50,7 @@ class FaultPolicy:
         """Count a rollback and return the new learning-rate scale, or raise TrainingFailed when
         rollbacks are off or used up; `last_good` names the checkpoint that stays downloadable."""
         if not self.rolls_back():
-            tried = f" after {plural(self.rollbacks, 'rollback')}" if self.rollback_on_divergence else ""
+            tried = f"; tried {plural(self.rollbacks, 'rollback')}" if self.rollback_on_divergence else ""
             keep = f"; {last_good} stays downloadable" if last_good else ""
             raise TrainingFailed(f"{message}{tried}{keep}")
         self.rollbacks += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ def spec_from_dict(data: Any) -> pb.JobSpec:
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
-    """Set "a.b.c=value" keys in a spec mapping; value is parsed as YAML (numbers, names, lists)."""
+    """Set "a.b.c=value" keys in a spec mapping; value is parsed as YAML (numbers, names, lists).
+    List items are named by index either way: `layers[0].units` (as error messages write field
+    paths) or `layers.0.units`."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -64,7 +67,8 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw  # not YAML: take it as a plain string
-        data = _set_path(data if isinstance(data, dict) else {}, key.strip().split("."), value)
+        keys = _LIST_INDEX.sub(r".\1", key.strip()).split(".")
+        data = _set_path(data if isinstance(data, dict) else {}, keys, value)
     return data
 
 
@@ -115,6 +119,9 @@ class _StrictYamlLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_LIST_INDEX = re.compile(r"\[(\d+)\]")  # `layers[0]` in an override key: the same as `layers.0`
 
 
 def _set_path(data: Any, keys: list[str], value: Any) -> Any:

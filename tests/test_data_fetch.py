@@ -206,3 +206,15 @@ def test_unwritable_destination_is_a_fetch_error(fashion_dir, tmp_path):
     (tmp_path / "taken").write_text("a file, not a directory")
     with pytest.raises(FetchError, match=r"cannot write Fashion-MNIST into .*taken"):
         fetch_fashion_mnist(tmp_path / "taken", source_dir=fashion_dir)
+
+
+def test_an_explicit_base_url_is_downloaded_from_even_with_a_system_copy(fashion_dir, tmp_path, capsys):
+    """`fetch-data --base-url URL` fetches from URL (the system copy only stands in for the default),
+    so an unreachable mirror is an error, and a working one is asked for every file."""
+    from service import cli
+
+    assert cli.main(["fetch-data", "--dest", str(tmp_path / "a"), "--base-url", "http://127.0.0.1:9/"]) == 2
+    assert "http://127.0.0.1:9/" in capsys.readouterr().err
+    with serving(fashion_dir) as (base_url, requests):
+        assert cli.main(["fetch-data", "--dest", str(tmp_path / "b"), "--base-url", base_url]) == 0
+    assert sorted(requests) == sorted(f"/{name}" for name in FASHION_MNIST_FILES)

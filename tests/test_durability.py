@@ -301,7 +301,7 @@ def test_the_fault_policy_gives_up_after_its_limits() -> None:
     with pytest.raises(WorkerLost, match=expected):
         policy.actor_died("worker 1 (pid 42)", 9, 1, RuntimeError("gone"))
     assert [policy.diverged("loss became NaN", None) for _ in range(3)] == [0.5, 0.25, 0.125]
-    with pytest.raises(TrainingFailed, match="NaN after 3 rollbacks; the checkpoint at step 20 stays"):
+    with pytest.raises(TrainingFailed, match="NaN; tried 3 rollbacks; the checkpoint at step 20 stays"):
         policy.diverged("loss became NaN", "the checkpoint at step 20")
     failing = FaultPolicy.for_spec(with_defaults(small_spec("npz:blobs.npz")))
     with pytest.raises(TrainingFailed, match=r"^loss became NaN$"):
@@ -538,7 +538,7 @@ def test_fault_policy_messages_count_in_the_singular() -> None:
         "gave up after 1 replacement (max_worker_restarts)"
     )
     policy.diverged("loss became NaN", None)
-    with pytest.raises(TrainingFailed, match=r"^loss became NaN after 1 rollback$"):
+    with pytest.raises(TrainingFailed, match=r"^loss became NaN; tried 1 rollback$"):
         policy.diverged("loss became NaN", None)
 
 

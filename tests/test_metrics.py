@@ -101,6 +101,13 @@ def test_eval_and_grpc_calls_are_recorded(metrics) -> None:
     assert value(metrics, "gradfleet_grpc_request_duration_seconds_count", method=method) == 1
 
 
+def test_a_job_without_an_accuracy_has_no_accuracy_series(metrics) -> None:
+    """A regression's evaluation (accuracy NaN) sets the eval loss but no accuracy gauge at 0."""
+    metrics.record_eval(JOB, 0.25, float("nan"))
+    assert value(metrics, "gradfleet_job_eval_loss", job_id=JOB) == 0.25
+    assert value(metrics, "gradfleet_job_eval_accuracy", job_id=JOB) is None
+
+
 def test_service_gauges_are_read_from_their_owners_at_scrape_time(metrics) -> None:
     """Jobs by state, queue length, oldest queued wait and live workers come from callbacks."""
     live = {"queued": 2, "age": 12.5, "workers": 4}

@@ -110,3 +110,16 @@ def test_the_parameter_server_sleeps_through_most_of_the_shorter_of_the_last_two
     f = IDLE_FRACTION
     assert f * 0.0004 < IDLE_MIN_S  # so the last step does not sleep: it would overshoot
     assert group.idle_hints == pytest.approx([0.0, 0.0, f * 0.004, f * 0.004, f * 0.004, 0.0])
+
+
+def test_evaluate_reports_no_accuracy_for_a_regression() -> None:
+    """Float targets: the accuracy returned is NaN, so no job record or gauge shows a 0 for it."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), rng.standard_normal((20, 2)).astype(np.float32)
+    plan = ModelPlan((4, 2), ("identity",), "huber", 8, 1, 0)
+    net = plan.network()
+    server = ParameterServer(net.init_params(rng), SGD(net.num_params, np.float32), _constant(0.1))
+    _, accuracy, count, other = ParameterServerCore(
+        InProcessGroup(plan, x, y), server, 20, epochs=1, step_timeout_s=10
+    ).evaluate()
+    assert count == 20 and np.isnan(accuracy) and np.isfinite(other["mse"])

@@ -4,8 +4,12 @@
 ``(n, k)``; labels count as one-hot rows for the regression sums), the sums below; ``summarize``
 turns summed sums into metrics:
 
-- ``accuracy = correct / n`` and ``top_k_accuracy = top_k_correct / n`` (0 for float targets;
-  ties go to the lower index, as ``argmax``'s, so top-1 equals accuracy);
+- ``accuracy = correct / n`` and ``top_k_accuracy = top_k_correct / n`` for integer labels; NaN
+  for float targets, where no output is "the" class (ties go to the lower index, as ``argmax``'s,
+  so top-1 equals accuracy);
+- ``label_accuracy``, for multi-label outputs (logits of independent 0/1 labels, as binary
+  cross-entropy trains): the fraction of the ``n k`` labels whose prediction ``z > 0`` (sigmoid
+  above 1/2) matches ``t >= 1/2``; NaN for other losses;
 - ``mse = sum (z - t)^2 / (n k)``, ``mae = sum |z - t| / (n k)``;
 - ``r2 = 1 - sum (z - t)^2 / sum_j sum_i (t_ij - mean_i t_ij)^2`` (sklearn's variance-weighted
   R^2 over outputs), from per-output sums of ``t`` and ``t^2``.
@@ -22,8 +26,9 @@ from .losses import count_correct
 Sums = dict[str, float | np.ndarray]
 
 
-def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int) -> Sums:
-    """Additive sums for ``summarize`` (see the module docstring); all in float64."""
+def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int, *, multi_label: bool = False) -> Sums:
+    """Additive sums for ``summarize`` (see the module docstring); all in float64. ``multi_label``:
+    ``z`` are logits of independent labels, so the per-label accuracy is counted too."""
     n, k = z.shape
     labels = targets.ndim == 1
     dense = np.zeros((n, k)) if labels else targets.astype(np.float64)
@@ -32,6 +37,9 @@ def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int) -> Sums:
     diff = z.astype(np.float64) - dense
     return {
         "count": float(n),
+        "labelled": float(n) if labels else 0.0,  # rows with a class label: accuracy's denominator
+        "label_checks": float(n * k) if multi_label else 0.0,
+        "label_hits": float(np.count_nonzero((z > 0) == (dense >= 0.5))) if multi_label else 0.0,
         "correct": float(count_correct(z, targets)),
         "top_k_correct": float(_top_k_hits(z, targets, top_k)) if labels else 0.0,
         "squared_error": float(np.vdot(diff, diff)),
@@ -55,17 +63,25 @@ def summarize(sums: Sums, num_outputs: int) -> dict[str, float]:
     """Metrics from summed ``metric_sums``; NaN where undefined (no samples, constant targets)."""
     n = float(sums["count"])
     if n == 0:
-        return {name: math.nan for name in ("accuracy", "top_k_accuracy", "mse", "mae", "r2")}
+        return {
+            name: math.nan for name in ("accuracy", "top_k_accuracy", "label_accuracy", "mse", "mae", "r2")
+        }
     elements = n * num_outputs
     spread = float(np.sum(sums["target_square_sum"] - np.square(sums["target_sum"]) / n))
     residual = float(sums["squared_error"])
     return {
-        "accuracy": float(sums["correct"]) / n,
-        "top_k_accuracy": float(sums["top_k_correct"]) / n,
+        "accuracy": _ratio(sums["correct"], sums["labelled"]),
+        "top_k_accuracy": _ratio(sums["top_k_correct"], sums["labelled"]),
+        "label_accuracy": _ratio(sums["label_hits"], sums["label_checks"]),
         "mse": residual / elements,
         "mae": float(sums["absolute_error"]) / elements,
         "r2": 1.0 - residual / spread if spread > 0 else math.nan,
     }
+
+
+def _ratio(part: float, whole: float) -> float:
+    """``part / whole``, NaN when nothing was counted (the metric does not apply)."""
+    return float(part) / float(whole) if whole else math.nan
 
 
 def _top_k_hits(z: np.ndarray, labels: np.ndarray, k: int) -> int:

@@ -180,7 +180,8 @@ class Network:
         workspace = Workspace.allocate(x.shape[0], self._buffers, flat.dtype)
         outputs = self._forward(flat, x, workspace, None)
         loss_sum = self._loss.function(outputs, targets, workspace.deltas[-1]) if len(x) else 0.0
-        return loss_sum, metric_sums(outputs, targets, min(top_k, self.num_outputs))
+        multi_label = self._loss.name == "binary_cross_entropy"
+        return loss_sum, metric_sums(outputs, targets, min(top_k, self.num_outputs), multi_label=multi_label)
 
     def _forward(
         self, flat: np.ndarray, x: np.ndarray, workspace: Workspace, rng: np.random.Generator | None

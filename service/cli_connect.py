@@ -1,0 +1,128 @@
+"""How a client command connects: the TLS and token options checked up front, and gRPC errors in one line.
+
+Files named by --ca, --cert, --key and --token-file are read and checked before any connection, so
+a typo or a wrong file is an error naming the flag (gRPC itself would only report "Socket closed"
+or "Failed to create security handshaker"). Connection failures that look like a TLS mismatch get a
+hint about TLS instead of "start a coordinator".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+import grpc
+
+from service.client import CoordinatorClient, TlsOptions
+
+
+class UsageError(Exception):
+    """A bad option value found before anything was sent; the CLI prints it and exits 2."""
+
+
+def connect(args: argparse.Namespace) -> CoordinatorClient:
+    """A client for --server with the TLS and token options of the command line and environment."""
+    return CoordinatorClient(args.server, tls=tls_options(args), token=read_token(args))
+
+
+def uses_tls(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "tls", False) or getattr(args, "ca", None) or getattr(args, "cert", None))
+
+
+def tls_options(args: argparse.Namespace) -> TlsOptions | None:
+    """The checked TLS files, or None for a plaintext channel; UsageError names the flag at fault."""
+    if bool(args.cert) != bool(args.key):
+        given, missing = ("--cert", "--key") if args.cert else ("--key", "--cert")
+        raise UsageError(
+            f"{given} needs {missing}: give the client certificate (--cert) and its private key "
+            "(--key) together, or neither"
+        )
+    if not (args.tls or args.ca or args.cert):
+        return None
+    ca = cert = key = None
+    if args.ca:
+        what = "the PEM file of the CA that signed the coordinator's certificate"
+        ca = _readable("--ca (or GRADFLEET_CA)", args.ca, what)
+        _check_ca(ca)
+    if args.cert:
+        cert = _readable("--cert", args.cert, "the client certificate, PEM")
+        key = _readable("--key", args.key, "the private key of --cert, PEM")
+        _check_key_pair(cert, key)
+    return TlsOptions(ca, cert, key)
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file (or GRADFLEET_TOKEN_FILE), else GRADFLEET_TOKEN."""
+    if not args.token_file:
+        return args.env_token
+    flag = "--token-file (or GRADFLEET_TOKEN_FILE)"
+    path = _readable(flag, args.token_file, "a file holding the bearer token")
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {path}: not a text file; it should hold just the bearer token") from None
+    if not token:
+        raise UsageError(f"{flag} {path}: the file is empty; write the bearer token into it")
+    return token
+
+
+def _readable(flag: str, name: str, what: str) -> Path:
+    """`name` as a Path once it is known to be a readable file; else UsageError saying what it should be."""
+    path = Path(name)
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {name}: no such file; give {what}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{flag} {name}: is a folder; give {what}") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {name}: cannot read it ({exc.strerror}); give {what}") from None
+    return path
+
+
+def _check_ca(ca: Path) -> None:
+    try:
+        ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--ca {ca}: no PEM certificate in it ({exc.reason or exc}); give the CA certificate "
+            "(-----BEGIN CERTIFICATE-----) that signed the coordinator's certificate"
+        ) from None
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:  # the password callback keeps an encrypted key from prompting on the terminal
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--cert {cert} / --key {key}: not a matching PEM certificate and unencrypted private key "
+            f"({exc.reason or exc})"
+        ) from None
+
+
+def format_rpc_error(exc: grpc.RpcError, address: str, *, tls: bool = False) -> str:
+    """One line for stderr; an unreachable server gets the address tried and what to do."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        hint = _unreachable_hint(details, tls)
+        return f"error: cannot reach the coordinator at {address} ({details}); {hint}"
+    return f"error: {code.name}: {details}"
+
+
+def _unreachable_hint(details: str, tls: bool) -> str:
+    if tls and "WRONG_VERSION_NUMBER" in details:
+        return "the coordinator answered without TLS: drop --tls and --ca (and GRADFLEET_CA)"
+    if tls and "CERTIFICATE_VERIFY_FAILED" in details:
+        return "its certificate is not signed by a CA this client trusts: pass the CA that signed it to --ca"
+    if tls and "handshake" in details.lower():
+        return "the TLS handshake failed: check --ca, --cert and --key"
+    if not tls and "Socket closed" in details:
+        # A TLS server hangs up on a plaintext hello; gRPC reports only the closed socket.
+        return (
+            "the coordinator closed the connection; if it uses TLS, pass --ca CA.pem "
+            "(or --tls if a system CA signed its certificate)"
+        )
+    return "start one with `gradfleet serve`, or point --server / GRADFLEET_SERVER at it"

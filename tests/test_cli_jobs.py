@@ -1,0 +1,114 @@
+"""CLI commands against a real coordinator, in process: what submit, get and download print and write
+for repeated request ids, regression and multi-label jobs, scaled jobs and `-o DIR/`."""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradfleet.v1 import coordinator_pb2 as pb
+from service import cli
+from service.spec import spec_to_json
+from tests.helpers import small_spec, wait_for, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+def _run(capsys, coordinator, *argv: str) -> str:
+    code = cli.main([*argv, "--server", coordinator.address])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_resubmitting_a_request_id_says_the_job_was_already_submitted(capsys, client, coordinator, tmp_path):
+    """A job file with a request id submitted again prints which job it already made, not "submitted"."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    path = tmp_path / "rid.json"
+    path.write_text(spec_to_json(small_spec("npz:blobs.npz", epochs=1, requestId="rid-1")))
+    first = _run(capsys, coordinator, "submit", str(path))
+    assert first.startswith("submitted job ")
+    job_id = first.split()[2]
+    assert wait_for(client, job_id).state == pb.SUCCEEDED
+    again = _run(capsys, coordinator, "submit", str(path)).splitlines()[0]
+    assert again.startswith(f"request id rid-1 was already submitted as job {job_id} (small), created ")
+    assert again.endswith(", now SUCCEEDED; no new job was queued")
+    assert len(client.list()) == 1
+
+
+def test_a_new_job_is_not_taken_for_an_earlier_one() -> None:
+    """A QUEUED job created after the call was sent is new; any other state, or an older one, is not."""
+    job = pb.Job(state=pb.QUEUED)
+    job.created_at.FromSeconds(1000)
+    assert not cli.submitted_earlier(job, sent_at=1000.5)
+    assert cli.submitted_earlier(job, sent_at=1000 + cli.CLOCK_SLACK_S + 1)
+    job.state = pb.RUNNING
+    assert cli.submitted_earlier(job, sent_at=999)
+
+
+def test_download_into_a_folder_named_with_a_trailing_slash_creates_it(capsys, client, coordinator, tmp_path):
+    """`download JOB -o nodir/` makes the folder and writes nodir/JOB.npz, never a file `nodir`."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", epochs=1)).id)
+    out = _run(capsys, coordinator, "download", job.id, "-o", f"{tmp_path / 'nodir'}/")
+    assert (tmp_path / "nodir" / f"{job.id}.npz").is_file()
+    assert out.startswith("wrote ") and f"{tmp_path / 'nodir' / job.id}.npz" in out
+    (tmp_path / "plain").write_text("")
+    assert (
+        cli.main(["download", job.id, "-o", f"{tmp_path / 'plain'}/", "--server", coordinator.address]) == 2
+    )
+    assert f"{tmp_path / 'plain'} exists and is not a folder" in capsys.readouterr().err
+
+
+def test_get_shows_the_worker_count_after_scale(capsys, client, coordinator):
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    job = client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))
+    assert "workers: 1" in _run(capsys, coordinator, "get", job.id)
+    client.scale(job.id, 2)
+    deadline = time.monotonic() + 60
+    while "workers: 2" not in _run(capsys, coordinator, "get", job.id):
+        assert time.monotonic() < deadline, "get never showed 2 workers"
+        time.sleep(0.1)
+    client.cancel(job.id)
+
+
+def _float_targets(path: Path, targets, n: int = 300) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    y = targets(x).astype(np.float32)
+    np.savez(path, x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+
+
+@pytest.mark.parametrize(
+    ("loss", "targets", "shown"),
+    [
+        ("MEAN_SQUARED_ERROR", lambda x: x[:, :2] * 2 + 1, "metrics: MSE "),
+        ("BINARY_CROSS_ENTROPY", lambda x: x[:, :3] > 0, "eval: per-label accuracy "),
+    ],
+)
+def test_jobs_with_float_targets_report_no_accuracy(capsys, client, coordinator, loss, targets, shown):
+    """A regression or multi-label job ends with no accuracy in its record, its `get` output or the
+    accuracy gauge, and with the figures that apply to it."""
+    _float_targets(coordinator.config.data_root / "float.npz", targets)
+    units = 2 if loss == "MEAN_SQUARED_ERROR" else 3
+    spec = small_spec(
+        "npz:float.npz", loss=loss, epochs=3, layers=[{"units": 16, "activation": "RELU"}, {"units": units}]
+    )
+    job = wait_for(client, client.submit(spec).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    assert math.isnan(job.progress.eval_accuracy)
+    if loss == "BINARY_CROSS_ENTROPY":
+        assert 0.6 < job.progress.eval_label_accuracy <= 1.0
+    else:
+        assert math.isfinite(job.progress.eval_mse) and math.isnan(job.progress.eval_label_accuracy)
+    text = " ".join(_run(capsys, coordinator, "get", job.id).split())  # labels are padded to one width
+    assert shown in text and "eval: accuracy" not in text
+    url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
+    scraped = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert f'gradfleet_job_eval_loss{{job_id="{job.id}"}}' in scraped
+    assert f'gradfleet_job_eval_accuracy{{job_id="{job.id}"}}' not in scraped
