@@ -162,7 +162,8 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    """Check the folders, lock the state folder and bind both ports (all before Ray starts), then start."""
+    """Check the settings and folders, lock the state folder and bind both ports (all before Ray starts),
+    then start."""
     check_host(config.host, config.option("host"))
     check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     tokens = load_tokens(config.tokens_file, config.option("tokens_file")) if config.tokens_file else None
