@@ -58,8 +58,10 @@ def parse_tokens(text: str, origin: str) -> dict[bytes, Principal]:
         if not words:
             continue
         where = f"{origin}:{number}"
-        if len(words) not in (2, 3) or (len(words) == 3 and words[2] != "admin"):
+        if len(words) not in (2, 3):
             raise ValueError(f"{where}: expected `token principal [admin]`, got {len(words)} words")
+        if len(words) == 3 and words[2] != "admin":
+            raise ValueError(f"{where}: the third word must be `admin` (or left out), got {words[2]!r}")
         token, name = words[0], words[1]
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +31,38 @@ MIN_MESSAGE_BYTES = 4096  # a job record with its spec takes a few hundred bytes
 DEFAULT_STEP_TIMEOUT_S = 120.0  # a step slower than this means a worker is stuck
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # at most; well under gRPC's 4 MiB default message limit
 TOKENS_FILE_ENV = "GRADFLEET_TOKENS_FILE"  # tokens never go on a command line (ps shows them)
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # gRPC keeps message limits in a C int
+ENOUGH = float("inf")  # no upper bound
+
+# (field, lowest, highest) allowed; start-up refuses anything outside, naming the flag.
+_RANGES = (
+    ("port", 0, MAX_PORT),
+    ("metrics_port", -1, MAX_PORT),
+    ("ray_num_cpus", 1, ENOUGH),
+    ("rpc_threads", 1, ENOUGH),
+    ("max_watch_streams", 1, ENOUGH),
+    ("max_watch_streams_per_client", 1, ENOUGH),
+    ("max_running_jobs", 1, ENOUGH),
+    ("max_queued_jobs", 1, ENOUGH),
+    ("max_workers_per_job", 1, ENOUGH),
+    ("max_params", 1, ENOUGH),
+    ("max_dataset_bytes", 1, ENOUGH),
+    ("csv_check_bytes", 1, ENOUGH),
+    ("max_message_bytes", MIN_MESSAGE_BYTES, MAX_GRPC_MESSAGE_BYTES),
+    # Seconds: a step needs some time; waiting and retiring may be immediate.
+    ("step_timeout_s", 0.001, ENOUGH),
+    ("worker_wait_s", 0, ENOUGH),
+    ("metrics_retire_after_s", 0, ENOUGH),
+)
+
+
+def _allowed(low: float, high: float) -> str:
+    return f"must be at least {low}" if high == ENOUGH else f"must be between {low} and {high}"
+
+
+def env_variable(name: str) -> str:
+    """The environment variable that sets field `name`."""
+    return f"GRADFLEET_{name.upper()}"
 
 
 @dataclass(frozen=True)
@@ -64,22 +97,33 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # PEM CA bundle; clients must then present a certificate it signed
     tokens_file: Path | None = None  # "token principal [admin]" lines; None: no authentication
 
+    # Fields whose value came from a GRADFLEET_* variable, so an error names the variable, not the flag.
+    from_environment: frozenset[str] = frozenset()
+
     def __post_init__(self) -> None:
-        for name in ("rpc_threads", "max_watch_streams", "max_watch_streams_per_client", "max_running_jobs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: got {getattr(self, name)}; must be at least 1")
-        for name, low in (("port", 0), ("metrics_port", -1)):
-            if not low <= getattr(self, name) <= MAX_PORT:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag}: got {getattr(self, name)}; must be between {low} and {MAX_PORT}")
-        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is None:  # ray_num_cpus: all cores
+                continue
+            if not math.isfinite(value):  # inf is no limit, and NaN compares false with everything
+                raise ValueError(f"{self.option(name)}: got {value}; must be a finite number")
+            if not low <= value <= high:
+                raise ValueError(f"{self.option(name)}: got {value}; {_allowed(low, high)}")
+        if self.max_watch_streams >= self.rpc_threads:
             raise ValueError(
-                f"max_message_bytes: got {self.max_message_bytes}; must be at least {MIN_MESSAGE_BYTES}"
+                f"{self.option('max_watch_streams')} ({self.max_watch_streams}) must be below "
+                f"{self.option('rpc_threads')} ({self.rpc_threads}): each WatchJob stream holds one of the "
+                "RPC threads, so streams could take them all and starve every other call; "
+                "raise --rpc-threads or lower --max-watch-streams"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+
+    def option(self, name: str) -> str:
+        """How field `name` was set: its GRADFLEET_* variable if it came from there, else its flag."""
+        return env_variable(name) if name in self.from_environment else "--" + name.replace("_", "-")
 
     @property
     def download_chunk_bytes(self) -> int:
@@ -88,31 +132,56 @@ class ServerConfig:
         return min(DOWNLOAD_CHUNK_BYTES, self.max_message_bytes // 2)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _flag(value: object) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError(f"must be one of {', '.join(_TRUE + _FALSE)}")
+    return text in _TRUE
+
+
+def _whole_number(value: object) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
 
 
 def config_from_env_and_flags(flags: dict, environ: dict | None = None) -> ServerConfig:
     """Build the config: explicit flags win, then GRADFLEET_* environment variables, then defaults.
 
     `flags` maps ServerConfig field names to values; None means "not given". Every field but
-    dataset_search can be set either way.
+    dataset_search can be set either way. ValueError names the flag or variable and what is allowed.
     """
     environ = os.environ if environ is None else environ
     values: dict = {}
+    from_environment = set()
     for item in fields(ServerConfig):
         kind = _field_kind(item.type)
         if kind is None:
             continue
-        env_value = environ.get(f"GRADFLEET_{item.name.upper()}")
+        env_value = environ.get(env_variable(item.name))
         if flags.get(item.name) is not None:
             values[item.name] = kind(flags[item.name])
         elif env_value:
-            values[item.name] = kind(env_value)
-    return ServerConfig(**values)
+            try:
+                values[item.name] = kind(env_value)
+            except ValueError as exc:
+                raise ValueError(f"{env_variable(item.name)}: got {env_value!r}; {exc}") from None
+            from_environment.add(item.name)
+    return ServerConfig(**values, from_environment=frozenset(from_environment))
 
 
 def _field_kind(annotation: str) -> type | None:
     """int, float, str or Path from a field's annotation text ("Path | None" -> Path)."""
     base = annotation.replace(" | None", "")
-    return {"int": int, "float": float, "str": str, "Path": Path, "bool": _flag}.get(base)
+    return {"int": _whole_number, "float": _number, "str": str, "Path": Path, "bool": _flag}.get(base)

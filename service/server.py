@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import grpc
@@ -20,19 +20,30 @@ from prometheus_client import CollectorRegistry
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
-from service.auth import AuthInterceptor, TokenTable
+from service.auth import AuthInterceptor
 from service.config import ServerConfig
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
 from service.limits import StreamLimiter
 from service.metrics import Metrics
+from service.ray_watchdog import RayletWatchdog, embedded_raylet, kill_embedded_ray
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
-from service.startup import check_folders, grpc_port_error, lock_state_dir, start_metrics_http
+from service.startup import (
+    check_folders,
+    check_host,
+    check_ray_address,
+    check_tls_files,
+    grpc_port_error,
+    load_tokens,
+    lock_state_dir,
+    start_metrics_http,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+EXIT_RAY_LOST = 1  # `gradfleet serve`'s status when its embedded Ray's raylet died under it
 
 
 @dataclass
@@ -51,6 +62,8 @@ class RunningServer:
     _http: object = None
     _owns_ray: bool = False
     _lock: TextIO | None = None  # the state folder's lock file, held until stop
+    _watchdog: RayletWatchdog | None = None  # on the embedded Ray's raylet
+    ray_lost: threading.Event = field(default_factory=threading.Event)  # set when that raylet died
 
     @property
     def address(self) -> str:
@@ -58,6 +71,8 @@ class RunningServer:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
+        if self._watchdog is not None:
+            self._watchdog.stop()  # first: ray.shutdown below stops the raylet
         self.servicer.stopping.set()  # first: a client that saw NOT_SERVING cannot submit any more
         self.health.enter_graceful_shutdown()
         self.store.wake_all()
@@ -73,6 +88,23 @@ class RunningServer:
             ray.shutdown()
         if self._lock is not None:
             self._lock.close()  # last: another coordinator may take the folder from here on
+
+    def abandon(self, grace_s: float = 1.0) -> None:
+        """Close down after the embedded Ray died: jobs can neither train nor checkpoint without it,
+        so their records stay as a SIGKILL leaves them (the next start resumes them from their
+        checkpoints); stop answering, close the store and release the state folder."""
+        self.servicer.stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.store.wake_all()
+        self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        self.store.close()  # a runner's later write then fails instead of recording Ray's loss as its own
+        self.metrics.close()
+        if self._http is not None:
+            _close_http(self._http)
+        if self._owns_ray:
+            kill_embedded_ray()
+        if self._lock is not None:
+            self._lock.close()
 
 
 EMBEDDED_RAY_ATTEMPTS = 2
@@ -130,15 +162,13 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    """Check the folders, lock the state folder and bind both ports (all before Ray starts), then start."""
-    if config.max_watch_streams >= config.rpc_threads:
-        log.warning(
-            "max_watch_streams (%d) is not below rpc_threads (%d): watch streams can hold every "
-            "thread and starve other calls until their clients go away",
-            config.max_watch_streams,
-            config.rpc_threads,
-        )
-    tokens = TokenTable(config.tokens_file) if config.tokens_file else None  # bad file: fail first
+    """Check the settings and folders, lock the state folder and bind both ports (all before Ray starts),
+    then start."""
+    check_host(config.host, config.option("host"))
+    check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
+    tokens = load_tokens(config.tokens_file, config.option("tokens_file")) if config.tokens_file else None
+    if config.ray_address and not ray.is_initialized():
+        check_ray_address(config.ray_address, config.option("ray_address"))
     credentials = _server_credentials(config)
     check_folders(config.state_dir, config.data_root)
     with contextlib.ExitStack() as undo:  # on a failed start, release what was taken so far
@@ -160,16 +190,44 @@ def start_server(config: ServerConfig) -> RunningServer:
             undo.callback(ray.shutdown)
         running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
         running._lock = lock
+        if owns_ray:
+            running._watchdog = _watch_raylet(running.ray_lost)
         undo.pop_all()
     log.info(
         "gradfleet coordinator on %s:%d (%s, %s), %s",
         config.host,
         port,
-        "TLS" if credentials else "plaintext",
+        _transport(config),
         "tokens required" if tokens else "no authentication",
         f"metrics on port {metrics_port}" if metrics_port is not None else "metrics off",
     )
     return running
+
+
+def _transport(config: ServerConfig) -> str:
+    if config.tls_cert is None:
+        return "plaintext"
+    return "TLS, client certificates required" if config.tls_client_ca else "TLS"
+
+
+def _watch_raylet(ray_lost: threading.Event) -> RayletWatchdog | None:
+    """Watch the embedded Ray's raylet; its death logs the way out and sets `ray_lost`."""
+    raylet = embedded_raylet()
+    if raylet is None:
+        log.warning("cannot find the embedded Ray's raylet process: its death would go unnoticed")
+        return None
+
+    def on_death(pid: int, returncode: int) -> None:
+        log.critical(
+            "the embedded Ray's raylet (pid %d) died (exit status %d); exiting with status %d; restart "
+            "the coordinator on the same --state-dir and its jobs resume from their checkpoints",
+            pid,
+            returncode,
+            EXIT_RAY_LOST,
+        )
+        ray_lost.set()
+
+    return RayletWatchdog(raylet, on_death).start()
 
 
 def _close_http(http) -> None:
@@ -263,7 +321,12 @@ def serve(config: ServerConfig) -> None:
         ),
         flush=True,
     )
-    while not stop.wait(1.0):  # a timed wait lets signal handlers run promptly
+    while not stop.wait(0.5) and not running.ray_lost.is_set():  # timed: signal handlers run promptly
         pass
+    if running.ray_lost.is_set():
+        running.abandon()
+        logging.shutdown()
+        # Not sys.exit: job threads blocked on the dead Ray, and Ray's exit hook, would hold the exit.
+        os._exit(EXIT_RAY_LOST)
     log.info("shutting down")
     running.stop()

@@ -1,4 +1,5 @@
-"""Start-up checks run before anything is started: folders, the state-folder lock, and ports in use.
+"""Start-up checks run before anything is started: the listen address, TLS files, the Ray cluster's
+address, folders, the state-folder lock, and ports in use.
 
 Each failure is a StartupError naming the value and the flag to change; `gradfleet serve` prints it and
 exits 2.
@@ -9,14 +10,19 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
+import ssl
 from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from service.auth import TokenTable
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "coordinator.lock"
+RAY_ADDRESS_CHECK_S = 5.0  # a reachable head answers a TCP connect in milliseconds
 
 
 class StartupError(OSError):
@@ -71,3 +77,92 @@ def grpc_port_error(address: str, reason: object) -> StartupError:
     return StartupError(
         f"cannot listen on {address} ({reason}); is another coordinator using it? choose another --port"
     )
+
+
+def check_host(host: str, option: str = "--host") -> None:
+    """Refuse a listen address that is malformed or not one of this machine's (gRPC would only say
+    "Failed to bind"); `option` is how the operator set it."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]
+    try:
+        candidates = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise StartupError(
+            f"{option}: {host!r} is not a valid address nor a name this machine resolves; "
+            "give one of its addresses, e.g. 127.0.0.1 (loopback) or 0.0.0.0 (every interface)"
+        ) from None
+    for family, kind, proto, _, address in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError:
+                continue
+    raise StartupError(
+        f"{option}: {host!r} is not an address of this machine (`ip addr` lists them); "
+        "give one of its addresses, e.g. 127.0.0.1 (loopback) or 0.0.0.0 (every interface)"
+    )
+
+
+def check_tls_files(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    """Refuse unreadable, non-PEM or mismatched TLS files, naming the flag (gRPC would only fail the bind)."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise StartupError(f"{flag} {path}: no such file; give the path of a PEM file")
+    if cert is None or key is None:
+        return
+    _check_certificates("--tls-cert", cert, "a PEM certificate (chain)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise StartupError(
+                f"--tls-key {key} does not match the certificate in --tls-cert {cert}; "
+                "give the private key that certificate was issued for"
+            ) from None
+        raise StartupError(
+            f"--tls-key {key}: not a PEM private key ({exc.reason or exc}); give the unencrypted key "
+            "of --tls-cert"
+        ) from None
+    if client_ca is not None:
+        _check_certificates("--tls-client-ca", client_ca, "a PEM CA certificate (bundle)")
+
+
+def _check_certificates(flag: str, path: Path, what: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise StartupError(f"{flag} {path}: not {what} ({exc.reason or exc})") from None
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key then fails to load instead of prompting on the terminal
+
+
+def check_ray_address(address: str, option: str = "--ray-address") -> None:
+    """Refuse a HOST:PORT Ray address where nothing answers: Ray itself would retry forever.
+    "auto", "local" and URL forms (ray://...) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_S).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise StartupError(
+            f"{option} {address}: nothing answers there ({reason}); check that the Ray head is running "
+            "(`ray start --head` prints its address, port 6379 by default) and that this machine can "
+            "reach it, or leave --ray-address out to start an embedded Ray"
+        ) from None
+
+
+def load_tokens(path: Path, option: str = "--tokens-file") -> TokenTable:
+    """The token table of `path`; a file that cannot be read names the option (a bad line: ValueError)."""
+    try:
+        return TokenTable(path)
+    except OSError as exc:
+        raise StartupError(
+            f"{option} {path}: cannot read it ({exc.strerror}); give a readable file of "
+            "`token principal [admin]` lines"
+        ) from None

@@ -121,9 +121,9 @@ def test_limits_come_from_flags_and_environment():
     )
     assert (config.max_params, config.max_dataset_bytes, str(config.tokens_file)) == (10, 30, "t")
     assert (str(config.tls_cert), str(config.tls_key)) == ("c", "k")
-    with pytest.raises(ValueError, match="rpc_threads: got 0; must be at least 1"):
+    with pytest.raises(ValueError, match="--rpc-threads: got 0; must be at least 1"):
         ServerConfig(rpc_threads=0)
-    with pytest.raises(ValueError, match="max_message_bytes: got 1000; must be at least 4096"):
+    with pytest.raises(ValueError, match="--max-message-bytes: got 1000; must be between 4096 and"):
         ServerConfig(max_message_bytes=1000)
     with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
         ServerConfig(tls_cert="c")

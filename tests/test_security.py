@@ -153,7 +153,8 @@ def test_tokens_rotate_without_a_restart(secured, tmp_path):
     ("text", "fragment"),
     [
         ("short alice\n", "tokens:1: token too short"),
-        (f"{ALICE} alice boss\n", "tokens:1: expected `token principal [admin]`"),
+        (f"{ALICE} alice boss now\n", "tokens:1: expected `token principal [admin]`, got 4 words"),
+        (f"{ALICE} ops Admin\n", "tokens:1: the third word must be `admin` .or left out., got 'Admin'"),
         (f"{ALICE} alice\n{ALICE} bob\n", "tokens:2: the same token is listed twice"),
         ("# only a comment\n", "tokens: no tokens"),
     ],

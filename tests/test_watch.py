@@ -20,6 +20,7 @@ from tests.helpers import gradfleet_command, small_spec, wait_for, write_blobs, 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parent.parent
 RPC_THREADS = 4
+WATCH_STREAMS = RPC_THREADS - 1  # the most the server allows: one thread stays free
 
 
 def long_spec() -> pb.JobSpec:
@@ -80,7 +81,7 @@ def test_watching_a_finished_job_gives_one_event(client, coordinator) -> None:
 
 @pytest.fixture
 def few_threads(ray_session, tmp_path) -> Iterator:
-    """A coordinator whose gRPC server has only RPC_THREADS threads."""
+    """A coordinator whose gRPC server has only RPC_THREADS threads, WATCH_STREAMS of them for streams."""
     from service.config import ServerConfig
     from service.server import start_server
 
@@ -90,7 +91,7 @@ def few_threads(ray_session, tmp_path) -> Iterator:
         port=0,
         metrics_port=-1,
         rpc_threads=RPC_THREADS,
-        max_watch_streams=RPC_THREADS + 2,  # the point: more streams than threads
+        max_watch_streams=WATCH_STREAMS,
         state_dir=tmp_path / "state",
         data_root=data_root,
     )
@@ -99,9 +100,14 @@ def few_threads(ray_session, tmp_path) -> Iterator:
     running.stop(grace_s=1.0)
 
 
-def test_dropped_watch_clients_free_their_server_threads(few_threads) -> None:
-    """More watch streams than server threads starve unary calls; once those clients cancel or close,
-    SubmitJob and GetJob answer within seconds again, though the watched job sends no event meanwhile."""
+def _watch(channel: grpc.Channel, job_id: str):
+    return pb_grpc.CoordinatorStub(channel).WatchJob(pb.WatchJobRequest(job_id=job_id))
+
+
+def test_watch_streams_leave_a_thread_and_dropped_clients_free_theirs(few_threads) -> None:
+    """With every allowed watch stream open (each holding a server thread) a GetJob still answers and one
+    more stream is refused; once those clients cancel or close, their streams are free again within
+    seconds, though the watched job sends no event meanwhile."""
     write_blobs(few_threads.config.data_root / "long.npz", n_train=5000)
     client = CoordinatorClient(few_threads.address, timeout=5)
     running = client.submit(long_spec())
@@ -110,35 +116,40 @@ def test_dropped_watch_clients_free_their_server_threads(few_threads) -> None:
     # noticing the client is gone can end their streams.
     queued = client.submit(small_spec("npz:long.npz", name="queued"))
 
-    channels = [grpc.insecure_channel(few_threads.address) for _ in range(RPC_THREADS + 2)]
-    streams = []
-    for channel in channels:  # one at a time: the first RPC_THREADS surely get a thread each
-        streams.append(pb_grpc.CoordinatorStub(channel).WatchJob(pb.WatchJobRequest(job_id=queued.id)))
-        if len(streams) <= RPC_THREADS:
-            first = next(streams[-1]).job  # this stream holds a server thread now
-            assert first.state == pb.QUEUED, (first, client.get(running.id))
-    probe = CoordinatorClient(few_threads.address, timeout=1.5)
-    with pytest.raises(grpc.RpcError) as starved:
-        probe.get(running.id)  # every thread is busy streaming
-    probe.close()
-    assert starved.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    channels = [grpc.insecure_channel(few_threads.address) for _ in range(WATCH_STREAMS + 1)]
+    streams = [_watch(channel, queued.id) for channel in channels[:WATCH_STREAMS]]
+    for stream in streams:
+        assert next(stream).job.state == pb.QUEUED  # this stream holds a server thread now
+    with CoordinatorClient(few_threads.address, timeout=1.5) as probe:
+        assert probe.get(running.id).state == pb.RUNNING  # the thread streams may not take
+    with pytest.raises(grpc.RpcError) as refused:
+        next(_watch(channels[-1], queued.id))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-watch-streams" in refused.value.details()
 
     for stream in streams[0::2]:
         stream.cancel()  # half the clients cancel their call...
-    for channel in channels[1::2]:
+    for channel in channels[1:WATCH_STREAMS:2]:
         channel.close()  # ...and half just go away
-
-    start = time.monotonic()
-    assert client.get(queued.id).state == pb.QUEUED
-    another = client.submit(small_spec("npz:long.npz", name="another"))
-    assert another.state == pb.QUEUED
-    assert time.monotonic() - start < 5
-    for channel in channels[0::2]:
+    fresh = grpc.insecure_channel(few_threads.address)
+    opened = []
+    deadline = time.monotonic() + 5
+    while len(opened) < WATCH_STREAMS:
+        stream = _watch(fresh, queued.id)
+        try:
+            next(stream)
+            opened.append(stream)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            assert time.monotonic() < deadline, f"only {len(opened)} of {WATCH_STREAMS} streams freed"
+            time.sleep(0.1)
+    for stream in opened:
+        stream.cancel()
+    for channel in (fresh, *channels):
         channel.close()
-    for job in (another, queued, running):
+    for job in (queued, running):
         client.cancel(job.id)
     assert wait_for(client, running.id, timeout_s=30).state == pb.CANCELLED
-    client.close()
 
 
 def test_cli_watch_exit_codes(client, coordinator) -> None:
