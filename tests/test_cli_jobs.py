@@ -72,7 +72,7 @@ def test_get_shows_the_worker_count_after_scale(capsys, client, coordinator):
     client.scale(job.id, 2)
     deadline = time.monotonic() + 60
     while "workers: 2" not in _run(capsys, coordinator, "get", job.id):
-        assert time.monotonic() < deadline, "get never showed 2 workers"
+        assert time.monotonic() < deadline, f"get never showed 2 workers: {client.get(job.id).message}"
         time.sleep(0.1)
     client.cancel(job.id)
 
