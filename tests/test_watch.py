@@ -207,3 +207,18 @@ def test_cli_watch_survives_a_coordinator_restart(ray_session, tmp_path) -> None
     assert watching.returncode == 3, err
     assert "connection lost (" in out
     assert out.strip().splitlines()[-1].startswith(f"job {job.id} CANCELLED")
+
+
+def test_a_watch_batch_leaves_out_only_progress_that_a_later_event_supersedes() -> None:
+    from service.servicer import without_superseded_progress
+
+    kinds = [pb.JobEvent.PROGRESS, pb.JobEvent.EVAL, pb.JobEvent.PROGRESS, pb.JobEvent.PROGRESS]
+    kinds += [pb.JobEvent.CHECKPOINT, pb.JobEvent.PROGRESS]
+    events = [(v, pb.JobEvent(kind=k, job=pb.Job(id=str(v)))) for v, k in enumerate(kinds, start=1)]
+    kept = without_superseded_progress(events)
+    assert [(e.kind, e.job.id) for e in kept] == [
+        (pb.JobEvent.EVAL, "2"),
+        (pb.JobEvent.CHECKPOINT, "5"),
+        (pb.JobEvent.PROGRESS, "6"),
+    ]
+    assert without_superseded_progress(events[:1]) == [events[0][1]]
