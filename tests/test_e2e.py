@@ -142,10 +142,10 @@ def test_a_cancel_during_the_final_evaluation_ends_the_job_cancelled(client, coo
 
     evaluate, replies = JobRunner._evaluate, []
 
-    def evaluate_then_cancel(runner):
+    def evaluate_then_cancel(runner, *args):
         if runner._step >= runner._setup.total_steps and not replies:
             replies.append(client.cancel(runner.job_id))  # through gRPC, from the runner's own thread
-        evaluate(runner)
+        evaluate(runner, *args)
 
     monkeypatch.setattr(JobRunner, "_evaluate", evaluate_then_cancel)
     write_blobs(coordinator.config.data_root / "blobs.npz")

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
 from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.job_actors import JobActors
 from service.runner import JobRunner
 from service.server import start_server
-from tests.helpers import small_spec
+from tests.helpers import small_spec, wait_for, write_blobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 BATCH = 10
@@ -71,6 +72,29 @@ def test_the_next_train_call_goes_out_before_the_last_report_is_recorded(config,
     # The first call, then before each report is recorded the call after it.
     assert events[:5] == ["start train", "start train", "record", "start train", "record"], events
     assert all(events[i - 1] == "start train" for i in records[:4]), events
+
+
+def test_an_epoch_end_sends_state_evaluation_and_next_train_call_together(config, monkeypatch) -> None:
+    """At a checkpoint and evaluation point the parameter server gets the three calls at once, in
+    that order (state and evaluation are of the same step), before the report is recorded."""
+    events: list[str] = []
+    start, record = JobActors.ps_start, JobRunner._record
+    monkeypatch.setattr(JobActors, "ps_start", lambda self, m, *a: events.append(m) or start(self, m, *a))
+    monkeypatch.setattr(
+        JobRunner, "_record", lambda self, steps: events.append("record") or record(self, steps)
+    )
+    write_blobs(config.data_root / "blobs.npz", n_train=600)
+    server = start_server(config)
+    try:
+        with CoordinatorClient(server.address) as client:
+            job = wait_for(client, client.submit(small_spec("npz:blobs.npz", batchSize=10, epochs=3)).id)
+    finally:
+        server.stop(grace_s=1.0)
+    assert job.state == pb.SUCCEEDED, job.message
+    # Epochs 1 and 2 end with the three calls, then the record; epoch 3 ends the job (no next call).
+    assert events.count("state") == 2 and events.count("evaluate") == 3, events
+    first = events.index("state")
+    assert events[first - 1 : first + 4] == ["train", "state", "evaluate", "train", "record"], events
 
 
 def test_a_stop_while_a_train_call_is_ahead_checkpoints_matching_counters(config, monkeypatch) -> None:
