@@ -76,6 +76,45 @@ def test_a_killed_actor_is_replaced_and_the_weights_are_bit_identical(
     assert "gradfleet_worker_replacements_total 1.0" in metrics_text(coordinator)
 
 
+def test_a_worker_killed_as_the_evaluation_goes_out_is_replaced_and_the_weights_are_identical(
+    client, coordinator, blobs, tmp_path, monkeypatch
+) -> None:
+    """The runner sends the evaluation with the next train call behind it; a worker that dies just
+    then fails both. The worker is replaced, the evaluation redone, and the job ends with exactly
+    the weights and counters of an uninterrupted run."""
+    from service.job_actors import JobActors
+
+    start, killed = JobActors.ps_start, []
+
+    def kill_before_the_first_evaluation(actors, method, *args):
+        if method == "evaluate" and not killed:
+            killed.append(actors.group.pids[1])
+            os.kill(killed[0], signal.SIGKILL)
+            while os.path.exists(f"/proc/{killed[0]}") and _alive(killed[0]):
+                time.sleep(0.01)
+        return start(actors, method, *args)
+
+    monkeypatch.setattr(JobActors, "ps_start", kill_before_the_first_evaluation)
+    spec = recovery_spec(epochs=3)
+    done = wait_for(client, client.submit(spec).id)
+    assert killed, "no evaluation was sent"
+    assert done.state == pb.SUCCEEDED, done.message
+    assert done.progress.worker_restarts == 1
+    assert done.progress.samples_trained == 3 * N_TRAIN
+    monkeypatch.setattr(JobActors, "ps_start", start)
+    reference = reference_weights(client, spec, coordinator.config.data_root / "blobs.npz", tmp_path)
+    assert_identical(weights(client, done.id, tmp_path / "killed.npz"), reference)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_a_worker_that_keeps_dying_fails_the_job_naming_it(client, coordinator, blobs) -> None:
     """With max_worker_restarts 1, a second worker death fails the job with the worker, step and cause."""
