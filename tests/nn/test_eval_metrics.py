@@ -43,3 +43,28 @@ def test_multi_label_outputs_get_a_per_label_accuracy_that_adds_up_over_shards()
     metrics = summarize(add_sums(add_sums(None, parts[0]), parts[1]), 3)
     assert metrics["label_accuracy"] == pytest.approx(5 / 9)
     assert math.isnan(metrics["accuracy"])
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "binary_cross_entropy"])
+def test_logit_losses_have_no_regression_metrics(loss: str) -> None:
+    """MSE, MAE and R^2 of logits against one-hot rows or 0/1 labels mean nothing: NaN."""
+    net = Network([3, 2], ["identity"], loss)
+    rng = np.random.default_rng(0)
+    flat = net.init_params(rng, np.float64)
+    x = rng.standard_normal((10, 3))
+    y = rng.integers(0, 2, 10) if loss == "softmax_cross_entropy" else rng.integers(0, 2, (10, 2)) * 1.0
+    metrics = summarize(net.evaluate_sums(flat, x, y)[1], 2)
+    assert all(math.isnan(metrics[name]) for name in ("mse", "mae", "r2")), metrics
+    accuracy = metrics["accuracy" if loss == "softmax_cross_entropy" else "label_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_a_regression_loss_on_class_labels_keeps_its_regression_metrics() -> None:
+    """MSE trained on integer labels predicts their one-hot rows: its MSE is a real figure."""
+    net = Network([3, 2], ["identity"], "mean_squared_error")
+    rng = np.random.default_rng(0)
+    flat = net.init_params(rng, np.float64)
+    x, y = rng.standard_normal((10, 3)), rng.integers(0, 2, 10)
+    z = net.forward(flat, x)
+    metrics = summarize(net.evaluate_sums(flat, x, y)[1], 2)
+    assert metrics["mse"] == pytest.approx(np.mean((z - np.eye(2)[y]) ** 2))

@@ -12,7 +12,9 @@ turns summed sums into metrics:
   above 1/2) matches ``t >= 1/2``; NaN for other losses;
 - ``mse = sum (z - t)^2 / (n k)``, ``mae = sum |z - t| / (n k)``;
 - ``r2 = 1 - sum (z - t)^2 / sum_j sum_i (t_ij - mean_i t_ij)^2`` (sklearn's variance-weighted
-  R^2 over outputs), from per-output sums of ``t`` and ``t^2``.
+  R^2 over outputs), from per-output sums of ``t`` and ``t^2``; these three only for a regression
+  loss (``regression``), whose outputs are predictions of ``t``: NaN for logits, where a distance
+  to one-hot rows or 0/1 labels means nothing.
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ from .losses import count_correct
 Sums = dict[str, float | np.ndarray]
 
 
-def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int, *, multi_label: bool = False) -> Sums:
+def metric_sums(
+    z: np.ndarray, targets: np.ndarray, top_k: int, *, multi_label: bool = False, regression: bool = True
+) -> Sums:
     """Additive sums for ``summarize`` (see the module docstring); all in float64. ``multi_label``:
-    ``z`` are logits of independent labels, so the per-label accuracy is counted too."""
+    ``z`` are logits of independent labels, so the per-label accuracy is counted too; ``regression``:
+    ``z`` predict the targets, so the regression sums are counted."""
     n, k = z.shape
     labels = targets.ndim == 1
     dense = np.zeros((n, k)) if labels else targets.astype(np.float64)
     if labels:
         dense[np.arange(n), targets] = 1.0
-    diff = z.astype(np.float64) - dense
+    diff = z.astype(np.float64) - dense if regression else np.zeros((0, k))
     return {
+        "regressed": float(n) if regression else 0.0,
         "count": float(n),
         "labelled": float(n) if labels else 0.0,  # rows with a class label: accuracy's denominator
         "label_checks": float(n * k) if multi_label else 0.0,
@@ -44,8 +50,8 @@ def metric_sums(z: np.ndarray, targets: np.ndarray, top_k: int, *, multi_label: 
         "top_k_correct": float(_top_k_hits(z, targets, top_k)) if labels else 0.0,
         "squared_error": float(np.vdot(diff, diff)),
         "absolute_error": float(np.abs(diff).sum()),
-        "target_sum": dense.sum(axis=0),
-        "target_square_sum": np.square(dense).sum(axis=0),
+        "target_sum": dense.sum(axis=0) if regression else np.zeros(k),
+        "target_square_sum": np.square(dense).sum(axis=0) if regression else np.zeros(k),
     }
 
 
@@ -66,16 +72,17 @@ def summarize(sums: Sums, num_outputs: int) -> dict[str, float]:
         return {
             name: math.nan for name in ("accuracy", "top_k_accuracy", "label_accuracy", "mse", "mae", "r2")
         }
-    elements = n * num_outputs
+    regressed = float(sums["regressed"])
+    elements = regressed * num_outputs
     spread = float(np.sum(sums["target_square_sum"] - np.square(sums["target_sum"]) / n))
     residual = float(sums["squared_error"])
     return {
         "accuracy": _ratio(sums["correct"], sums["labelled"]),
         "top_k_accuracy": _ratio(sums["top_k_correct"], sums["labelled"]),
         "label_accuracy": _ratio(sums["label_hits"], sums["label_checks"]),
-        "mse": residual / elements,
-        "mae": float(sums["absolute_error"]) / elements,
-        "r2": 1.0 - residual / spread if spread > 0 else math.nan,
+        "mse": _ratio(residual, elements),
+        "mae": _ratio(sums["absolute_error"], elements),
+        "r2": 1.0 - residual / spread if regressed and spread > 0 else math.nan,
     }
 
 

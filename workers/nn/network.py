@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ._workspace import LayerBuffers, Workspace, WorkspaceCache
 from .activations import DEFAULT_LEAKY_SLOPE, get_activation
 from .init import initialize, resolve_initializer
-from .losses import count_correct, get_loss, prepare_targets
+from .losses import REGRESSION_LOSSES, count_correct, get_loss, prepare_targets
 from .metrics import Sums, metric_sums
 
 _SUPPORTED_PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -181,7 +181,9 @@ class Network:
         outputs = self._forward(flat, x, workspace, None)
         loss_sum = self._loss.function(outputs, targets, workspace.deltas[-1]) if len(x) else 0.0
         multi_label = self._loss.name == "binary_cross_entropy"
-        return loss_sum, metric_sums(outputs, targets, min(top_k, self.num_outputs), multi_label=multi_label)
+        regression = self._loss.name in REGRESSION_LOSSES
+        k = min(top_k, self.num_outputs)
+        return loss_sum, metric_sums(outputs, targets, k, multi_label=multi_label, regression=regression)
 
     def _forward(
         self, flat: np.ndarray, x: np.ndarray, workspace: Workspace, rng: np.random.Generator | None
