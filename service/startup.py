@@ -146,15 +146,32 @@ def check_ray_address(address: str, option: str = "--ray-address") -> None:
     if "://" in address or not host or not port.isdigit():
         return
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    advice = (
+        "check that the Ray head is running (`ray start --head` prints its address, port 6379 by "
+        "default) and that this machine can reach it, or leave --ray-address out to start an embedded Ray"
+    )
     try:
         socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_S).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise StartupError(
-            f"{option} {address}: nothing answers there ({reason}); check that the Ray head is running "
-            "(`ray start --head` prints its address, port 6379 by default) and that this machine can "
-            "reach it, or leave --ray-address out to start an embedded Ray"
-        ) from None
+        raise StartupError(f"{option} {address}: nothing answers there ({reason}); {advice}") from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+        _check_grpc_answers(address, option, advice)
+
+
+def _check_grpc_answers(address: str, option: str, advice: str) -> None:
+    """Ray's GCS is a gRPC server: something else on the port (Ray would retry it forever) never
+    completes a gRPC connection."""
+    import grpc  # only here: the rest of this module runs before any gRPC is needed
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=RAY_ADDRESS_CHECK_S)
+        except grpc.FutureTimeoutError:
+            raise StartupError(
+                f"{option} {address}: something listens there but no gRPC server answers, so it is not a "
+                f"Ray head's GCS; {advice}"
+            ) from None
 
 
 def load_tokens(path: Path, option: str = "--tokens-file") -> TokenTable:

@@ -213,6 +213,30 @@ def test_a_ray_address_where_nothing_answers_is_refused() -> None:
         check_ray_address(left_to_ray)
 
 
+def test_a_ray_address_where_something_else_listens_is_refused() -> None:
+    """A port held by something that is not a gRPC server (here a bare HTTP/1 server), where Ray
+    would retry forever, is refused within seconds."""
+    import http.server
+    import threading
+
+    http_server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{http_server.server_port}"
+    try:
+        with pytest.raises(StartupError, match=f"--ray-address {address}: something listens there"):
+            check_ray_address(address)
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+
+
+def test_a_ray_address_of_a_real_head_passes(ray_session) -> None:
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    check_ray_address(gcs)
+
+
 def test_serve_with_an_unreachable_ray_address_exits_2(tmp_path: Path) -> None:
     """`serve --ray-address 127.0.0.1:PORT` with nothing there exits 2 within seconds naming the
     flag and what to check, where Ray alone retries forever."""
