@@ -128,10 +128,11 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
     with connect(args) as client:
+        before = client.get(args.job_id).state  # a cancel of an ended job returns it unchanged
         job = client.cancel(args.job_id)
     if job.state in (pb.QUEUED, pb.RUNNING):  # cancellation is asynchronous: workers stop in seconds
         print(f"cancel requested: job {job.id} is {pb.JobState.Name(job.state)} and stops within seconds")
-    elif job.state == pb.CANCELLED:
+    elif job.state == pb.CANCELLED and before in (pb.QUEUED, pb.RUNNING):  # this cancel ended it
         print(progress.format_event(pb.JobEvent(kind=pb.JobEvent.STATE, job=job)))
     else:
         print(f"job {job.id} had already ended: {pb.JobState.Name(job.state)}; nothing to cancel")
@@ -141,7 +142,8 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 def _cmd_scale(args: argparse.Namespace) -> int:
     with connect(args) as client:
         job = client.scale(args.job_id, args.num_workers)
-    when = "from its next step" if job.state == pb.RUNNING else "when it starts"
+    # The runner switches at the first step boundary it acts on, after the current train call.
+    when = "within about a second, at a step boundary" if job.state == pb.RUNNING else "when it starts"
     workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
     print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {workers} {when}")
     return EXIT_OK

@@ -248,7 +248,9 @@ def _add_client_commands(
     p.add_argument("job_id", metavar="JOB_ID")
     p = sub.add_parser("scale", parents=[client], help="change a job's worker count (same results)")
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("num_workers", metavar="N", type=_worker_count, help="worker actors from the next step on")
+    p.add_argument(
+        "num_workers", metavar="N", type=_worker_count, help="worker actors, from a step boundary soon after"
+    )
     p = sub.add_parser("download", parents=[client], help="save a trained model (.npz)")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument(

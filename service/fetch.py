@@ -172,11 +172,18 @@ def _url_chunks(response: BinaryIO, url: str) -> Iterator[bytes]:
 
 
 def _network_message(url: str, exc: BaseException) -> str:
-    return (
-        f"cannot download {url}: {exc}. Without network access, use a local copy instead: "
-        f"`apt-get install dataset-fashion-mnist` puts the files in {SYSTEM_COPY}; pass that "
-        "directory as the source directory (source_dir) and they are copied and verified"
-    )
+    # Worded for `gradfleet fetch-data`, the caller a person sees: the flags, not the parameters.
+    if SYSTEM_COPY.is_dir():
+        local = (
+            f"a local copy is already in {SYSTEM_COPY}: pass `--source-dir {SYSTEM_COPY}` (or omit "
+            "--base-url, which uses it) and the files are copied and verified"
+        )
+    else:
+        local = (
+            f"`apt-get install dataset-fashion-mnist` puts the files in {SYSTEM_COPY}; pass "
+            f"`--source-dir {SYSTEM_COPY}` and they are copied and verified"
+        )
+    return f"cannot download {url}: {exc}. Without network access, use a local copy instead: {local}"
 
 
 def _content_length(response: http.client.HTTPResponse) -> int:

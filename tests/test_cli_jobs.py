@@ -65,6 +65,23 @@ def test_download_into_a_folder_named_with_a_trailing_slash_creates_it(capsys, c
     assert f"{tmp_path / 'plain'} exists and is not a folder" in capsys.readouterr().err
 
 
+def test_cancelling_an_ended_job_says_it_had_already_ended(capsys, client, coordinator):
+    """A cancel that ends a queued job says CANCELLED; cancelling it again says the job had already
+    ended, like for a SUCCEEDED one."""
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    blockers = [
+        client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))
+        for _ in range(coordinator.config.max_running_jobs)
+    ]
+    queued = client.submit(small_spec("npz:long.npz", epochs=1000, numWorkers=1))
+    assert client.get(queued.id).state == pb.QUEUED
+    assert "CANCELLED" in _run(capsys, coordinator, "cancel", queued.id)
+    again = _run(capsys, coordinator, "cancel", queued.id)
+    assert again.strip() == f"job {queued.id} had already ended: CANCELLED; nothing to cancel"
+    for blocker in blockers:
+        client.cancel(blocker.id)
+
+
 def test_get_shows_the_worker_count_after_scale(capsys, client, coordinator):
     write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
     job = client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))

@@ -167,8 +167,25 @@ def test_network_error_names_url_and_suggests_a_local_copy(tmp_path):
         fetch_fashion_mnist(tmp_path, f"http://127.0.0.1:{port}", source_dir=tmp_path / "none")
     message = str(caught.value)
     assert f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz" in message
-    assert "apt-get install dataset-fashion-mnist" in message and "source_dir" in message
+    assert "--source-dir" in message and "source_dir" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("system_copy", [True, False], ids=["system-copy", "no-system-copy"])
+def test_a_bad_mirror_advises_the_cli_flag(system_copy, fashion_dir, tmp_path, capsys, monkeypatch):
+    """`fetch-data --base-url` on a mirror without the files names `--source-dir` (not the Python
+    parameter): the system copy when there is one, else the package that installs it."""
+    from service import cli, fetch
+
+    copy = fashion_dir if system_copy else tmp_path / "no-such-copy"
+    monkeypatch.setattr(fetch, "SYSTEM_COPY", copy)
+    (tmp_path / "empty").mkdir()
+    with serving(tmp_path / "empty") as (base_url, _):
+        assert cli.main(["fetch-data", "--dest", str(tmp_path / "d"), "--base-url", f"{base_url}bad/"]) == 2
+    err = capsys.readouterr().err
+    assert "404" in err and f"--source-dir {copy}" in err and "source_dir" not in err
+    assert ("apt-get install" in err) is not system_copy
+    assert ("omit --base-url" in err) is system_copy
 
 
 def test_http_404_is_a_fetch_error(tmp_path):
