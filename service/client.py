@@ -20,6 +20,17 @@ from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+
+
+def with_default_port(address: str) -> str:
+    """`address` with the coordinator's port added when it names none: gRPC would dial 443.
+    Bracketed IPv6 (`[::1]`) counts; other forms with a colon (`host:port`, `unix:PATH`) stay."""
+    if (address.startswith("[") and address.endswith("]")) or (address and ":" not in address):
+        return f"{address}:{DEFAULT_PORT}"
+    return address
+
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a JobEvent carries a whole Job; leave plenty of room
 # Submissions retried on these codes: the server may or may not have seen the request, and the
 # request id makes a second attempt return the job the first one created.
@@ -65,7 +76,7 @@ class CoordinatorClient:
         token: str | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self.address = address
+        self.address = with_default_port(address)
         self.timeout = timeout
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),

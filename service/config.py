@@ -76,7 +76,8 @@ class ServerConfig:
     state_dir: Path = DEFAULT_STATE_DIR
     rpc_threads: int = DEFAULT_RPC_THREADS
     max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
-    max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
+    # None: the default, or --max-watch-streams if that is lower; a value given is checked against it.
+    max_watch_streams_per_client: int | None = None
     max_running_jobs: int = DEFAULT_MAX_RUNNING_JOBS
     max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
@@ -101,6 +102,9 @@ class ServerConfig:
     from_environment: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if self.max_watch_streams_per_client is None:
+            per_client = min(DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT, self.max_watch_streams)
+            object.__setattr__(self, "max_watch_streams_per_client", per_client)
         for name, low, high in _RANGES:
             value = getattr(self, name)
             if value is None:  # ray_num_cpus: all cores
@@ -115,6 +119,13 @@ class ServerConfig:
                 f"{self.option('rpc_threads')} ({self.rpc_threads}): each WatchJob stream holds one of the "
                 "RPC threads, so streams could take them all and starve every other call; "
                 "raise --rpc-threads or lower --max-watch-streams"
+            )
+        if self.max_watch_streams_per_client > self.max_watch_streams:
+            raise ValueError(
+                f"{self.option('max_watch_streams_per_client')} ({self.max_watch_streams_per_client}) "
+                f"must be at most {self.option('max_watch_streams')} ({self.max_watch_streams}): one client "
+                "can never hold more streams than the whole server allows; lower "
+                "--max-watch-streams-per-client or raise --max-watch-streams"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")

@@ -67,8 +67,8 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw  # not YAML: take it as a plain string
-        keys = _LIST_INDEX.sub(r".\1", key.strip()).split(".")
-        data = _set_path(data if isinstance(data, dict) else {}, keys, value)
+        name = key.strip()
+        data = _set_path(data if isinstance(data, dict) else {}, _override_keys(name), value, name, [])
     return data
 
 
@@ -121,22 +121,54 @@ class _StrictYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_LIST_INDEX = re.compile(r"\[(\d+)\]")  # `layers[0]` in an override key: the same as `layers.0`
+# An override key: fields joined by dots, each optionally followed by list indexes, `[N]` or `.N`.
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.([A-Za-z_]\w*|\d+)(\[\d+\])*)*")
+_KEY_PART = re.compile(r"\[(\d+)\]|\.?(\d+)(?=\.|\[|$)|\.?([A-Za-z_]\w*)")
+_MISSING = object()  # a key the document does not have yet
 
 
-def _set_path(data: Any, keys: list[str], value: Any) -> Any:
+def _override_keys(key: str) -> list[str | int]:
+    """`layers[0].units` (or `layers.0.units`) as ["layers", 0, "units"]; InvalidSpec if malformed."""
+    if not _OVERRIDE_KEY.fullmatch(key):
+        raise InvalidSpec(
+            "",
+            f"--set {key}: malformed key; join field names with dots and name list items by index "
+            "from 0, e.g. layers[0].units=32 or layers.0.units=32",
+        )
+    parts: list[str | int] = []
+    for index, number, name in _KEY_PART.findall(key):
+        parts.append(int(index or number) if (index or number) else name)
+    return parts
+
+
+def _set_path(data: Any, keys: list[str | int], value: Any, key: str, done: list[str | int]) -> Any:
+    """Set `keys` under `data` (what the path `done` holds); errors name the user's `key`."""
     if not keys:
         return value
     head, rest = keys[0], keys[1:]
-    if isinstance(data, list) and head.isdigit() and int(head) < len(data):
-        data[int(head)] = _set_path(data[int(head)], rest, value)
+    where = _key_text(done)
+    if isinstance(head, int):
+        if not isinstance(data, list):
+            what = "is not in the file" if data is _MISSING else f"is {_show(data)}, not a list"
+            raise InvalidSpec("", f"--set {key}: {where} {what}, so it has no item {head}")
+        if head >= len(data):
+            count = f"{len(data)} item{'' if len(data) == 1 else 's'}"
+            raise InvalidSpec("", f"--set {key}: index {head} is out of range ({where} has {count})")
+        data[head] = _set_path(data[head], rest, value, key, [*done, head])
         return data
+    if data is _MISSING:
+        data = {}
     if not isinstance(data, dict):
-        raise InvalidSpec("", f"--set {'.'.join(keys)}: cannot set a key inside {data!r}")
+        hint = f"; name an item by index, e.g. {where}[0].{head}" if isinstance(data, list) else ""
+        raise InvalidSpec("", f"--set {key}: {where} is {_show(data)}, so it has no field {head}{hint}")
     # Replace an existing key spelled the other way (learningRate vs learning_rate).
     existing = next((k for k in data if _norm(k) == _norm(head)), head)
-    data[existing] = _set_path(data.get(existing, {}), rest, value)
+    data[existing] = _set_path(data.get(existing, _MISSING), rest, value, key, [*done, head])
     return data
+
+
+def _key_text(keys: list[str | int]) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
 
 
 def _norm(key: Any) -> str:

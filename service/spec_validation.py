@@ -22,9 +22,9 @@ from service.errors import InvalidSpec
 from service.spec import UINT32_MAX, enum_names
 from service.spec_defaults import (
     LEAKY_RELU_SLOPE,
-    LOSS_OPTION_DEFAULTS,
     OPTIMIZER_DEFAULTS,
     SCHEDULE_DEFAULTS,
+    with_defaults,
 )
 from workers.batches import steps_per_epoch
 
@@ -75,7 +75,16 @@ _OPTIMIZER_RANGES = {
 }
 # Options only some kinds use (the others: every kind), and those kinds. Set to anything but its
 # default with another kind, an option would be silently ignored: it is refused instead.
-_LOSS_OPTION_USERS = {"label_smoothing": (pb.SOFTMAX_CROSS_ENTROPY,), "huber_delta": (pb.HUBER,)}
+_LOSS_OPTION_USERS = {
+    "label_smoothing": (pb.SOFTMAX_CROSS_ENTROPY,),
+    "huber_delta": (pb.HUBER,),
+    "eval_top_k": (pb.SOFTMAX_CROSS_ENTROPY,),  # top-k accuracy needs class scores
+}
+_RECOVERY_OPTION_USERS = dict.fromkeys(("rollback_lr_factor", "max_rollbacks"), (pb.ROLLBACK,))
+# The values with_defaults fills in, so a filled spec (GetJob's) validates again.
+_FILLED = with_defaults(pb.JobSpec())
+_LOSS_FILLED = {name: getattr(_FILLED, name) for name in _LOSS_OPTION_USERS}
+_RECOVERY_FILLED = {name: getattr(_FILLED, name) for name in _RECOVERY_OPTION_USERS}
 _ADAM_LIKE = (pb.ADAM, pb.ADAMW)
 _OPTIMIZER_OPTION_USERS = {
     "momentum": (pb.MOMENTUM, pb.NESTEROV),
@@ -141,6 +150,8 @@ def _check_recovery(spec: pb.JobSpec) -> None:
             "request_id", f"got {len(spec.request_id)} characters; must be 1-{MAX_REQUEST_ID_CHARS}"
         )
     _check_enum("on_divergence", spec.on_divergence, pb.DivergencePolicy.DESCRIPTOR)
+    kind = ("on_divergence", pb.DivergencePolicy, spec.on_divergence)
+    _check_unused_options("", spec, kind, _RECOVERY_OPTION_USERS, _RECOVERY_FILLED)
     _check_range("max_worker_restarts", spec.max_worker_restarts, 0, MAX_RETRIES)
     _check_range("max_rollbacks", spec.max_rollbacks, 0, MAX_RETRIES)
     _check_float("rollback_lr_factor", spec.rollback_lr_factor, OPEN_UNIT)
@@ -296,7 +307,7 @@ def _check_layer_options(path: str, layer: pb.LayerSpec, *, is_last: bool) -> No
 
 def _check_loss_options(spec: pb.JobSpec) -> None:
     kind = ("loss", pb.Loss, spec.loss)
-    _check_unused_options("", spec, kind, _LOSS_OPTION_USERS, LOSS_OPTION_DEFAULTS)
+    _check_unused_options("", spec, kind, _LOSS_OPTION_USERS, _LOSS_FILLED)
     _check_float("label_smoothing", spec.label_smoothing, FRACTION)
     _check_float("huber_delta", spec.huber_delta, HUBER_DELTA)
     _check_range("eval_top_k", spec.eval_top_k, 1, MAX_LAYER_UNITS)

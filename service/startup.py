@@ -106,6 +106,8 @@ def check_host(host: str, option: str = "--host") -> None:
 def check_tls_files(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
     """Refuse unreadable, non-PEM or mismatched TLS files, naming the flag (gRPC would only fail the bind)."""
     for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and path.is_dir():
+            raise StartupError(f"{flag} {path}: is a folder, not a file; give the path of a PEM file")
         if path is not None and not path.is_file():
             raise StartupError(f"{flag} {path}: no such file; give the path of a PEM file")
     if cert is None or key is None:
@@ -176,6 +178,11 @@ def _check_grpc_answers(address: str, option: str, advice: str) -> None:
 
 def load_tokens(path: Path, option: str = "--tokens-file") -> TokenTable:
     """The token table of `path`; a file that cannot be read names the option (a bad line: ValueError)."""
+    if path.is_dir():
+        raise StartupError(
+            f"{option} {path}: is a folder, not a file; give a readable file of "
+            "`token principal [admin]` lines"
+        )
     try:
         return TokenTable(path)
     except OSError as exc:

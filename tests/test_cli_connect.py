@@ -115,3 +115,25 @@ def test_a_server_certificate_from_another_ca_says_which_flag(capsys, tls_server
     assert (
         "not signed by a CA this client trusts: pass the CA that signed it to --ca" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled"),
+    [
+        ("127.0.0.1", "127.0.0.1:50051"),
+        ("localhost", "localhost:50051"),
+        ("[::1]", "[::1]:50051"),
+        ("[::1]:6000", "[::1]:6000"),
+        ("10.0.0.5:7000", "10.0.0.5:7000"),
+        ("unix:/tmp/gf.sock", "unix:/tmp/gf.sock"),
+    ],
+)
+def test_a_server_address_without_a_port_gets_the_default_port(given: str, dialled: str) -> None:
+    """`--server 127.0.0.1` dials 50051 (the coordinator's default), not gRPC's 443."""
+    from service.client import CoordinatorClient
+
+    client = CoordinatorClient(given)
+    try:
+        assert client.address == dialled
+    finally:
+        client.close()

@@ -252,8 +252,9 @@ def test_recovery_fields_get_defaults_and_are_validated() -> None:
     assert (spec.checkpoint_every_steps, spec.on_divergence, spec.max_worker_restarts) == (500, pb.FAIL, 3)
     assert (spec.rollback_lr_factor, spec.max_rollbacks) == (0.5, 3)
     assert with_defaults(small_spec("npz:blobs.npz", checkpointEverySteps=0)).checkpoint_every_steps == 0
-    with pytest.raises(InvalidSpec, match="rollback_lr_factor: got 1"):
-        validate_spec(with_defaults(small_spec("npz:blobs.npz", rollbackLrFactor=1.0)))
+    with pytest.raises(InvalidSpec, match=r"rollback_lr_factor: got 1; must be in"):
+        rollback = small_spec("npz:blobs.npz", onDivergence="ROLLBACK", rollbackLrFactor=1.0)
+        validate_spec(with_defaults(rollback))
     with pytest.raises(InvalidSpec, match="request_id: got 129 characters"):
         validate_spec(with_defaults(small_spec("npz:blobs.npz", requestId="x" * 129)))
 

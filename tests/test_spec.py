@@ -53,6 +53,8 @@ _USED_WITH = {
     "optimizer.schedule.div_factor": {"optimizer.schedule.kind": "ONE_CYCLE"},
     "optimizer.schedule.final_div_factor": {"optimizer.schedule.kind": "ONE_CYCLE"},
     "huber_delta": {"loss": "HUBER"},
+    "rollback_lr_factor": {"on_divergence": "ROLLBACK"},
+    "max_rollbacks": {"on_divergence": "ROLLBACK"},
     "layers.0.slope": {"layers.0.activation": "LEAKY_RELU"},
 }
 
@@ -706,6 +708,18 @@ UNUSED_OPTIONS = [
      "optimizer.schedule.min_learning_rate", "only COSINE uses it"),
     ("pct-start-with-constant", {"optimizer.schedule.pct_start": 0.5}, "optimizer.schedule.pct_start",
      "got 0.5, but optimizer.schedule.kind is CONSTANT: only ONE_CYCLE uses it"),
+    ("rollback-factor-with-fail", {"rollback_lr_factor": 0.25}, "rollback_lr_factor",
+     "got 0.25, but on_divergence is FAIL: only ROLLBACK uses it; remove it or choose ROLLBACK"),
+    ("max-rollbacks-with-fail", {"on_divergence": "FAIL", "max_rollbacks": 7}, "max_rollbacks",
+     "got 7, but on_divergence is FAIL: only ROLLBACK uses it"),
+    ("top-k-with-mse", {"loss": "MEAN_SQUARED_ERROR", "eval_top_k": 3}, "eval_top_k",
+     "got 3, but loss is MEAN_SQUARED_ERROR: only SOFTMAX_CROSS_ENTROPY uses it"),
+    ("top-k-with-mae", {"loss": "MEAN_ABSOLUTE_ERROR", "eval_top_k": 1}, "eval_top_k",
+     "but loss is MEAN_ABSOLUTE_ERROR: only SOFTMAX_CROSS_ENTROPY uses it"),
+    ("top-k-with-huber", {"loss": "HUBER", "eval_top_k": 2}, "eval_top_k",
+     "but loss is HUBER: only SOFTMAX_CROSS_ENTROPY uses it"),
+    ("top-k-with-bce", {"loss": "BINARY_CROSS_ENTROPY", "eval_top_k": 10}, "eval_top_k",
+     "got 10, but loss is BINARY_CROSS_ENTROPY: only SOFTMAX_CROSS_ENTROPY uses it"),
 ]  # fmt: skip
 
 
@@ -733,9 +747,18 @@ def test_an_unused_option_at_its_default_is_accepted() -> None:
             "layers.0.slope": 0.01,
             "optimizer.schedule.gamma": 0.1,
             "optimizer.schedule.min_learning_rate": 0.0,
+            "rollback_lr_factor": 0.5,
+            "max_rollbacks": 3,
+            "on_divergence": "FAIL",
+            "loss": "MEAN_SQUARED_ERROR",
+            "eval_top_k": 5,
         }
     )
     validate_spec(with_defaults(spec))
+    for loss in ("MEAN_SQUARED_ERROR", "MEAN_ABSOLUTE_ERROR", "HUBER", "BINARY_CROSS_ENTROPY"):
+        validate_spec(with_defaults(with_defaults(_spec(loss=loss))))
+    rollback = with_defaults(_spec(on_divergence="ROLLBACK", rollback_lr_factor=0.2, max_rollbacks=9))
+    validate_spec(with_defaults(rollback))
     for kind in ("SGD", "MOMENTUM", "ADAGRAD", "RMSPROP"):
         for schedule in ("CONSTANT", "COSINE", "STEP", "ONE_CYCLE"):
             filled = with_defaults(_spec(**{"optimizer.kind": kind, "optimizer.schedule.kind": schedule}))

@@ -112,6 +112,26 @@ def test_watch_streams_must_leave_rpc_threads_free(flags: dict, environ: dict, n
     assert "raise --rpc-threads or lower --max-watch-streams" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("flags", "environ", "names"),
+    [
+        ({"max_watch_streams_per_client": 100}, {},
+         ("--max-watch-streams-per-client (100)", "--max-watch-streams (64)")),
+        ({"max_watch_streams_per_client": 8}, {"GRADFLEET_MAX_WATCH_STREAMS": "4"},
+         ("--max-watch-streams-per-client (8)", "GRADFLEET_MAX_WATCH_STREAMS (4)")),
+    ],
+)  # fmt: skip
+def test_watch_streams_per_client_must_not_exceed_the_total(flags: dict, environ: dict, names: tuple) -> None:
+    """--max-watch-streams-per-client above --max-watch-streams is refused: it could never be reached."""
+    with pytest.raises(ValueError) as refused:
+        config_from_env_and_flags(flags, environ)
+    assert str(refused.value).startswith(f"{names[0]} must be at most {names[1]}")
+    config_from_env_and_flags({"max_watch_streams_per_client": 64}, {})  # equal is fine
+    # Left out, the per-client limit is the default (8) or the total if that is lower.
+    assert config_from_env_and_flags({"max_watch_streams": 4}, {}).max_watch_streams_per_client == 4
+    assert config_from_env_and_flags({}, {}).max_watch_streams_per_client == 8
+
+
 def test_serve_refuses_nonsense_limits_and_too_few_threads(tmp_path: Path) -> None:
     """`serve --max-params -1`, `--rpc-threads 2` (64 watch streams) and a non-number in the
     environment each exit 2 within seconds, naming the flag or variable."""
@@ -123,6 +143,11 @@ def test_serve_refuses_nonsense_limits_and_too_few_threads(tmp_path: Path) -> No
             "error: --max-params: got -1; must be at least 1",
         ),
         (("--rpc-threads", "2"), {}, "error: --max-watch-streams (64) must be below --rpc-threads (2)"),
+        (
+            ("--max-watch-streams-per-client", "100"),
+            {},
+            "error: --max-watch-streams-per-client (100) must be at most --max-watch-streams (64)",
+        ),
         (
             (),
             {"GRADFLEET_WORKER_WAIT_S": "abc"},
@@ -170,7 +195,11 @@ def test_tls_files_that_are_missing_garbage_or_mismatched_are_named(pki: dict) -
     refused naming the flag and the file."""
     server, other, garbage = pki["server"], pki["other"], pki["garbage"]
     missing = garbage.with_name("missing.pem")
+    folder = garbage.parent
     cases = [
+        ((server.cert, folder, None), f"--tls-key {folder}: is a folder, not a file"),
+        ((folder, server.key, None), f"--tls-cert {folder}: is a folder, not a file"),
+        ((server.cert, server.key, folder), f"--tls-client-ca {folder}: is a folder, not a file"),
         ((missing, server.key, None), f"--tls-cert {missing}: no such file"),
         ((server.cert, missing, None), f"--tls-key {missing}: no such file"),
         ((garbage, server.key, None), f"--tls-cert {garbage}: not a PEM certificate"),
@@ -197,6 +226,7 @@ def test_serve_with_a_mismatched_key_or_missing_tokens_file_exits_2(tmp_path: Pa
         (("--tls-cert", str(server.cert), "--tls-key", str(other.key)), "does not match the certificate"),
         (("--tls-cert", str(garbage), "--tls-key", str(server.key)), "not a PEM certificate"),
         (("--tokens-file", str(tmp_path / "none")), f"error: --tokens-file {tmp_path / 'none'}: cannot read"),
+        (("--tokens-file", str(tmp_path)), f"error: --tokens-file {tmp_path}: is a folder, not a file"),
     ]:
         done, took = serve(*state, *args)
         assert done.returncode == 2, done.stderr
