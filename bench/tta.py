@@ -166,6 +166,7 @@ def service_run(folder: Path, target: float, max_epochs: int, train_samples: int
     from service.spec import load_spec_file
 
     overrides = [f"epochs={max_epochs}", "optimizer.schedule.kind=CONSTANT", "num_workers=2"]
+    overrides.append("optimizer.schedule.min_learning_rate=0")  # COSINE's floor: CONSTANT has none
     if train_samples:
         overrides.append(f"dataset.max_train_samples={train_samples}")
     spec = load_spec_file(ROOT / "examples" / "fashion_mnist.yaml", overrides=overrides)
