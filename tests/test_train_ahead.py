@@ -13,12 +13,11 @@ import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
-from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.job_actors import JobActors
 from service.runner import JobRunner
-from service.server import start_server
 from tests.helpers import small_spec, wait_for, write_blobs
+from tests.test_restart import running_coordinator
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 BATCH = 10
@@ -43,53 +42,38 @@ def long_epochs_spec(config: ServerConfig):
     )
 
 
-def test_the_next_train_call_goes_out_before_the_last_report_is_recorded(config, monkeypatch) -> None:
-    """With nothing due but training, each report is recorded while the parameter server trains on."""
-    events: list[str] = []
-    start, record = JobActors.ps_start, JobRunner._record
-
-    def logged_start(self, method, *args):
-        events.append(f"start {method}")
-        return start(self, method, *args)
-
-    def logged_record(self, steps):
-        events.append("record")
-        return record(self, steps)
-
-    monkeypatch.setattr(JobActors, "ps_start", logged_start)
-    monkeypatch.setattr(JobRunner, "_record", logged_record)
-    spec = long_epochs_spec(config)
-    server = start_server(config)
-    try:
-        with CoordinatorClient(server.address) as client:
-            job = client.submit(spec)
-            while events.count("record") < 4:
-                time.sleep(0.05)
-            client.cancel(job.id)
-    finally:
-        server.stop(grace_s=1.0)
-    records = [i for i, event in enumerate(events) if event == "record"]
-    # The first call, then before each report is recorded the call after it.
-    assert events[:5] == ["start train", "start train", "record", "start train", "record"], events
-    assert all(events[i - 1] == "start train" for i in records[:4]), events
-
-
-def test_an_epoch_end_sends_state_evaluation_and_next_train_call_together(config, monkeypatch) -> None:
-    """At a checkpoint and evaluation point the parameter server gets the three calls at once, in
-    that order (state and evaluation are of the same step), before the report is recorded."""
+def log_calls_and_records(monkeypatch) -> list[str]:
+    """The parameter-server methods the runner starts and its "record"s, in order, as they happen."""
     events: list[str] = []
     start, record = JobActors.ps_start, JobRunner._record
     monkeypatch.setattr(JobActors, "ps_start", lambda self, m, *a: events.append(m) or start(self, m, *a))
     monkeypatch.setattr(
         JobRunner, "_record", lambda self, steps: events.append("record") or record(self, steps)
     )
+    return events
+
+
+def test_the_next_train_call_goes_out_before_the_last_report_is_recorded(config, monkeypatch) -> None:
+    """With nothing due but training, each report is recorded while the parameter server trains on."""
+    events = log_calls_and_records(monkeypatch)
+    with running_coordinator(config) as client:
+        job = client.submit(long_epochs_spec(config))
+        while events.count("record") < 4:
+            time.sleep(0.05)
+        client.cancel(job.id)
+    records = [i for i, event in enumerate(events) if event == "record"]
+    # The first call, then before each report is recorded the call after it.
+    assert events[:5] == ["train", "train", "record", "train", "record"], events
+    assert all(events[i - 1] == "train" for i in records[:4]), events
+
+
+def test_an_epoch_end_sends_state_evaluation_and_next_train_call_together(config, monkeypatch) -> None:
+    """At a checkpoint and evaluation point the parameter server gets the three calls at once, in
+    that order (state and evaluation are of the same step), before the report is recorded."""
+    events = log_calls_and_records(monkeypatch)
     write_blobs(config.data_root / "blobs.npz", n_train=600)
-    server = start_server(config)
-    try:
-        with CoordinatorClient(server.address) as client:
-            job = wait_for(client, client.submit(small_spec("npz:blobs.npz", batchSize=10, epochs=3)).id)
-    finally:
-        server.stop(grace_s=1.0)
+    with running_coordinator(config) as client:
+        job = wait_for(client, client.submit(small_spec("npz:blobs.npz", batchSize=10, epochs=3)).id)
     assert job.state == pb.SUCCEEDED, job.message
     # Epochs 1 and 2 end with the three calls, then the record; epoch 3 ends the job (no next call).
     assert events.count("state") == 2 and events.count("evaluate") == 3, events
@@ -110,14 +94,9 @@ def test_a_stop_while_a_train_call_is_ahead_checkpoints_matching_counters(config
             time.sleep(1.0)  # the stop comes now, while the call sent ahead trains
 
     monkeypatch.setattr(JobRunner, "_record", slow_record)
-    spec = long_epochs_spec(config)
-    server = start_server(config)
-    try:
-        with CoordinatorClient(server.address) as client:
-            job = client.submit(spec)
-            assert recorded_enough.wait(timeout=60)
-    finally:
-        server.stop(grace_s=5.0)
+    with running_coordinator(config) as client:
+        job = client.submit(long_epochs_spec(config))
+        assert recorded_enough.wait(timeout=60)
     ckpt, skipped = CheckpointStore(config.state_dir, job.id).latest()
     assert ckpt is not None and not skipped
     assert ckpt.step > 200
