@@ -86,11 +86,13 @@ def service_run(client, running, batch: int, steps: int, workers: int, shards: i
         count = reg.get_sample_value("gradfleet_job_step_seconds_count", label)
         return time.perf_counter(), progress.samples_trained, sums, count
 
-    reports, first = 0, None
+    # Every event carries the job, and WatchJob leaves out PROGRESS events a later one supersedes:
+    # count the training reports by the distinct steps the events show.
+    steps_seen, first = set(), None
     for event in client.watch(job.id):
-        if event.kind == pb.JobEvent.PROGRESS:
-            reports += 1
-            if reports == 2:
+        if event.job.progress.step > 0 and event.job.progress.step not in steps_seen:
+            steps_seen.add(event.job.progress.step)
+            if len(steps_seen) == 2:
                 first = snapshot(event.job.progress)
         if event.job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
             break

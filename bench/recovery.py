@@ -93,11 +93,11 @@ def bench_checkpoint_cost(client, n_train: int, repeats: int) -> dict[str, list[
 
 
 def steady_throughput(client, job_id: str) -> float:
-    """Samples/s between the first and the last progress event (start-up and shutdown excluded),
-    timed by the server's event stamps."""
+    """Samples/s between the first and the last event after training began (start-up and shutdown
+    excluded), timed by the server's event stamps; every event carries the job as of its stamp."""
     marks = []
     for event in client.watch(job_id):
-        if event.kind == pb.JobEvent.PROGRESS and event.job.progress.step:
+        if event.job.progress.step and event.job.state == pb.RUNNING:
             marks.append((event.time.ToNanoseconds() / 1e9, event.job.progress.samples_trained))
         final = event.job
     assert final.state == pb.SUCCEEDED, final.message
