@@ -223,7 +223,7 @@ class JobRunner:
             and scale in (None, self._setup.spec.num_workers)
         )
 
-    def _record_ahead(self, timeout_s: float) -> None:
+    def _record_ahead(self, timeout_s: float | None = None) -> None:
         """Wait for a train call sent ahead and record its steps (a fault in it is left to a restart)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
@@ -264,7 +264,7 @@ class JobRunner:
             except ParameterServerLost:
                 raise
             except WorkerLost as exc:
-                self._record_ahead(self.config.step_timeout_s * 2 + 60)  # it ran on the same workers
+                self._record_ahead()  # the train call behind the evaluation ran on the same workers
                 self._replace_workers(exc, self._step)
         self.metrics.record_eval(self.job_id, loss, accuracy)
         self.store.update(self.job_id, changes.set_eval(loss, accuracy, other), kind=pb.JobEvent.EVAL)
@@ -281,11 +281,10 @@ class JobRunner:
 
     def _checkpoint_quietly(self) -> None:
         """On shutdown: save progress made since the last checkpoint, within a bounded time."""
-        if self._actors.ps is not None and self._setup is not None:
-            try:  # first: the state must match the counters
-                self._record_ahead(SHUTDOWN_CHECKPOINT_TIMEOUT_S)
-            except Exception:
-                log.warning("job %s: the last steps sent ahead did not report", self.job_id, exc_info=True)
+        try:  # first: the state must match the counters (nothing is ahead without actors)
+            self._record_ahead(SHUTDOWN_CHECKPOINT_TIMEOUT_S)
+        except Exception:
+            log.warning("job %s: the last steps sent ahead did not report", self.job_id, exc_info=True)
         if self._actors.ps is None or self._setup is None or self._step == self._writer.queued_step:
             self._writer.flush()
             return
