@@ -74,6 +74,8 @@ class JobStore:
         self._db = db
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._milestone = threading.Condition(self._lock)  # an event other than PROGRESS, or wake_all
+        self._wakes = 0  # wake_all calls so far
         self._jobs: dict[str, pb.Job] = {}
         self._seq: dict[str, int] = {}
         self._events: dict[str, collections.deque] = {}
@@ -188,6 +190,8 @@ class JobStore:
         event = pb.JobEvent(kind=kind, job=job, time=now_timestamp())
         self._events[job.id].append((self._version, event))
         self._changed.notify_all()
+        if kind != pb.JobEvent.PROGRESS:
+            self._milestone.notify_all()
 
     def list(
         self, state: int = 0, page_size: int = 0, page_token: str = "", owner: str | None = None
@@ -255,10 +259,25 @@ class JobStore:
                     return fresh
                 self._changed.wait(remaining)
 
+    def wait_for_milestone(self, job_id: str, version: int, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for an event of the job other than PROGRESS newer than `version`,
+        or a wake_all: PROGRESS events, and other jobs' events, do not end this wait."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            wakes = self._wakes
+            while self._wakes == wakes:
+                fresh = _newer_than(self._events.get(job_id, ()), version)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or any(e.kind != pb.JobEvent.PROGRESS for _, e in fresh):
+                    return
+                self._milestone.wait(remaining)
+
     def wake_all(self) -> None:
         """Wake every waiting watcher (a client went away, or the server is stopping)."""
         with self._lock:
+            self._wakes += 1
             self._changed.notify_all()
+            self._milestone.notify_all()
 
 
 def _newer_than(events: collections.deque, version: int) -> list[tuple[int, pb.JobEvent]]:

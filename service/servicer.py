@@ -25,9 +25,10 @@ from service.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 WATCH_POLL_S = 1.0  # how often an idle watch stream checks that its client is still there
-# A stream sends what happened in the last WATCH_BATCH_S at once, PROGRESS events already superseded
-# by a later event left out (each event carries the whole job): a training job publishes 4-5 events
-# a second, and 50 streams woken for each of them took 40% more of the coordinator's CPU.
+# A stream sends PROGRESS at most once every WATCH_BATCH_S, leaving out those a later event supersedes
+# (each event carries the whole job): a training job publishes 4-5 events a second, and 50 streams
+# woken for each of them took 40% more of the coordinator's CPU. Any other event (EVAL, CHECKPOINT,
+# STATE) goes out at once, with the PROGRESS gathered before it.
 WATCH_BATCH_S = 1.0
 
 
@@ -100,7 +101,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 yield event
                 if event.kind == pb.JobEvent.STATE and event.job.state in TERMINAL_STATES:
                     return
-            self.stopping.wait(WATCH_BATCH_S)
+            self.store.wait_for_milestone(job_id, version, WATCH_BATCH_S)
 
     def DownloadModel(self, request: pb.DownloadModelRequest, context):
         job = self._visible_job(request.job_id, context)

@@ -222,3 +222,57 @@ def test_a_watch_batch_leaves_out_only_progress_that_a_later_event_supersedes() 
         (pb.JobEvent.PROGRESS, "6"),
     ]
     assert without_superseded_progress(events[:1]) == [events[0][1]]
+
+
+def test_a_milestone_wait_ends_at_the_jobs_next_non_progress_event_only(tmp_path) -> None:
+    """JobStore.wait_for_milestone, which paces a watch stream between batches, sleeps through the
+    job's PROGRESS events and through other jobs' events, and ends at once on the job's EVAL event
+    or a wake_all."""
+    import threading
+
+    from service.jobs import JobStore
+    from service.spec_defaults import with_defaults
+
+    store = JobStore(tmp_path)
+    job, _ = store.create(with_defaults(small_spec("npz:blobs.npz")))
+    other, _ = store.create(with_defaults(small_spec("npz:blobs.npz", name="other")))
+    version, _ = store.snapshot(job.id)
+
+    def later(action, delay_s: float = 0.2) -> None:
+        threading.Timer(delay_s, action).start()
+
+    def waited(timeout_s: float) -> float:
+        start = time.monotonic()
+        store.wait_for_milestone(job.id, version, timeout_s)
+        return time.monotonic() - start
+
+    later(lambda: store.update(job.id, lambda j: setattr(j.progress, "step", 1)))
+    later(lambda: store.update(other.id, lambda j: None, kind=pb.JobEvent.EVAL), 0.4)
+    assert waited(1.5) >= 1.4  # neither its PROGRESS nor another job's EVAL ended the wait
+    later(
+        lambda: store.update(job.id, lambda j: setattr(j.progress, "has_eval", True), kind=pb.JobEvent.EVAL)
+    )
+    assert waited(30) < 10
+    version, _ = store.snapshot(job.id)  # past the EVAL: waits again
+    later(store.wake_all)
+    assert waited(30) < 10
+
+
+def test_watch_sends_eval_and_checkpoint_events_as_they_happen(client, coordinator) -> None:
+    """PROGRESS is paced to once a second, but EVAL and CHECKPOINT events are not held back for it:
+    each reaches the client well within the pacing interval of its own timestamp."""
+    from service.servicer import WATCH_BATCH_S
+
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    job = client.submit(
+        small_spec("npz:long.npz", name="evals", epochs=1000, batchSize=10, evalEverySteps=50)
+    )
+    delays = []
+    for event in client.watch(job.id):
+        if event.kind in (pb.JobEvent.EVAL, pb.JobEvent.CHECKPOINT) and len(delays) < 6:
+            delays.append(time.time() - event.time.ToNanoseconds() / 1e9)
+            if len(delays) == 6:
+                client.cancel(job.id)
+    delays.sort()
+    assert len(delays) >= 6, delays
+    assert delays[len(delays) // 2] < WATCH_BATCH_S / 4, delays  # held for a batch: about half of it

@@ -109,10 +109,10 @@ class CoordinatorServicer:
 
     def WatchJob(self, request, context):
         """WatchJob streams the job's current state, then progress events and state
-        changes; the stream ends after the job reaches a terminal state. Events come
-        in batches at most once a second; every event of a kind other than PROGRESS
-        is sent, a PROGRESS event only when no later event (whose job is newer)
-        follows it in the batch.
+        changes; the stream ends after the job reaches a terminal state. Every event
+        of a kind other than PROGRESS is sent as soon as it happens; PROGRESS events
+        come at most once a second, and one is left out when a later event (whose
+        job is newer) follows it in the same batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
