@@ -1,7 +1,7 @@
 """Load on a coordinator: read traffic while a job trains, and a burst of submissions.
 
     python bench/load.py [--clients 50] [--seconds 30] [--windows 3] [--interval 1] [--burst 200]
-                         [--max-queued-jobs 50]
+                         [--max-queued-jobs 50] [--clients-nice 0]
 
 Starts `gradfleet serve` in a subprocess (the clients here must not share its interpreter), then:
 1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
@@ -309,9 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=200, help="jobs submitted at once (0: no burst)")
     parser.add_argument("--max-queued-jobs", type=int, default=50)
     parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
+    parser.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        help="run the clients (this process) at this nice value once the coordinator has started, "
+        "standing in for clients on other machines; the coordinator and the job stay at nice 0",
+    )
     args = parser.parse_args(argv)
     if args.windows < 1:
         parser.error(f"--windows: got {args.windows}; must be at least 1")
+    if not 0 <= args.clients_nice <= 19:
+        parser.error(f"--clients-nice: got {args.clients_nice}; must be 0 to 19")
     if args.burst < 0:
         parser.error(f"--burst: got {args.burst}; must be 0 (no burst) or more")
     with tempfile.TemporaryDirectory() as tmp:
@@ -322,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_blobs(data / "blobs.npz", n=20000, features=784, classes=10)
             uri = "npz:blobs.npz"
         proc, address = _start_server(Path(tmp) / "state", data, args.max_queued_jobs)
+        os.nice(args.clients_nice)  # after the start: the coordinator and its Ray keep nice 0
         try:
             return _run(address, uri, args, proc.pid)
         finally:
@@ -406,7 +416,8 @@ def _print_read_load(
     print(
         f"  job samples/s under load: median {np.median(slower):.1f}% slower "
         f"(windows {min(slower):.1f}% to {max(slower):.1f}%); the coordinator used {idle:.2f} cores "
-        f"alone; the clients (this process) run on the same {os.cpu_count()} cores as the job"
+        f"alone; the clients (this process, nice {os.nice(0)}) run on the same {os.cpu_count()} "
+        "cores as the job"
     )
     for error in report.errors[:5]:
         print(f"  error: {error}")
