@@ -2,7 +2,8 @@
 progress into the job store and metrics, the model onto disk. Runs on its own thread, never on an RPC
 thread; cancellation is a threading.Event checked between parameter-server calls (about 0.5 s apart).
 Its parts: the actors (service.job_actors), their CPUs and scale requests (service.worker_cpus), the
-checkpoint writes (service.checkpoint_writer) and the changes to the job's record (service.job_changes).
+checkpoint writes (service.checkpoint_writer), what it does about a fault (service.job_faults), the
+scaling between steps (service.job_scaling) and the changes to the job's record (service.job_changes).
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from service.datasets import DatasetError
 from service.errors import GradfleetError, TrainingFailed
 from service.export import model_arrays, write_model
 from service.job_actors import JobActors, JobSetup, ParameterServerLost
+from service.job_faults import JobFaults
+from service.job_parts import JobParts
+from service.job_scaling import JobScaling
 from service.jobs import JobStore
 from service.jobsetup import DatasetCache, prepare_data
 from service.metrics import Metrics
-from service.param_server import Diverged, StepStats, TrainingState
+from service.param_server import StepStats, TrainingState
 from service.recovery import FaultPolicy
 from service.spec import spec_to_json
 from service.spec_validation import validate_against_dataset
-from service.wording import clause, plural
+from service.wording import clause
 from service.worker_cpus import ScaleRequest, WorkerCPUs
 from workers.group import WorkerLost, WorkersNotStarted
 from workers.placement import Unplaceable
@@ -73,6 +77,9 @@ class JobRunner:
         self._cpus = WorkerCPUs(job_id, store, config, self._scale, self._check_cancel)
         self._actors = JobActors(job_id, config, self._check_cancel, self._say)
         self._writer = CheckpointWriter(job_id, self.checkpoints, store, metrics)
+        parts = JobParts(job_id, store, metrics, self._actors, self._cpus, self._writer)
+        self._faults = JobFaults(parts, self._adopt, self._progress_change)
+        self._scaling = JobScaling(parts, self._scale, self._checkpoint_of)
         self._setup: JobSetup | None = None
         self._step = 0  # optimizer steps applied (as the parameter server last reported)
         self._samples = 0  # samples trained up to _step; never counts a redone step twice
@@ -179,11 +186,11 @@ class JobRunner:
                     self._evaluate()
                     evaluate_first = False
                     continue
-                self._scale_if_asked()
+                self._scaling.scale_if_asked(self._setup, train_call_ahead=self._ahead is not None)
                 self._advance(has_test)
             except (ParameterServerLost, WorkersNotStarted) as exc:
                 self._ahead = None  # went with the lost actors
-                self._restart_from_checkpoint(exc)
+                self._faults.restart_from_checkpoint(exc, self._step + 1, self._setup, self._policy)
 
     def _advance(self, has_test: bool) -> None:
         """Train to the next stop, then handle a fault, or checkpoint and evaluate as due. The
@@ -204,7 +211,7 @@ class JobRunner:
         if report.steps:
             self._record(report.steps)
         if report.failure is not None:
-            self._handle_failure(report.failure, report.failed_step)
+            self._faults.handle(report.failure, report.failed_step, self._setup, self._policy)
             return
         if not report.steps:
             raise TrainingFailed("the parameter server made no progress; see the server log")
@@ -265,7 +272,7 @@ class JobRunner:
                 raise
             except WorkerLost as exc:
                 self._record_ahead()  # the train call behind the evaluation ran on the same workers
-                self._replace_workers(exc, self._step)
+                self._faults.replace_workers(exc, self._step, self._setup, self._policy)
         self.metrics.record_eval(self.job_id, loss, accuracy)
         self.store.update(self.job_id, changes.set_eval(loss, accuracy, other), kind=pb.JobEvent.EVAL)
 
@@ -295,113 +302,6 @@ class JobRunner:
             log.warning("job %s: no checkpoint at shutdown; it resumes from an older one", self.job_id)
         finally:
             self._writer.drain()  # an earlier write must not post after the job is re-queued
-
-    # -- scaling --------------------------------------------------------------------------------
-
-    def _scale_if_asked(self) -> None:
-        """Switch worker counts once the reservation has room; training goes on with the old workers
-        until then. The new actors continue from the live state, written as a checkpoint first (a
-        shutdown right after resumes from here); fixed micro-shards keep the results the same."""
-        target, before = self._scale.get(), self._setup.spec.num_workers
-        if target is None or target == before:
-            self._cpus.drop_extra()
-            if target is not None:
-                self._scale.applied(target)
-            return
-        if self._ahead is not None or not self._cpus.room_for(target):
-            return  # a train call sent ahead first (none goes ahead while a scale waits)
-        ckpt = self._checkpoint_of(self._actors.ps_call("state"))
-        if ckpt.step != self._writer.queued_step:
-            self._writer.queue(ckpt)
-        self._actors.stop()
-        self._cpus.reservation.shrink_to(target)
-        self._setup.spec.num_workers = target
-        self._scale.applied(target)
-        note = f"scaled from {before} to {plural(target, 'worker')} at step {ckpt.step}"
-        log.info("job %s: %s", self.job_id, note)
-        self.store.update(self.job_id, changes.scaled(target, note), kind=pb.JobEvent.STATE)
-        # WorkersNotStarted from here: the job restarts from that checkpoint, with `target` workers.
-        self._actors.start(self._setup, ckpt, self._cpus)
-        self._say(note)  # over a "waiting for CPUs" shown while they started
-        self.metrics.set_job_workers(self.job_id, target)
-
-    # -- faults ---------------------------------------------------------------------------------
-
-    def _handle_failure(self, failure: Exception, failed_step: int) -> None:
-        if isinstance(failure, Diverged):
-            self._rollback(failure)
-        else:
-            self._replace_workers(failure, failed_step)
-
-    def _count_restart(self, what: str, failed_step: int, cause: Exception) -> None:
-        self._policy.actor_died(what, failed_step, self._setup.epoch_of(failed_step), cause)
-
-    def _replace_workers(self, cause: Exception, failed_step: int) -> None:
-        """Replace dead workers; the failed step is redone from the same parameters."""
-        actors = self._actors
-        actors.ps_call("close")  # frees the live workers from the broken graph
-        dead = actors.dead_workers()
-        names = ", ".join(f"worker {r} (pid {actors.group.pids[r]})" for r in dead)
-        self._count_restart(names, failed_step, cause)
-        actors.replace(
-            dead,
-            f"{names} died at step {failed_step}",
-            on_retry=lambda again: self._count_restart(names, failed_step, again),
-        )
-        self.metrics.worker_replacements.inc(len(dead))
-        note = f"{names} died at step {failed_step}: {clause(cause)}; replaced, the step is redone"
-        log.warning("job %s: %s", self.job_id, note)
-        self.store.update(
-            self.job_id, changes.recovered(note, self._policy.restarts), kind=pb.JobEvent.RECOVERED
-        )
-
-    def _restart_from_checkpoint(self, cause: Exception) -> None:
-        """The parameter server is gone, or new workers did not start: new actors from the last
-        checkpoint, in the CPUs the job already holds."""
-        failed_step = self._step + 1
-        while True:
-            what = "the parameter server" if isinstance(cause, ParameterServerLost) else "the new workers"
-            self._count_restart(what, failed_step, cause)
-            self._actors.stop()
-            self._cpus.release_if_lost()
-            ckpt = self._writer.latest(self._setup.spec_hash)
-            self._adopt(ckpt)
-            try:
-                self._actors.start(self._setup, ckpt, self._cpus)
-                break
-            except WorkersNotStarted as exc:
-                cause = exc
-        self.metrics.worker_replacements.inc()
-        note = (
-            f"{what} died at step {failed_step}: {clause(cause)}; "
-            f"restarted from {'the checkpoint at step ' + str(ckpt.step) if ckpt else 'the initial weights'}"
-        )
-        log.warning("job %s: %s", self.job_id, note)
-        self.store.update(self.job_id, self._progress_change(note), kind=pb.JobEvent.RECOVERED)
-
-    def _rollback(self, diverged: Diverged) -> None:
-        self.metrics.record_divergence(self.job_id, diverged.loss)  # for the loss-not-finite alert
-        spec = self._setup.spec
-        # Decided before any checkpoint is read: failing names the divergence, whatever they hold.
-        self._writer.drain()
-        last = self._writer.written_step
-        scale = self._policy.diverged(diverged.message, f"the checkpoint at step {last}" if last else None)
-        ckpt = self._writer.latest(self._setup.spec_hash)
-        where = f"the checkpoint at step {ckpt.step}" if ckpt else "the initial weights"
-        rollbacks = self._policy.rollbacks
-        if ckpt is None:
-            state = TrainingState(0, self._setup.initial_params(), {}, scale)
-        else:
-            state = TrainingState(ckpt.step, ckpt.params, ckpt.optimizer, scale)
-        self._actors.ps_call("restore", state)
-        self._adopt(ckpt, keep_policy=True)
-        self.metrics.divergence_rollbacks.inc()
-        note = (
-            f"{diverged.message}; rolled back to {where} with the learning rate scaled by {scale:.3g} "
-            f"(rollback {rollbacks} of {spec.max_rollbacks})"
-        )
-        log.warning("job %s: %s", self.job_id, note)
-        self.store.update(self.job_id, self._progress_change(note), kind=pb.JobEvent.ROLLBACK)
 
     def _progress_change(self, message: str) -> changes.JobChange:
         return changes.set_progress(

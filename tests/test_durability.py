@@ -427,7 +427,7 @@ def test_divergence_fails_with_its_reason_even_when_checkpoints_are_damaged(tmp_
         "loss became NaN at epoch 1 step 21 (learning rate 0.1); lower the learning rate or enable clipping"
     )
     with pytest.raises(TrainingFailed) as failed:
-        runner._rollback(Diverged(message))
+        runner._faults.rollback(Diverged(message), runner._setup, runner._policy)
     assert failed.value.message == message
 
 
@@ -547,14 +547,14 @@ def test_a_replaced_worker_note_has_one_stop(tmp_path: Path, spec) -> None:
     """The note after a worker is replaced joins Ray's sentence with "; " and no stray full stop."""
     runner = _runner(tmp_path, spec)
     runner._setup.epoch_of = lambda step: 1
-    runner._actors = SimpleNamespace(
+    runner._faults.parts.actors = SimpleNamespace(
         ps_call=lambda method: None,
         dead_workers=lambda: [1],
         group=SimpleNamespace(pids={1: 42}),
         replace=lambda dead, what, on_retry: None,
     )
     cause = WorkerLost("ActorDiedError: The actor died unexpectedly before finishing this task.")
-    runner._replace_workers(cause, 7)
+    runner._faults.replace_workers(cause, 7, runner._setup, runner._policy)
     assert runner.store.get(runner.job_id).message == (
         "worker 1 (pid 42) died at step 7: ActorDiedError: The actor died unexpectedly before finishing "
         "this task; replaced, the step is redone"
@@ -566,12 +566,15 @@ def test_scaling_to_one_worker_says_worker(tmp_path: Path, spec) -> None:
     spec.num_workers = 2
     runner = _runner(tmp_path, spec)
     reservation = SimpleNamespace(shrink_to=lambda size: None)
-    runner._cpus = SimpleNamespace(room_for=lambda target: True, reservation=reservation)
-    runner._actors = SimpleNamespace(ps_call=lambda method: None, stop=lambda: None, start=lambda *args: None)
-    runner._checkpoint_of = lambda state: SimpleNamespace(step=30)
-    runner._writer = SimpleNamespace(queued_step=30)
+    scaling = runner._scaling
+    scaling.parts.cpus = SimpleNamespace(room_for=lambda target: True, reservation=reservation)
+    scaling.parts.actors = SimpleNamespace(
+        ps_call=lambda method: None, stop=lambda: None, start=lambda *args: None
+    )
+    scaling.parts.writer = SimpleNamespace(queued_step=30)
+    scaling.checkpoint_of = lambda state: SimpleNamespace(step=30)
     runner._scale.set(1)
-    runner._scale_if_asked()
+    scaling.scale_if_asked(runner._setup, train_call_ahead=False)
     assert runner.store.get(runner.job_id).message == "scaled from 2 to 1 worker at step 30"
 
     waiting = with_defaults(small_spec("npz:blobs.npz", numWorkers=2))

@@ -11,8 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "service" / "cli.py"
 SERVER_ONLY_COMMANDS = {"_cmd_serve"}  # `gradfleet serve` may import Ray, inside its own function
-# What service.runner's JobRunner is built from: its actors, their CPUs, its checkpoint writes.
-RUNNER_PARTS = ("service.job_actors", "service.worker_cpus", "service.checkpoint_writer")
+# What service.runner's JobRunner is built from: its actors, their CPUs, its checkpoint writes, its
+# fault handling and its scaling (and the parts those two share).
+RUNNER_PARTS = (
+    "service.job_actors",
+    "service.worker_cpus",
+    "service.checkpoint_writer",
+    "service.job_faults",
+    "service.job_scaling",
+    "service.job_parts",
+)
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
