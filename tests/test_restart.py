@@ -147,10 +147,13 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(config, how) 
     assert done.progress.samples_trained == 4 * N_TRAIN
 
 
-def test_a_job_resumed_at_an_evaluation_point_evaluates_there_first(config) -> None:
+def test_a_job_resumed_at_an_evaluation_point_evaluates_there_first(config, monkeypatch) -> None:
     """Checkpoints come before the evaluation of their step, so a stop can fall between the two; the
     resumed job evaluates at its checkpoint before training on (at the last step, its final accuracy
     would otherwise be the previous epoch's)."""
+    # Each train call then runs to the next evaluation point, so the shutdown checkpoint (taken after
+    # the call sent ahead) lands on one however slow the machine (a 0.5 s call could stop mid-epoch).
+    monkeypatch.setattr("service.runner.REPORT_INTERVAL_S", 60.0)
     epoch_steps = N_TRAIN // 10
     spec = small_spec("npz:blobs.npz", batchSize=10, epochs=6, checkpointEverySteps=epoch_steps)
     with running_coordinator(config) as client:
