@@ -3,8 +3,9 @@
 The spec alone (ranges, enums, limits), then the spec against its dataset (output layer versus
 classes, feature count and parameter limit, batch size versus training-set size), read cheaply
 from file headers and cached until the files change (a CSV file larger than --csv-check-bytes: from
-its first lines, the rest when the job loads it). Every refusal is INVALID_ARGUMENT naming the
-field, or RESOURCE_EXHAUSTED naming the limit.
+its first lines, the rest when the job loads it; an npz file's float features are checked for NaN
+and infinities up to --npz-check-bytes of each array, the rest at load). Every refusal is
+INVALID_ARGUMENT naming the field, or RESOURCE_EXHAUSTED naming the limit.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from service.datasets.probe import (
     info_from_dataset,
     probe_dataset,
 )
-from service.datasets.tabular import check_csv_prefix
+from service.datasets.tabular import check_csv_prefix, check_npz_features
 from service.errors import InvalidSpec
 from service.jobsetup import DatasetCache
 from service.spec_defaults import with_defaults
@@ -98,6 +99,8 @@ class Admission:
                 extra_search=config.dataset_search,
                 max_bytes=config.max_dataset_bytes,
             )
+            if resolved.scheme == "npz":  # a NaN feature would otherwise fail the job only at load
+                check_npz_features(resolved.path, config.npz_check_bytes)
         with self._lock:
             self._infos[key] = (info, fingerprint(info.files))
             while len(self._infos) > INFO_CACHE_SIZE:

@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -69,26 +68,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.request_id:
         spec.request_id = args.request_id
     with connect(args) as client:
-        sent_at = time.time()
-        job = client.submit(spec)
-        earlier = spec.HasField("request_id") and submitted_earlier(job, sent_at)
+        job, created = client.submit_with_status(spec)
         if not args.watch:
-            _print_job(job, args.output, submitted=True, earlier=earlier)
+            _print_job(job, args.output, submitted=True, earlier=not created)
             return EXIT_OK
         if args.output == "text":
-            print(_submitted_line(job, earlier, state=False), flush=True)
+            print(_submitted_line(job, not created, state=False), flush=True)
         return _follow(client, job.id, args.output, args.reconnect_s)
-
-
-CLOCK_SLACK_S = 2.0  # how far the coordinator's clock may trail this machine's
-
-
-def submitted_earlier(job: pb.Job, sent_at: float) -> bool:
-    """Whether SubmitJob returned a job an earlier submit with the same request id created: the server
-    answers a repeated request id with the existing job, and a job it creates now is QUEUED and
-    created after `sent_at` (this machine's clock, less CLOCK_SLACK_S for the server's)."""
-    created = job.created_at.seconds + job.created_at.nanos / 1e9
-    return job.state != pb.QUEUED or created < sent_at - CLOCK_SLACK_S
 
 
 def _submitted_line(job: pb.Job, earlier: bool, *, state: bool) -> str:

@@ -28,6 +28,7 @@ from service.config import (
     DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
     DEFAULT_MAX_WORKERS_PER_JOB,
     DEFAULT_METRICS_PORT,
+    DEFAULT_NPZ_CHECK_BYTES,
     DEFAULT_PORT,
     DEFAULT_RPC_THREADS,
     DEFAULT_STATE_DIR,
@@ -126,6 +127,11 @@ _SERVE_LIMITS = (
     (
         "--csv-check-bytes",
         f"bytes of a CSV file parsed at submit, the rest at load (default {DEFAULT_CSV_CHECK_BYTES:,})",
+    ),
+    (
+        "--npz-check-bytes",
+        "bytes of each npz feature array checked for NaN/inf at submit, the rest at load "
+        f"(default {DEFAULT_NPZ_CHECK_BYTES:,})",
     ),
     ("--max-message-bytes", f"gRPC message size, both ways (default {DEFAULT_MAX_MESSAGE_BYTES:,})"),
     ("--max-watch-streams", f"WatchJob streams in all (default {DEFAULT_MAX_WATCH_STREAMS})"),

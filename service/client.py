@@ -36,6 +36,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a JobEvent carries a whole Job; leave pl
 # request id makes a second attempt return the job the first one created.
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 SUBMIT_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)  # about 4 s before giving up
+# SubmitJob's trailing metadata, "true" when the request id had already made the job it returns
+# (documented on SubmitJob in protos/gradfleet/v1/coordinator.proto).
+EXISTING_JOB_METADATA = "gradfleet-existing-job"
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,28 @@ class CoordinatorClient:
     def submit(self, spec: pb.JobSpec, *, retry_delays: Iterable[float] = SUBMIT_RETRY_DELAYS_S) -> pb.Job:
         """Submit, retrying while the server is unreachable; every attempt carries the same
         request id (a fresh UUID unless the spec has one), so at most one job is created."""
-        if not spec.HasField("request_id"):
+        return self.submit_with_status(spec, retry_delays=retry_delays)[0]
+
+    def submit_with_status(
+        self, spec: pb.JobSpec, *, retry_delays: Iterable[float] = SUBMIT_RETRY_DELAYS_S
+    ) -> tuple[pb.Job, bool]:
+        """`submit`, returning (job, created): created is False when the server answered with the job
+        an earlier submission of the spec's request id made (SubmitJob's trailing metadata says so).
+        With a generated request id only this call's own attempts can have made the job: created.
+        With the spec's own, a retry whose lost first attempt made the job also reads False."""
+        generated = not spec.HasField("request_id")
+        if generated:
             spec = _with_request_id(spec, uuid.uuid4().hex)
         for delay in (*retry_delays, None):
             try:
-                return self._stub.SubmitJob(spec, timeout=self.timeout, metadata=self._metadata)
+                job, call = self._stub.SubmitJob.with_call(
+                    spec, timeout=self.timeout, metadata=self._metadata
+                )
+                existing = any(
+                    key == EXISTING_JOB_METADATA and value == "true"
+                    for key, value in call.trailing_metadata() or ()
+                )
+                return job, generated or not existing
             except grpc.RpcError as exc:
                 if delay is None or exc.code() not in _RETRY_CODES:
                     raise

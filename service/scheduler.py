@@ -45,8 +45,9 @@ class Scheduler:
             self._queue.put(job.id)
         self._dispatcher.start()
 
-    def submit(self, spec: pb.JobSpec, owner: str = "") -> pb.Job:
-        """Queue a checked spec; a retried submission (same owner and request_id) returns the job it created.
+    def submit(self, spec: pb.JobSpec, owner: str = "") -> tuple[pb.Job, bool]:
+        """Queue a checked spec; returns (job, True). A retried submission (same owner and request_id)
+        returns (the job it created, False).
         LimitExceeded when max_queued_jobs jobs are already waiting; JobNotReady when the cluster can
         never hold its workers (the runner checks again, for a cluster that shrank meanwhile)."""
         if (
@@ -60,7 +61,7 @@ class Scheduler:
         with self._submit_lock:
             existing = self.store.find_request(spec, owner)
             if existing is not None:
-                return existing
+                return existing, False
             queued = self.store.counts_by_state()[pb.QUEUED]
             if queued >= self.config.max_queued_jobs:
                 raise LimitExceeded(
@@ -72,7 +73,7 @@ class Scheduler:
                 self._queue.put(job.id)
         if created:
             self.metrics.jobs_submitted.inc()
-        return job
+        return job, created
 
     def cancel(self, job_id: str) -> pb.Job:
         job = self.store.get(job_id)

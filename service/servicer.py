@@ -15,6 +15,7 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.auth import principal_of
 from service.checkpoints import downloadable_model
+from service.client import EXISTING_JOB_METADATA
 from service.config import ServerConfig
 from service.errors import InvalidSpec, JobNotFound, JobNotReady, Unavailable
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
@@ -54,7 +55,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 "the coordinator is shutting down and takes no new jobs; submit again once it is back"
             )
         spec = self.admission.check(request)
-        return self.scheduler.submit(spec, owner=principal_of(context).name)
+        job, created = self.scheduler.submit(spec, owner=principal_of(context).name)
+        if not created:  # the client cannot tell a repeated request id's job from a new one by itself
+            context.set_trailing_metadata(((EXISTING_JOB_METADATA, "true"),))
+        return job
 
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
         return self._visible_job(request.job_id, context)

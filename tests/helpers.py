@@ -14,6 +14,7 @@ import numpy as np
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.client import CoordinatorClient
+from service.config import DEFAULT_NPZ_CHECK_BYTES
 from service.jobs import TERMINAL_STATES
 from service.spec import spec_from_dict
 
@@ -121,12 +122,16 @@ class ServeProcess:
         return took
 
 
-def write_broken(path: Path) -> Path:
-    """An npz whose headers pass the submit-time checks but whose features hold a NaN: a job on it is
-    accepted, then fails when the full data is loaded (fast, before any worker starts)."""
-    x = np.ones((60, 20), np.float32)
-    x[7, 3] = np.nan
-    np.savez(path, x_train=x, y_train=np.arange(60) % 3)
+def write_broken(path: Path, check_bytes: int = DEFAULT_NPZ_CHECK_BYTES) -> Path:
+    """An npz that passes the submit-time checks (headers, labels, and the first `check_bytes` of its
+    features, --npz-check-bytes) but whose last sample holds a NaN feature: a job on it is accepted,
+    then fails when the full data is loaded (before any worker starts). Compressed, its 64 MiB of
+    ones take 66 kB on disk."""
+    features = 1000
+    samples = check_bytes // (4 * features) + 8
+    x = np.ones((samples, features), np.float32)
+    x[-1, 3] = np.nan
+    np.savez_compressed(path, x_train=x, y_train=np.arange(samples) % 3)
     return path
 
 

@@ -50,6 +50,12 @@ def _write_data(root: Path) -> None:
     np.savez(root / "strs.npz", x_train=np.full((50, 4), "a"), y_train=np.zeros(50))
     np.savez_compressed(root / "big.npz", x_train=np.zeros((2000, 200), np.float32), y_train=np.zeros(2000))
     (root / "bad.npz").write_bytes(b"this is not a zip archive")
+    labels = np.arange(50) % 3
+    np.savez(
+        root / "nan.npz", x_train=np.where(np.arange(200).reshape(50, 4) == 30, np.nan, x), y_train=labels
+    )
+    test_x = np.where(np.arange(200).reshape(50, 4) == 13, -np.inf, x)
+    np.savez_compressed(root / "inf-test.npz", x_train=x, y_train=labels, x_test=test_x, y_test=labels)
     (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
     (root / "wide.csv").write_text(("0," * 199 + "0\n") * 2000)  # 800 kB of text, 1.6 MB of arrays
     (root / "idx").mkdir()
@@ -131,6 +137,11 @@ REFUSALS = [
     ("idx-gz-truncated", "idx:idx-cut-gz", {}, INVALID, "dataset.uri",
      "truncated file: header dimensions 4x2x2 need 32 bytes (header included) but the file holds 29 "
      "once decompressed"),
+    ("npz-nan-feature", "npz:nan.npz", {}, INVALID, "dataset.uri",
+     "nan.npz (array x_train): NaN or infinite feature value nan at sample 7, feature 2; clean or impute "
+     "them before loading"),
+    ("npz-inf-test-feature", "npz:inf-test.npz", {}, INVALID, "dataset.uri",
+     "inf-test.npz (array x_test): NaN or infinite feature value -inf at sample 3, feature 1;"),
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
@@ -236,6 +247,35 @@ def test_a_large_csv_is_checked_by_its_first_lines_at_submit_and_whole_at_load(r
     assert targets.state == pb.FAILED
     assert "needs targets in [0, 1], but " in targets.message
     assert "targets.csv at line 2001, column 3 has 2.5" in targets.message
+
+
+def test_npz_features_are_checked_for_nan_up_to_the_budget_at_submit_and_whole_at_load(ray_session, tmp_path):
+    """SubmitJob reads the first --npz-check-bytes of each feature array for NaN and infinities: a bad
+    value there is refused naming the array and sample; one further on fails the job at load."""
+    running = start_coordinator(tmp_path, npz_check_bytes=4096)  # the first 51 samples of 20 float32
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(600, 20)).astype(np.float32), rng.integers(0, 3, 600)
+    early, late = x.copy(), x.copy()
+    early[10, 3], late[500, 3] = np.nan, np.inf
+    np.savez(running.config.data_root / "early.npz", x_train=early, y_train=y)
+    np.savez(running.config.data_root / "late.npz", x_train=late, y_train=y)
+    try:
+        with CoordinatorClient(running.address) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.submit(small_spec("npz:early.npz", epochs=1))
+            assert caught.value.code() == INVALID
+            assert caught.value.details().endswith(
+                "early.npz (array x_train): NaN or infinite feature value nan at sample 10, feature 3; "
+                "clean or impute them before loading"
+            )
+            late_job = wait_for(client, client.submit(small_spec("npz:late.npz", epochs=1)).id)
+            assert len(client.list()) == 1  # the refused one made no job
+    finally:
+        running.stop(grace_s=1.0)
+    assert late_job.state == pb.FAILED
+    assert "late.npz (array x_train): NaN or infinite feature value inf at sample 500, feature 3" in (
+        late_job.message
+    )
 
 
 def test_fashion_mnist_facts_come_from_headers(fashion_dir, tmp_path):

@@ -3,7 +3,9 @@ for repeated request ids, regression and multi-label jobs, scaled jobs and `-o D
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import cli
+from service.client import CoordinatorClient
 from service.spec import spec_to_json
 from tests.helpers import small_spec, wait_for, write_blobs
 
@@ -41,14 +44,60 @@ def test_resubmitting_a_request_id_says_the_job_was_already_submitted(capsys, cl
     assert len(client.list()) == 1
 
 
-def test_a_new_job_is_not_taken_for_an_earlier_one() -> None:
-    """A QUEUED job created after the call was sent is new; any other state, or an older one, is not."""
-    job = pb.Job(state=pb.QUEUED)
-    job.created_at.FromSeconds(1000)
-    assert not cli.submitted_earlier(job, sent_at=1000.5)
-    assert cli.submitted_earlier(job, sent_at=1000 + cli.CLOCK_SLACK_S + 1)
-    job.state = pb.RUNNING
-    assert cli.submitted_earlier(job, sent_at=999)
+def test_an_immediate_resubmit_says_the_job_was_already_submitted(capsys, client, coordinator, tmp_path):
+    """Submitted again at once, while the first job is still QUEUED and created this very second, the
+    CLI still says which job the request id made: the server says so, the CLI does not guess."""
+    write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
+    blockers = [
+        client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))
+        for _ in range(coordinator.config.max_running_jobs)
+    ]
+    path = tmp_path / "rid.json"
+    path.write_text(spec_to_json(small_spec("npz:long.npz", epochs=1, numWorkers=1, requestId="rid-now")))
+    first = _run(capsys, coordinator, "submit", str(path)).splitlines()[0]
+    job_id = first.split()[2]
+    assert first == f"submitted job {job_id} (small), QUEUED"
+    again = _run(capsys, coordinator, "submit", str(path)).splitlines()[0]
+    assert again.startswith(f"request id rid-now was already submitted as job {job_id} (small), created ")
+    assert again.endswith(", now QUEUED; no new job was queued")
+    assert len(client.list()) == len(blockers) + 1
+
+
+def test_submit_with_status_reports_whether_the_server_created_the_job(client, coordinator):
+    """A real server's answer: a new request id (or none) is created; the same request id sent again
+    at once (within the second the job was created) is the existing job, from a fresh client too."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    spec = small_spec("npz:blobs.npz", epochs=1, requestId="rid-status")
+    job, created = client.submit_with_status(spec)
+    again, created_again = client.submit_with_status(spec)
+    assert created and not created_again and again.id == job.id
+    other, created_other = client.submit_with_status(small_spec("npz:blobs.npz", epochs=1, requestId="rid-2"))
+    assert created_other and other.id != job.id
+    assert client.submit_with_status(small_spec("npz:blobs.npz", epochs=1))[1]
+    with CoordinatorClient(coordinator.address) as fresh:
+        found, created_fresh = fresh.submit_with_status(spec)
+    assert not created_fresh and found.id == job.id
+    assert client.submit(spec).id == job.id  # submit() still returns just the job
+    assert len(client.list()) == 3
+
+
+def test_racing_submits_of_one_request_id_report_one_created(client, coordinator):
+    """Eight clients sending the same request id at once get one job; exactly one hears it was created."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    spec = small_spec("npz:blobs.npz", epochs=1, requestId="rid-race")
+    start = threading.Barrier(8)
+
+    def submit() -> tuple[str, bool]:
+        with CoordinatorClient(coordinator.address) as own:
+            start.wait()
+            job, created = own.submit_with_status(spec)
+        return job.id, created
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: submit(), range(8)))
+    assert len({job_id for job_id, _ in answers}) == 1
+    assert sorted(created for _, created in answers) == [False] * 7 + [True]
+    assert len(client.list()) == 1
 
 
 def test_download_into_a_folder_named_with_a_trailing_slash_creates_it(capsys, client, coordinator, tmp_path):

@@ -9,15 +9,16 @@ import pickle
 import re
 import shutil
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.config import ServerConfig
-from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri
+from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri, tabular
 from service.datasets.probe import probe_dataset
-from service.datasets.tabular import check_csv_prefix
+from service.datasets.tabular import check_csv_prefix, check_npz_features
 from service.errors import LimitExceeded
 from service.jobsetup import DatasetCache
 
@@ -174,6 +175,15 @@ BAD_INPUTS = [
         "npz:d.npz", "d.npz", "NaN or infinite feature", id="npz-float32-overflow",
     ),
     pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=Y3, x_test=np.where(X3 == 5, np.nan, X3), y_test=Y3)},
+        "npz:d.npz", "d.npz", "(array x_test): NaN or infinite feature", id="npz-nan-test-feature",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=np.asfortranarray(np.where(X3 == 2, -np.inf, X3)), y_train=Y3)},
+        "npz:d.npz", "d.npz", "NaN or infinite feature value -inf at sample 0, feature 2",
+        id="npz-inf-feature-fortran-order",
+    ),
+    pytest.param(
         {"d.npz": npz(x_train=X3, y_train=np.array([0.5, np.nan, 1.0]))},
         "npz:d.npz", "d.npz", "NaN or infinite label", id="npz-nan-target",
     ),
@@ -245,6 +255,107 @@ def test_bad_input_is_rejected_naming_file_and_problem(tmp_path, files, uri, bad
     message = str(caught.value)
     assert bad_file in message
     assert phrase.lower() in message.lower()
+
+
+NAN_FEATURE_INPUTS = [
+    p for p in BAD_INPUTS if p.id.startswith("npz") and "NaN or infinite feature" in p.values[3]
+]
+
+
+@pytest.mark.parametrize(("files", "uri", "bad_file", "phrase"), NAN_FEATURE_INPUTS)
+def test_npz_features_that_fail_at_load_are_refused_at_submit_too(tmp_path, files, uri, bad_file, phrase):
+    """Each npz whose NaN or infinite features load refuses is refused by the submit-time check too,
+    with the same file, array and sample named."""
+    write(tmp_path, files)
+    with pytest.raises(DatasetError) as at_load:
+        load_dataset(uri, tmp_path, extra_search=())
+    with pytest.raises(DatasetError) as at_submit:
+        check_npz_features(tmp_path / bad_file, 1 << 20)
+    assert phrase.lower() in str(at_submit.value).lower()
+    where = r"^(.* \(array x_\w+\)): NaN or infinite feature value .* (at sample \d+, feature \d+)[ ;]"
+    assert re.match(where, str(at_submit.value)).groups() == re.match(where, str(at_load.value)).groups()
+    assert str(at_submit.value).endswith("; clean or impute them before loading")
+
+
+def _with(x: np.ndarray, where: tuple[int, ...], value: float) -> np.ndarray:
+    x = x.copy()
+    x[where] = value
+    return x
+
+
+XF = np.arange(400, dtype=np.float32).reshape(100, 4)  # 16 bytes a sample
+# (id, arrays, budget in bytes, what the submit check says: None when it finds nothing)
+NPZ_CHECKS = [
+    ("nan-in-first-sample", {"x_train": _with(XF, (0, 3), np.nan)}, 64,
+     "(array x_train): NaN or infinite feature value nan at sample 0, feature 3; clean or impute them"),
+    ("inf-at-the-budget-edge", {"x_train": _with(XF, (3, 3), np.inf)}, 64,
+     "(array x_train): NaN or infinite feature value inf at sample 3, feature 3;"),
+    ("inf-beyond-the-budget", {"x_train": _with(XF, (4, 0), np.inf)}, 64, None),
+    ("lowest-bad-sample-is-named", {"x_train": _with(_with(XF, (9, 0), np.nan), (2, 1), -np.inf)}, 1600,
+     "value -inf at sample 2, feature 1;"),
+    ("fortran-order-lowest-sample", {"x_train": np.asfortranarray(_with(_with(XF, (50, 0), np.nan), (7, 3),
+     np.inf))}, 1600, "value inf at sample 7, feature 3;"),
+    ("fortran-order-counts-stored-bytes", {"x_train": np.asfortranarray(_with(XF, (0, 1), np.nan))}, 400,
+     None),  # column 0 of every sample fills the 400 bytes
+    ("float64-beyond-float32", {"x_train": _with(XF.astype(np.float64), (1, 2), 1e300)}, 1 << 20,
+     "value 1e+300 (beyond float32's range) at sample 1, feature 2;"),
+    ("float16-inf", {"x_train": _with(XF[:10].astype(np.float16), (5, 0), np.inf)}, 1 << 20,
+     "value inf at sample 5, feature 0;"),
+    ("big-endian", {"x_train": _with(XF.astype(">f4"), (6, 1), np.nan)}, 1 << 20,
+     "value nan at sample 6, feature 1;"),
+    ("images-flattened", {"x_train": _with(XF.reshape(100, 2, 2), (4, 1, 0), np.nan)}, 1 << 20,
+     "value nan at sample 4, feature 2;"),
+    ("nan-in-x-test", {"x_train": XF, "x_test": _with(XF[:5], (3, 2), np.nan)}, 64,
+     "(array x_test): NaN or infinite feature value nan at sample 3, feature 2;"),
+    ("integers-are-finite", {"x_train": XF.astype(np.int32)}, 1 << 20, None),
+    ("clean-floats", {"x_train": XF}, 1 << 20, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arrays", "budget", "phrase"), [r[1:] for r in NPZ_CHECKS], ids=[r[0] for r in NPZ_CHECKS]
+)
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+def test_the_npz_feature_check_reads_only_its_budget(
+    tmp_path, monkeypatch, arrays, budget, phrase, compressed
+):
+    """check_npz_features reads the first `budget` stored bytes of each float feature array, in
+    chunks (here 24 bytes, so samples straddle them), and names the lowest bad sample it read."""
+    monkeypatch.setattr(tabular, "_CHECK_CHUNK_BYTES", 24)
+    labels = {"y_train": np.zeros(len(arrays["x_train"]))}
+    if "x_test" in arrays:
+        labels["y_test"] = np.zeros(len(arrays["x_test"]))
+    path = tmp_path / "d.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **arrays, **labels)
+    if phrase is None:
+        assert check_npz_features(path, budget) is None
+        return
+    with pytest.raises(DatasetError) as caught:
+        check_npz_features(path, budget)
+    assert str(caught.value).startswith(f"{path} (array ")
+    assert phrase in str(caught.value)
+
+
+def test_a_bad_npz_feature_beyond_the_budget_is_still_refused_at_load(tmp_path):
+    """What the submit check left unread is checked when the job loads the file, as before."""
+    write(tmp_path, {"d.npz": npz(x_train=_with(XF, (90, 1), np.nan), y_train=np.zeros(100))})
+    check_npz_features(tmp_path / "d.npz", 1024)  # samples 0-63 only
+    with pytest.raises(
+        DatasetError, match=r"\(array x_train\): NaN or infinite feature value nan at sample 90, "
+    ):
+        load_dataset("npz:d.npz", tmp_path, extra_search=())
+
+
+def test_a_truncated_npz_feature_array_is_refused_by_the_check(tmp_path):
+    """An .npy member shorter than its header declares is called so, naming the array."""
+    member = npy(XF)[:-40]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x_train.npy", member)
+        archive.writestr("y_train.npy", npy(np.zeros(100)))
+    write(tmp_path, {"d.npz": buffer.getvalue()})
+    with pytest.raises(DatasetError, match="array x_train is shorter than its header says; rewrite the file"):
+        check_npz_features(tmp_path / "d.npz", 1 << 20)
 
 
 def test_float_targets_carry_their_range_and_where_its_ends_are(tmp_path):

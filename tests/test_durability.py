@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import checkpoints
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, downloadable_model, spec_hash
-from service.client import CoordinatorClient
+from service.client import EXISTING_JOB_METADATA, CoordinatorClient
 from service.config import ServerConfig
 from service.errors import InvalidRequest, InvalidSpec, JobNotFound, JobNotReady, TrainingFailed
 from service.export import load_model, write_model
@@ -260,16 +260,20 @@ def test_recovery_fields_get_defaults_and_are_validated() -> None:
 
 
 class _FlakyStub:
-    """A SubmitJob stub that is unreachable `failures` times, then answers; records each request."""
+    """A SubmitJob stub that is unreachable `failures` times, then answers; records each request.
+    With `existing` its answer says the request id had already made the job (a lost first attempt)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, existing: bool = False) -> None:
         self.failures, self.requests = failures, []
+        trailing = ((EXISTING_JOB_METADATA, "true"),) if existing else ()
+        self._call = SimpleNamespace(trailing_metadata=lambda: trailing)
+        self.SubmitJob = SimpleNamespace(with_call=self._submit)
 
-    def SubmitJob(self, spec: pb.JobSpec, timeout: float, metadata=()) -> pb.Job:
+    def _submit(self, spec: pb.JobSpec, timeout: float, metadata=()) -> tuple[pb.Job, SimpleNamespace]:
         self.requests.append(spec)
         if len(self.requests) <= self.failures:
             raise _Unavailable()
-        return pb.Job(id="job1", spec=spec)
+        return pb.Job(id="job1", spec=spec), self._call
 
 
 class _Unavailable(grpc.RpcError):
@@ -289,6 +293,19 @@ def test_the_client_retries_a_submission_with_one_request_id() -> None:
     with pytest.raises(grpc.RpcError):
         client.submit(small_spec("npz:blobs.npz"), retry_delays=(0, 0))
     assert len(client._stub.requests) == 3
+    client.close()
+
+
+def test_a_retry_that_finds_its_own_lost_attempt_counts_as_created() -> None:
+    """The server says the job already existed: with a generated request id that job can only be this
+    call's lost first attempt (created); with the caller's own request id it may be an earlier call's."""
+    client = CoordinatorClient("127.0.0.1:1")
+    client._stub = _FlakyStub(failures=1, existing=True)
+    job, created = client.submit_with_status(small_spec("npz:blobs.npz"), retry_delays=(0,))
+    assert created and job.id == "job1"
+    client._stub = _FlakyStub(failures=1, existing=True)
+    _, created = client.submit_with_status(small_spec("npz:blobs.npz", requestId="mine"), retry_delays=(0,))
+    assert not created
     client.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 from examples.predict import predict, read_idx
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.spec import load_spec_file
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import small_spec, wait_for, write_blobs, write_broken
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,18 +176,26 @@ def test_errors_carry_status_codes(client, coordinator):
 
 
 def test_a_bad_dataset_fails_the_job_with_a_clear_message(client, coordinator):
-    """A missing dataset is refused at submit; features found bad only when loaded fail the job
-    (not the server), and the message says which file and sample."""
+    """A missing dataset, or a NaN feature within --npz-check-bytes, is refused at submit; a NaN
+    further on fails the job when it is loaded (not the server), and the message says which file
+    and sample."""
     with pytest.raises(grpc.RpcError) as refused:
         client.submit(small_spec("npz:missing.npz"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "missing.npz: file not found" in refused.value.details()
     x = np.ones((60, 20), np.float32)
-    x[7, 3] = np.nan  # headers cannot show this; the full load does
+    x[7, 3] = np.nan
     np.savez(coordinator.config.data_root / "nan.npz", x_train=x, y_train=np.arange(60) % 3)
-    job = wait_for(client, client.submit(small_spec("npz:nan.npz")).id, timeout_s=60)
+    with pytest.raises(grpc.RpcError) as refused:
+        client.submit(small_spec("npz:nan.npz"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nan.npz (array x_train): NaN or infinite feature value nan at sample 7, feature 3" in (
+        refused.value.details()
+    )
+    write_broken(coordinator.config.data_root / "late-nan.npz")
+    job = wait_for(client, client.submit(small_spec("npz:late-nan.npz")).id, timeout_s=60)
     assert job.state == pb.FAILED
-    assert "nan.npz" in job.message and "sample 7, feature 3" in job.message
+    assert "late-nan.npz (array x_train): NaN or infinite feature value nan at sample " in job.message
     assert client.list()  # the coordinator still answers
 
 

@@ -70,6 +70,8 @@ def pki(tmp_path: Path) -> dict:
         ({"max_running_jobs": 0}, {}, "--max-running-jobs: got 0; must be at least 1"),
         ({"max_dataset_bytes": 0}, {}, "--max-dataset-bytes: got 0; must be at least 1"),
         ({"csv_check_bytes": 0}, {}, "--csv-check-bytes: got 0; must be at least 1"),
+        ({"npz_check_bytes": 0}, {}, "--npz-check-bytes: got 0; must be at least 1"),
+        ({}, {"GRADFLEET_NPZ_CHECK_BYTES": "-5"}, "GRADFLEET_NPZ_CHECK_BYTES: got -5; must be at least 1"),
         ({"max_message_bytes": 2**31}, {}, "--max-message-bytes: got 2147483648; must be between 4096 and"),
         (
             {"max_watch_streams_per_client": 0},

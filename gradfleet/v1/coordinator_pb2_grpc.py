@@ -80,6 +80,9 @@ class CoordinatorServicer:
         """SubmitJob validates the spec and queues the job; it returns at once with
         the job QUEUED or RUNNING. Training never runs on the RPC thread.
         INVALID_ARGUMENT names the offending field path and the allowed values.
+        A request_id this principal already used returns that earlier job, in its
+        current state, and no new one; the reply's trailing metadata then carries
+        `gradfleet-existing-job: true` (absent when the job was created now).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

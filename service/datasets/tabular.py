@@ -6,11 +6,12 @@ import contextlib
 import csv
 import io
 import logging
+import math
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import numpy as np
 
@@ -60,24 +61,86 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
 
 def npz_header(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of array `key` from its .npy header alone; refuses object (pickled) arrays."""
-    try:
-        with archive.zip.open(f"{key}.npy") as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version == (2, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
-            else:
-                raise DatasetError(f"{path}: array {key} uses .npy format {version}; save it with np.savez")
-    except DatasetError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"{path}: array {key} has a corrupt header ({exc}); rewrite the file") from exc
+    with _member_errors(path, key, "has a corrupt header"), archive.zip.open(f"{key}.npy") as member:
+        shape, _fortran, dtype = _read_header(member, key, path)
+    return shape, dtype
+
+
+def _read_header(member: IO[bytes], key: str, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from the .npy header at the start of `member`, which is left
+    at the first byte of the array's data."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise DatasetError(f"{path}: array {key} uses .npy format {version}; save it with np.savez")
     if dtype.hasobject:
         raise DatasetError(
             f"{path}: array {key} has object dtype, which only pickle can load; store plain numeric arrays"
         )
-    return tuple(shape), dtype
+    return tuple(shape), fortran, dtype
+
+
+@contextlib.contextmanager
+def _member_errors(path: Path, key: str, problem: str) -> Iterator[None]:
+    """Errors reading array `key` of the archive as DatasetErrors naming it and `problem`."""
+    try:
+        yield
+    except DatasetError:  # a ValueError too, already worded
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: array {key} {problem} ({exc}); rewrite the file") from exc
+
+
+_CHECK_CHUNK_BYTES = 1 << 20  # read and tested at a time: memory stays small whatever the budget
+
+
+def check_npz_features(path: Path, max_bytes: int) -> None:
+    """The NaN and infinity check load_npz makes on float features (float64 beyond float32's range
+    included), over the first `max_bytes` stored bytes of each of x_train and x_test only: their
+    .npy members are read as streams, a chunk at a time, so the budget bounds the work. Integer
+    and bool features are always finite. DatasetError names the array, the sample (the lowest one
+    among the bad values read) and the fix."""
+    with open_npz(path) as archive:
+        for key in ("x_train", "x_test"):
+            if key in archive.files:
+                with _member_errors(path, key, "is corrupt"), archive.zip.open(f"{key}.npy") as member:
+                    _check_finite_prefix(member, key, path, max_bytes)
+
+
+def _check_finite_prefix(member: IO[bytes], key: str, path: Path, max_bytes: int) -> None:
+    shape, fortran, dtype = _read_header(member, key, path)
+    if dtype.kind != "f" or not shape:
+        return
+    count = min(math.prod(shape), max_bytes // dtype.itemsize)
+    per_chunk = max(1, _CHECK_CHUNK_BYTES // dtype.itemsize)
+    found: tuple[int, int, float] | None = None  # (sample, feature, stored value)
+    for start in range(0, count, per_chunk):
+        size = min(per_chunk, count - start) * dtype.itemsize
+        data = member.read(size)
+        if len(data) < size:
+            raise DatasetError(f"{path}: array {key} is shorter than its header says; rewrite the file")
+        values = np.frombuffer(data, dtype)
+        with np.errstate(over="ignore"):  # as at load: float64 beyond float32 becomes inf there
+            bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
+        if bad.size == 0:
+            continue
+        index = np.unravel_index(start + bad, shape, order="F" if fortran else "C")
+        features = np.ravel_multi_index(index[1:], shape[1:]) if len(shape) > 1 else np.zeros_like(bad)
+        first = int(np.lexsort((features, index[0]))[0])
+        candidate = (int(index[0][first]), int(features[first]), values[bad[first]].item())
+        found = candidate if found is None or candidate[:2] < found[:2] else found
+        if not fortran:  # stored by sample: this chunk holds the lowest bad sample
+            break
+    if found is not None:
+        sample, feature, value = found
+        beyond = " (beyond float32's range)" if math.isfinite(value) else ""
+        raise DatasetError(
+            f"{path} (array {key}): NaN or infinite feature value {value}{beyond} at sample {sample}, "
+            f"feature {feature}; clean or impute them before loading"
+        )
 
 
 def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
