@@ -1,9 +1,9 @@
 """Bearer-token authentication: a token file, the principals it names, and the server interceptor.
 
 The token file has one `token principal [admin]` line per token; `#` starts a comment. It is read
-again when its modification time changes (checked at most once a second), so tokens are added and
-revoked without a restart. Tokens are kept only as SHA-256 digests and looked up by digest, so
-lookups take the same time whatever the token.
+again when it changes (checked at most once a second), so tokens are added and revoked without a
+restart; a version that cannot be read is logged once and the old tokens stay. Tokens are kept only
+as SHA-256 digests and looked up by digest, so lookups take the same time whatever the token.
 """
 
 from __future__ import annotations
@@ -88,9 +88,10 @@ class TokenTable:
         self._path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._mtime = path.stat().st_mtime_ns
+        self._version = _file_version(path)
         self._table = parse_tokens(path.read_text(encoding="utf-8"), str(path))
         self._checked = clock()
+        self._refused: FileVersion | None = _NOT_REFUSED  # the broken state last logged (None: no file)
 
     def lookup(self, token: str) -> Principal | None:
         self._maybe_reload()
@@ -103,14 +104,36 @@ class TokenTable:
                 return
             self._checked = now
             try:
-                mtime = self._path.stat().st_mtime_ns
-                if mtime == self._mtime:
-                    return
+                version = _file_version(self._path)
+            except OSError as exc:
+                self._refuse(None, exc)  # gone or unreadable: one state, logged once
+                return
+            if version in (self._version, self._refused):
+                return
+            try:
                 self._table = parse_tokens(self._path.read_text(encoding="utf-8"), str(self._path))
-                self._mtime = mtime
-                log.info("reloaded %d tokens from %s", len(self._table), self._path)
             except (OSError, ValueError) as exc:
-                log.error("keeping the previous tokens: cannot reload %s: %s", self._path, exc)
+                self._refuse(version, exc)
+                return
+            self._version, self._refused = version, _NOT_REFUSED
+            log.info("reloaded %d tokens from %s", len(self._table), self._path)
+
+    def _refuse(self, version: FileVersion | None, exc: Exception) -> None:
+        """Keep the old tokens; say so once per state of the file, not at every check while it stays bad."""
+        if version != self._refused:
+            log.error("keeping the previous tokens: cannot reload %s: %s", self._path, exc)
+        self._refused = version
+
+
+FileVersion = tuple[int, int, int, int]  # (inode, modification and change times in ns, size)
+_NOT_REFUSED = (-1, -1, -1, -1)  # no file has this version
+
+
+def _file_version(path: Path) -> FileVersion:
+    """What tells one state of the file from the next: a replaced file has another inode, and the change
+    time also moves on a chmod (a file made readable again must be read)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -178,6 +178,41 @@ def test_a_broken_edit_keeps_the_previous_tokens(tmp_path):
     assert table.lookup(ROOT).admin
 
 
+def test_a_broken_token_file_is_logged_once_per_version(tmp_path, caplog):
+    """Checks of a token file that stays broken log it once, not once a second; each further broken
+    version logs again, and a fixed one is loaded (all while the old tokens keep working)."""
+    path = tmp_path / "tokens"
+    path.write_text(TOKENS)
+    now = [0.0]
+    table = TokenTable(path, clock=lambda: now[0])
+
+    def check_at(seconds: float) -> None:
+        now[0] = seconds
+        assert table.lookup(ALICE).name == "alice"
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+    caplog.set_level("INFO", logger="service.auth")
+    path.write_text("garbage\n")
+    for second in range(1, 7):
+        check_at(second)
+    assert len(refusals()) == 1 and "tokens:1: expected `token principal [admin]`" in refusals()[0]
+    path.write_text("still garbage\n")  # another size: another version
+    for second in range(7, 10):
+        check_at(second)
+    assert len(refusals()) == 2 and "token too short (5 characters)" in refusals()[1]
+    path.unlink()
+    for second in range(10, 13):
+        check_at(second)
+    assert len(refusals()) == 3 and "No such file" in refusals()[2]
+    path.write_text(f"{TOKENS}{'carol-token-0123456789'} carol\n")
+    check_at(13)
+    assert table.lookup("carol-token-0123456789").name == "carol"
+    assert len(refusals()) == 3
+    assert any("reloaded 4 tokens" in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------------------------------------
 # TLS
 
