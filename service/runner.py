@@ -101,7 +101,7 @@ class JobRunner:
     def run(self) -> None:
         job = self.store.get(self.job_id)
         self._policy = FaultPolicy.for_spec(job.spec, restarts=job.progress.worker_restarts)
-        self.store.update(self.job_id, changes.set_state(pb.RUNNING, "preparing data and workers"))
+        self.store.update(self.job_id, changes.set_state(pb.RUNNING, preparing_note(job)))
         try:
             self._train(job.spec)
         except JobCancelled:
@@ -149,7 +149,9 @@ class JobRunner:
         has_test = ds.y_test is not None and len(ds.y_test) > 0
         no_test = "" if has_test else _no_test_note(spec.dataset.uri)
         note = "; ".join(filter(None, (no_test, _resume_note(resume, skipped))))
-        self.store.update(self.job_id, self._progress_change(note))
+        # A note is news to a watcher, which shows the message of STATE events but not of PROGRESS ones.
+        kind = pb.JobEvent.STATE if note else pb.JobEvent.PROGRESS
+        self.store.update(self.job_id, self._progress_change(note), kind=kind)
         # A step's checkpoint is written before its evaluation: a job stopped between the two would
         # lack that evaluation, and one stopped at its last step would end on the previous accuracy.
         resumed_at_eval = resume is not None and resume.step > 0 and self._setup.eval_due(resume.step)
@@ -365,6 +367,15 @@ def _no_test_note(uri: str) -> str:
     """Says a job trains without evaluation: its dataset has no test split."""
     where = _TEST_SPLIT.get(uri.partition(":")[0], "empty test split")
     return f"no test split in {uri} ({where}); training without evaluation"
+
+
+def preparing_note(job: pb.Job) -> str:
+    """The message while the data loads and the actors start; a job with a checkpoint on record says
+    it resumes from it (the checkpoint is read only after the data, so this is the expectation)."""
+    step = job.progress.checkpoint_step
+    if not step:
+        return "preparing data and workers"
+    return f"preparing data and workers to resume from the checkpoint at step {step}"
 
 
 def _resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:

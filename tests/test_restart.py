@@ -3,6 +3,7 @@ finished ones keep their records and models."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.checkpoints import CheckpointStore
+from service.cli_watch import Renderer
 from service.client import CoordinatorClient
 from service.config import ServerConfig
 from service.jobs import JobStore
+from service.runner import preparing_note
 from tests.helpers import (
     assert_identical,
     model_weights,
@@ -163,10 +166,19 @@ def test_a_job_resumed_at_an_evaluation_point_evaluates_there_first(config, monk
 
     with running_coordinator(config) as client:
         events = list(client.watch(job.id))
-    resumed = [e.job.message for e in events if e.job.message.startswith("resumed from the checkpoint")]
-    assert resumed, [e.job.message for e in events]
+    # A STATE event, so that `gradfleet watch` prints it (it shows the messages of STATE events only).
+    states = [e.job.message for e in events if e.kind == pb.JobEvent.STATE and e.job.state == pb.RUNNING]
+    resumed = [m for m in states if m.startswith("resumed from the checkpoint")]
+    assert resumed, [(e.kind, e.job.message) for e in events]
     step = int(resumed[0].removeprefix("resumed from the checkpoint at step ").split()[0])
     assert step % epoch_steps == 0
+    shown = io.StringIO()
+    renderer = Renderer(shown, tty=False)
+    for event in events:
+        renderer.show(event)
+    assert f"job {job.id} RUNNING: resumed from the checkpoint at step {step}\n" in shown.getvalue()
+    preparing = f"preparing data and workers to resume from the checkpoint at step {step}"
+    assert set(states[: states.index(resumed[0])]) <= {preparing}, states  # if the watch came that early
     evals = [e.job.progress.step for e in events if e.kind == pb.JobEvent.EVAL]
     assert evals[0] == step, evals
     assert evals[-1] == 6 * epoch_steps and events[-1].job.state == pb.SUCCEEDED
@@ -195,3 +207,10 @@ def test_a_stopping_coordinator_refuses_new_jobs(config) -> None:
     on_disk = stored_jobs(config.state_dir)
     assert list(on_disk) == [job.id]  # the refused job was not created
     assert on_disk[job.id].state == pb.QUEUED and on_disk[job.id].progress.checkpoint_step > 0
+
+
+def test_a_job_with_a_checkpoint_says_while_preparing_that_it_resumes_from_it() -> None:
+    job = pb.Job(id="abc")
+    assert preparing_note(job) == "preparing data and workers"
+    job.progress.checkpoint_step = 120
+    assert preparing_note(job) == "preparing data and workers to resume from the checkpoint at step 120"
