@@ -22,6 +22,7 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.auth import AuthInterceptor
 from service.config import ServerConfig
+from service.descendants import ProcessKey, descendants, stop_new_descendants
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
 from service.limits import StreamLimiter
@@ -128,7 +129,7 @@ def _init_ray(config: ServerConfig) -> bool:
     if ray.is_initialized():
         return False
     if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
+        _ray_init(address=config.ray_address, log_to_driver=False)
         return False
     set_embedded_ray_environment()
     log.warning(
@@ -136,18 +137,46 @@ def _init_ray(config: ServerConfig) -> bool:
         "keep this machine's Ray ports away from untrusted networks"
     )
     for attempt in range(1, EMBEDDED_RAY_ATTEMPTS + 1):
+        before = descendants()
         try:
-            ray.init(
+            _ray_init(
                 address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False
             )
             break
-        except Exception as exc:
-            timed_out = any(message in str(exc) for message in RAY_START_TIMEOUTS)
+        except BaseException as exc:  # a timeout, or a SIGTERM during start-up (StartupInterrupted)
+            _abandon_ray_start(before)
+            timed_out = isinstance(exc, Exception) and any(m in str(exc) for m in RAY_START_TIMEOUTS)
             if not timed_out or attempt == EMBEDDED_RAY_ATTEMPTS:
                 raise
             log.warning("the embedded Ray did not start in time (%s); starting it again", exc)
-            ray.shutdown()  # stops what the failed start left running
     return True
+
+
+def _ray_init(**options) -> None:
+    """ray.init, keeping this process's SIGTERM handler: ray.init puts in its place one that calls
+    sys.exit(15), which made a SIGTERM during start-up end `serve` with status 15."""
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**options)
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM and callable(ours):
+            ours(signal.SIGTERM, None)  # the SIGTERM came during ray.init: ours decides what it means
+        raise
+    finally:
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, ours)
+
+
+def _abandon_ray_start(before: set[ProcessKey]) -> None:
+    """Stop what a failed ray.init started. ray.shutdown() alone misses the GCS, monitors and dashboard
+    of a start that failed before Ray recorded them, and their ports stay open until they stop."""
+    try:
+        ray.shutdown()
+    except Exception as exc:  # the processes are stopped by pid next in any case
+        log.warning("ray.shutdown after a failed start: %s", exc)
+    stopped = stop_new_descendants(before)
+    if stopped:
+        log.info("stopped %d processes of the failed Ray start (pids %s)", len(stopped), stopped)
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -306,12 +335,34 @@ def _start_services(
     )
 
 
+class StartupInterrupted(BaseException):
+    """SIGTERM or SIGINT came while the coordinator was starting. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way (Ray's included) swallows it."""
+
+
 def serve(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    running = start_server(config)
+    """Run until SIGINT or SIGTERM, then shut down gracefully. One during start-up stops what was
+    started so far (Ray's processes included) and returns as well: the exit status is 0 either way."""
     stop = threading.Event()
+    starting = True
+
+    def on_signal(signum: int, _frame) -> None:
+        if starting and not stop.is_set():  # once: a second signal must not break off the clean-up
+            stop.set()
+            raise StartupInterrupted(signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    running: RunningServer | None = None
+    try:
+        running = start_server(config)  # undoes what it did on the way out
+        starting = False
+    except StartupInterrupted as exc:
+        if running is not None:  # the signal came just after the start
+            running.stop()
+        log.info("%s during start-up: stopped what had started; exiting", exc)
+        return
     print(
         f"gradfleet coordinator listening on {running.address}"
         + (

@@ -1,0 +1,117 @@
+"""The embedded Ray's start, in real `gradfleet serve` processes: a retried start leaves nothing of
+the failed attempt running, and a SIGTERM while Ray starts stops everything and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, descendants, gradfleet_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
+
+ENV = os.environ | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "GRADFLEET_RAY_NUM_CPUS": "1"}
+
+# Run in a fresh interpreter: the test session may have a Ray of its own, and then none would start.
+# The first start is made to fail the way a busy machine makes it fail, after Ray's processes started.
+RETRIED_START = """
+import json, logging, os, sys
+from pathlib import Path
+
+import ray._private.node as ray_node
+
+from service.client import CoordinatorClient
+from service.config import ServerConfig
+from service.server import start_server
+from tests.helpers import descendants
+
+first_attempt = []
+start_processes = ray_node.Node.start_ray_processes
+
+def start_then_time_out(node):
+    start_processes(node)
+    if not first_attempt:
+        first_attempt.extend(descendants(os.getpid()))
+        raise Exception("The current node timed out during startup (injected by the test)")
+
+ray_node.Node.start_ray_processes = start_then_time_out
+logging.basicConfig(level=logging.INFO)
+folder = Path(sys.argv[1])
+server = start_server(ServerConfig(port=0, metrics_port=-1, state_dir=folder / "state", data_root=folder))
+try:
+    left = sorted(set(first_attempt) & set(descendants(os.getpid())))
+    with CoordinatorClient(server.address) as client:
+        jobs = client.list()
+    serving = sorted(descendants(os.getpid()))
+finally:
+    server.stop(grace_s=1.0)
+print(json.dumps({"first_attempt": first_attempt, "left": left, "jobs": len(jobs), "serving": serving}))
+"""
+
+
+def test_a_retried_ray_start_stops_the_failed_attempts_processes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RETRIED_START, str(tmp_path)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["first_attempt"]) >= 3, result  # the GCS, the raylet, monitors...
+    assert result["left"] == [], result  # none of them outlived the failed attempt
+    assert result["jobs"] == 0 and result["serving"], result  # the second Ray started and serves
+    assert "did not start in time" in done.stderr and "starting it again" in done.stderr
+    assert f"stopped {len(result['first_attempt'])} processes of the failed Ray start" in done.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_while_ray_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    args = ["--port", "0", "--metrics-port", "-1", "--state-dir", str(tmp_path / "state")]
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            gradfleet_command("serve", *args, "--data-root", str(tmp_path)),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    family: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not family and time.monotonic() < deadline and proc.poll() is None:
+            family = descendants(proc.pid)  # the first of Ray's processes: Ray is starting
+            time.sleep(0.05)
+        assert family, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        text = log.read_text()
+        assert "SIGTERM during start-up: stopped what had started; exiting" in text, text
+        assert "Traceback" not in text, text
+        assert b"listening on" not in proc.stdout.read()
+        family += [pid for pid in descendants(proc.pid)]  # none: it exited
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in family if _alive(pid)] == [], family
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
