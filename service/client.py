@@ -248,10 +248,21 @@ def _copy_chunks(chunks: Iterable[pb.Chunk], out: BinaryIO) -> int:
         if total is not None and chunk.total_size != total:
             raise DownloadError(f"total size changed from {total} to {chunk.total_size}")
         total = chunk.total_size
-        out.write(chunk.data)
+        _write_all(out, chunk.data)
         written += len(chunk.data)
     if total is None:
         raise DownloadError("the server sent no data")
     if written != total:
         raise DownloadError(f"got {written} bytes, expected {total}")
     return written
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    """Write all of `data`: Python 3.11's BufferedWriter on a pipe returns a short count (64 KiB)
+    when the reader goes away mid-write; the next write then raises BrokenPipeError."""
+    view = memoryview(data)
+    while view:
+        count = out.write(view)
+        if not count:  # None (a non-blocking stream that would block) or 0: no progress to wait for
+            raise OSError(f"short write: {len(view):,} bytes of the model could not be written")
+        view = view[count:]

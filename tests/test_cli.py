@@ -95,3 +95,26 @@ def test_download_into_a_folder_or_to_standard_output(client, coordinator, tmp_p
     assert piped.stdout == model
     assert piped.stderr.decode().startswith(f"wrote {len(model):,} bytes to standard output")
     assert not (tmp_path / "-").exists()
+
+
+def test_download_to_a_pipe_closed_early_fails_without_claiming_success(
+    client, coordinator, tmp_path
+) -> None:
+    """`download JOB -o - | head -c 1`: the reader goes away while the model (one chunk, larger than
+    the 64 KiB pipe buffer) is being written. The write comes back short, and the CLI must go on
+    to the broken pipe (exit 141), never exit 0 with "wrote N bytes" after a truncated copy."""
+    write_blobs(coordinator.config.data_root / "wide.npz", features=100)
+    spec = small_spec("npz:wide.npz", epochs=1, layers=[{"units": 1024, "activation": "RELU"}, {"units": 3}])
+    job = wait_for(client, client.submit(spec).id)
+    assert job.state == pb.SUCCEEDED, job.message
+    client.download(job.id, tmp_path / "model.npz")
+    size = (tmp_path / "model.npz").stat().st_size
+    assert 256 * 1024 < size < 1024 * 1024  # several pipe buffers, one download chunk
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = gradfleet_command("download", job.id, "-o", "-", "--server", coordinator.address)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(1)  # the model's single write has begun and fills the pipe
+    process.stdout.close()  # as `head -c 1` exits
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141, err.decode()
+    assert "wrote" not in err.decode()
