@@ -246,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _commands()[args.command](args)
     except grpc.RpcError as exc:
-        return _fail(format_rpc_error(exc, getattr(args, "server", ""), tls=uses_tls(args)))
+        client_cert = bool(getattr(args, "cert", None))
+        return _fail(
+            format_rpc_error(exc, getattr(args, "server", ""), tls=uses_tls(args), client_cert=client_cert)
+        )
     except UsageError as exc:  # a bad option value, before anything was sent
         return _fail(f"error: {exc}")
     except GradfleetError as exc:  # an invalid job file, before anything is sent

@@ -103,22 +103,37 @@ def _check_key_pair(cert: Path, key: Path) -> None:
         ) from None
 
 
-def format_rpc_error(exc: grpc.RpcError, address: str, *, tls: bool = False) -> str:
-    """One line for stderr; an unreachable server gets the address tried and what to do."""
+def format_rpc_error(
+    exc: grpc.RpcError, address: str, *, tls: bool = False, client_cert: bool = False
+) -> str:
+    """One line for stderr; an unreachable server gets the address tried and what to do.
+    `tls`: the client spoke TLS; `client_cert`: it presented a certificate (--cert)."""
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        hint = _unreachable_hint(details, tls)
+        hint = _unreachable_hint(details, tls, client_cert)
         return f"error: cannot reach the coordinator at {address} ({details}); {hint}"
     return f"error: {code.name}: {details}"
 
 
-def _unreachable_hint(details: str, tls: bool) -> str:
+def _unreachable_hint(details: str, tls: bool, client_cert: bool) -> str:
     if tls and "WRONG_VERSION_NUMBER" in details:
         return "the coordinator answered without TLS: drop --tls and --ca (and GRADFLEET_CA)"
     if tls and "CERTIFICATE_VERIFY_FAILED" in details:
         return "its certificate is not signed by a CA this client trusts: pass the CA that signed it to --ca"
     if tls and "handshake" in details.lower():
         return "the TLS handshake failed: check --ca, --cert and --key"
+    if tls and "Socket closed" in details:
+        # A coordinator with --tls-client-ca hangs up when the client's certificate is missing or
+        # signed by another CA; gRPC reports only the closed socket.
+        if client_cert:
+            return (
+                "the coordinator closed the TLS connection; it may not accept this client "
+                "certificate: --cert must be signed by the CA of the coordinator's --tls-client-ca"
+            )
+        return (
+            "the coordinator closed the TLS connection; it may require a client certificate signed "
+            "by its --tls-client-ca: pass --cert and --key"
+        )
     if not tls and "Socket closed" in details:
         # A TLS server hangs up on a plaintext hello; gRPC reports only the closed socket.
         return (

@@ -135,6 +135,7 @@ class CoordinatorClient:
         generated = not spec.HasField("request_id")
         if generated:
             spec = _with_request_id(spec, uuid.uuid4().hex)
+        errors: list[grpc.RpcError] = []
         for delay in (*retry_delays, None):
             try:
                 job, call = self._stub.SubmitJob.with_call(
@@ -146,10 +147,17 @@ class CoordinatorClient:
                 )
                 return job, generated or not existing
             except grpc.RpcError as exc:
-                if delay is None or exc.code() not in _RETRY_CODES:
+                if exc.code() not in _RETRY_CODES:
                     raise
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+                errors.append(exc)
+            if delay is not None:
+                time.sleep(delay)
+        # The first attempt's error, when the last failed the same way: that attempt tried every
+        # address in order, as a single call (list) does. Later ones report whichever address the
+        # subchannels' backoff timers failed last, so a TLS mismatch on 127.0.0.1 could read as
+        # "[::1] Connection refused".
+        first, last = errors[0], errors[-1]
+        raise first if first.code() == last.code() else last
 
     def get(self, job_id: str) -> pb.Job:
         return self._stub.GetJob(

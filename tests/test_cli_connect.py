@@ -10,7 +10,13 @@ import grpc
 import pytest
 
 from service import cli
+from service.cli_connect import format_rpc_error
+from service.client import CoordinatorClient, TlsOptions
+from service.spec import load_spec_file
+from tests.helpers import ROOT
 from tests.tls import TestCA
+
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture
@@ -106,6 +112,32 @@ def test_plaintext_against_a_tls_server_hints_at_tls(capsys, tls_server: str) ->
 
 def test_tls_against_a_plaintext_server_says_so(capsys, plain_server: str, ca: TestCA) -> None:
     assert cli.main(["list", "--server", plain_server, "--ca", str(ca.cert)]) == 2
+    assert "the coordinator answered without TLS: drop --tls and --ca" in capsys.readouterr().err
+
+
+def test_submit_over_tls_to_a_plaintext_server_says_so_like_list(
+    capsys, plain_server: str, ca: TestCA
+) -> None:
+    """With two addresses, one refusing and then the plaintext server (as `localhost` gives [::1] and
+    127.0.0.1), submit's retries end on the same hint as list's single call: answered without TLS.
+    The last retry's error named whichever address the backoff timers failed last, so about one
+    submit in three said "Connection refused ... start one"; sixteen at once all must say TLS."""
+    target = f"ipv4:127.0.0.1:1,{plain_server}"
+    spec = load_spec_file(EXAMPLES / "quick.yaml")
+
+    def submit_hint(_: int) -> str:
+        with CoordinatorClient(target, tls=TlsOptions(ca.cert), timeout=5) as client:
+            try:
+                client.submit(spec)
+            except grpc.RpcError as exc:
+                return format_rpc_error(exc, target, tls=True)
+        return "submitted"
+
+    with futures.ThreadPoolExecutor(16) as pool:
+        hints = list(pool.map(submit_hint, range(16)))
+    assert all("the coordinator answered without TLS: drop --tls and --ca" in hint for hint in hints), hints
+    code = cli.main(["submit", str(EXAMPLES / "quick.yaml"), "--server", target, "--ca", str(ca.cert)])
+    assert code == 2
     assert "the coordinator answered without TLS: drop --tls and --ca" in capsys.readouterr().err
 
 

@@ -299,3 +299,24 @@ def test_cli_speaks_tls_with_a_token_file(ray_session, tmp_path, pki, capsys, mo
         assert "UNAUTHENTICATED" in capsys.readouterr().err
     finally:
         server.stop(grace_s=1.0)
+
+
+def test_mutual_tls_refusals_name_the_client_certificate_flags(ray_session, tmp_path, pki, capsys):
+    """A client the mTLS coordinator hangs up on (no certificate, or one from another CA) is told
+    about --cert/--key, not to start a coordinator."""
+    server = _tls_server(tmp_path, pki, mutual=True)
+    base = ["list", "--server", server.address, "--ca", str(pki["server_ca"].cert)]
+    stranger = pki["stranger_client"]
+    try:
+        assert cli.main(base) == 2
+        err = capsys.readouterr().err
+        assert (
+            "it may require a client certificate signed by its --tls-client-ca: pass --cert and --key" in err
+        )
+        assert "gradfleet serve" not in err
+        assert cli.main([*base, "--cert", str(stranger.cert), "--key", str(stranger.key)]) == 2
+        err = capsys.readouterr().err
+        assert "--cert must be signed by the CA of the coordinator's --tls-client-ca" in err
+        assert "gradfleet serve" not in err
+    finally:
+        server.stop(grace_s=1.0)
