@@ -178,7 +178,12 @@ def _cmd_fetch_data(args: argparse.Namespace) -> int:
     base_url = args.base_url or fetch.DEFAULT_BASE_URL
     show = _FetchProgress(sys.stdout)
     try:
-        dest = fetch.fetch_fashion_mnist(args.dest, base_url, source_dir=source, progress=show)
+        # An explicit --source-dir is the only source unless a --base-url is given too: a missing
+        # or incomplete folder is an error, never a silent download from the official mirror.
+        download = args.source_dir is None or args.base_url is not None
+        dest = fetch.fetch_fashion_mnist(
+            args.dest, base_url, source_dir=source, progress=show, download=download
+        )
     except fetch.FetchError as exc:
         return _fail(f"error: {exc}")
     print(f"Fashion-MNIST is in {dest}")

@@ -281,5 +281,6 @@ def _add_fetch_data(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--source-dir",
         type=Path,
         metavar="DIR",
-        help="copy files found here instead of downloading (default: the system copy if any)",
+        help="copy the files from here; a missing file is an error unless --base-url is also given "
+        "(default: the system copy if any, downloading what it lacks)",
     )

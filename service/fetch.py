@@ -64,26 +64,54 @@ def fetch_fashion_mnist(
     *,
     source_dir: Path | None = None,
     progress: Progress | None = None,
+    download: bool = True,
 ) -> Path:
     """Put the four verified Fashion-MNIST .gz files into `dest` and return `dest`.
 
     Files already in `dest` with the right content are skipped; files present in `source_dir`
-    are copied from there; the rest are downloaded from `base_url`. Each file is written to a
-    temporary name in `dest`, verified, then renamed, so the final name only ever holds a
-    verified file. `progress(file, bytes_done, bytes_total)` is called as data arrives
-    (bytes_total is -1 when the server does not say); skipped files report done == total once.
+    are copied from there; the rest are downloaded from `base_url`, or with `download=False`
+    are an error naming `source_dir` and the files it lacks (checked before anything is written).
+    Each file is written to a temporary name in `dest`, verified, then renamed, so the final
+    name only ever holds a verified file. `progress(file, bytes_done, bytes_total)` is called as
+    data arrives (bytes_total is -1 when the server does not say); skipped files report
+    done == total once.
     """
+    if not download:
+        _check_source_dir(source_dir, dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         for name in FASHION_MNIST_FILES:
-            _fetch_one(name, dest, base_url, source_dir, progress)
+            _fetch_one(name, dest, base_url if download else None, source_dir, progress)
     except OSError as exc:  # network errors are FetchErrors by now; this is the local disk
         raise FetchError(f"cannot write Fashion-MNIST into {dest}: {exc}") from exc
     return dest
 
 
+def _check_source_dir(source_dir: Path | None, dest: Path) -> None:
+    """FetchError unless `source_dir` is a folder holding every file `dest` still lacks.
+    Worded for `fetch-data --source-dir`, whose folder is then the only source."""
+    expected = ", ".join(FASHION_MNIST_FILES)
+    if source_dir is None or not source_dir.is_dir():
+        what = "is not a folder" if source_dir is not None and source_dir.exists() else "no such folder"
+        raise FetchError(
+            f"--source-dir {source_dir}: {what}; give the folder holding the Fashion-MNIST files "
+            f"({expected}), such as {SYSTEM_COPY} from `apt-get install dataset-fashion-mnist`"
+        )
+    missing = [n for n in FASHION_MNIST_FILES if not (source_dir / n).is_file() and not (dest / n).is_file()]
+    if missing:
+        lacks = (
+            "no Fashion-MNIST files in it"
+            if len(missing) == len(FASHION_MNIST_FILES)
+            else (f"it lacks {', '.join(missing)}")
+        )
+        raise FetchError(
+            f"--source-dir {source_dir}: {lacks} (expected {expected}); nothing was downloaded; "
+            "add the files, or also pass --base-url URL to download the missing ones"
+        )
+
+
 def _fetch_one(
-    name: str, dest: Path, base_url: str, source_dir: Path | None, progress: Progress | None
+    name: str, dest: Path, base_url: str | None, source_dir: Path | None, progress: Progress | None
 ) -> None:
     final = dest / name
     if final.is_file():
@@ -98,6 +126,11 @@ def _fetch_one(
         with local.open("rb") as src:
             _store(name, _read_chunks(src), local.stat().st_size, str(local), dest, progress)
         return
+    if base_url is None:  # a file in dest that failed its checksum, and no copy in source_dir
+        raise FetchError(
+            f"--source-dir {source_dir}: no {name} in it to replace the corrupt {final}; "
+            "nothing was downloaded"
+        )
     url = f"{base_url.rstrip('/')}/{name}"
     logger.info("downloading %s", url)
     with _open_url(url) as response:
@@ -174,9 +207,12 @@ def _url_chunks(response: BinaryIO, url: str) -> Iterator[bytes]:
 def _network_message(url: str, exc: BaseException) -> str:
     # Worded for `gradfleet fetch-data`, the caller a person sees: the flags, not the parameters.
     if SYSTEM_COPY.is_dir():
+        # Only a --base-url given on the command line is not the default, and only then does
+        # leaving it out make the CLI use the system copy.
+        omit = " (or omit --base-url, which uses it)" if not url.startswith(DEFAULT_BASE_URL) else ""
         local = (
-            f"a local copy is already in {SYSTEM_COPY}: pass `--source-dir {SYSTEM_COPY}` (or omit "
-            "--base-url, which uses it) and the files are copied and verified"
+            f"a local copy is already in {SYSTEM_COPY}: pass `--source-dir {SYSTEM_COPY}`{omit} "
+            "and the files are copied and verified"
         )
     else:
         local = (

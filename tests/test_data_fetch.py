@@ -235,3 +235,73 @@ def test_an_explicit_base_url_is_downloaded_from_even_with_a_system_copy(fashion
     with serving(fashion_dir) as (base_url, requests):
         assert cli.main(["fetch-data", "--dest", str(tmp_path / "b"), "--base-url", base_url]) == 0
     assert sorted(requests) == sorted(f"/{name}" for name in FASHION_MNIST_FILES)
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "partial"])
+def test_a_source_dir_lacking_the_files_is_an_error_not_a_download(
+    state, fashion_dir, tmp_path, capsys, monkeypatch
+):
+    """`fetch-data --source-dir DIR` with DIR missing, empty or lacking a file exits 2 naming DIR and
+    the files expected; the official mirror (here a real local one holding the files) is never asked."""
+    from service import cli, fetch
+
+    source = tmp_path / "source"
+    if state != "missing":
+        source.mkdir()
+    if state == "partial":
+        shutil.copy(fashion_dir / "train-images-idx3-ubyte.gz", source)
+    with serving(fashion_dir) as (mirror, requests):
+        monkeypatch.setattr(fetch, "DEFAULT_BASE_URL", mirror)
+        code = cli.main(["fetch-data", "--dest", str(tmp_path / "d"), "--source-dir", str(source)])
+    err = capsys.readouterr().err
+    assert (code, requests) == (2, []), err
+    assert f"--source-dir {source}: " in err and "t10k-labels-idx1-ubyte.gz" in err
+    assert ("no such folder" in err) is (state == "missing")
+    assert ("no Fashion-MNIST files in it" in err) is (state == "empty")
+    lacks = "it lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
+    assert (lacks in err) is (state == "partial")
+    assert not (tmp_path / "d").exists() or list((tmp_path / "d").iterdir()) == []
+
+
+def test_a_source_dir_with_a_base_url_downloads_only_what_it_lacks(fashion_dir, tmp_path):
+    """--source-dir and --base-url together: the folder's files are copied, the rest downloaded."""
+    from service import cli
+
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(fashion_dir / "train-images-idx3-ubyte.gz", source)
+    with serving(fashion_dir) as (mirror, requests):
+        args = [
+            "fetch-data",
+            "--dest",
+            str(tmp_path / "d"),
+            "--source-dir",
+            str(source),
+            "--base-url",
+            mirror,
+        ]
+        assert cli.main(args) == 0
+    assert sorted(requests) == sorted(
+        f"/{name}" for name in FASHION_MNIST_FILES if not name.startswith("train-im")
+    )
+
+
+def test_a_failed_default_download_does_not_mention_a_base_url_never_given(
+    fashion_dir, tmp_path, capsys, monkeypatch
+):
+    """A partial system copy falls back to the official mirror; when that fails, the advice names
+    --source-dir but not "omit --base-url", since no --base-url was given."""
+    from service import cli, fetch
+
+    partial = tmp_path / "system"
+    partial.mkdir()
+    shutil.copy(fashion_dir / "train-labels-idx1-ubyte.gz", partial)
+    monkeypatch.setattr(fetch, "SYSTEM_COPY", partial)
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(fetch, "DEFAULT_BASE_URL", f"http://127.0.0.1:{port}/")
+    assert cli.main(["fetch-data", "--dest", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot download http://127.0.0.1:{port}/train-images-idx3-ubyte.gz" in err
+    assert f"--source-dir {partial}" in err and "--base-url" not in err
