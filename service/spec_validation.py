@@ -26,6 +26,7 @@ from service.spec_defaults import (
     SCHEDULE_DEFAULTS,
     with_defaults,
 )
+from service.wording import plural
 from workers.batches import steps_per_epoch
 
 MAX_NAME_CHARS = 128
@@ -188,7 +189,7 @@ def validate_against_dataset(
     if spec.batch_size > num_train:
         raise InvalidSpec(
             "batch_size",
-            f"got {spec.batch_size}; the training set has only {num_train} samples",
+            f"got {spec.batch_size}; the training set has only {plural(num_train, 'sample')}",
         )
     _check_warmup(spec, num_train)
 
@@ -202,7 +203,7 @@ def _check_warmup(spec: pb.JobSpec, num_train: int) -> None:
         raise InvalidSpec(
             "optimizer.schedule.warmup_steps",
             f"got {warmup}; must be between 0 and {total}, the job's optimizer steps ({per_epoch} per "
-            f"epoch x {spec.epochs} epochs)",
+            f"epoch x {plural(spec.epochs, 'epoch')})",
         )
 
 
@@ -222,11 +223,11 @@ def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | 
         # A single wild label (say 10**9) shows up as a huge class count: say where it comes from.
         hint = f" (labels run 0..{num_classes - 1}; if the largest is a mistake, fix the data)"
     else:
-        wanted, what = target_width, f"{target_width} target column(s)"
+        wanted, what = target_width, plural(target_width or 0, "target column")
     if wanted is not None and units != wanted:
         raise InvalidSpec(
             f"layers[{last}].units",
-            f"got {units}; the dataset has {what}, so the last layer needs {wanted} units{hint}",
+            f"got {units}; the dataset has {what}, so the last layer needs {plural(wanted, 'unit')}{hint}",
         )
 
 

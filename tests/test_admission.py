@@ -111,7 +111,7 @@ REFUSALS = [
     ("regression-needs-mse", "npz:reg.npz", {"layers": [{"units": 2}]},
      INVALID, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
     ("regression-target-width", "npz:reg.npz", {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 3}]},
-     INVALID, "layers[0].units", "2 target column(s), so the last layer needs 2 units"),
+     INVALID, "layers[0].units", "2 target columns, so the last layer needs 2 units"),
     ("missing-file", "npz:missing.npz", {}, INVALID, "dataset.uri", "missing.npz: file not found"),
     ("not-an-npz", "npz:bad.npz", {}, INVALID, "dataset.uri", "bad.npz: not an .npz archive"),
     ("object-array-needs-pickle", "npz:objects.npz", {}, INVALID, "dataset.uri", "object dtype"),

@@ -472,6 +472,22 @@ def test_validate_against_dataset_rejects_mismatch(
     assert fragment in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("loss", "classes", "target_width", "said"),
+    [
+        ("SOFTMAX_CROSS_ENTROPY", 1, None, "the dataset has 1 class, so the last layer needs 1 unit"),
+        ("MEAN_SQUARED_ERROR", 0, 1, "the dataset has 1 target column, so the last layer needs 1 unit"),
+        ("MEAN_SQUARED_ERROR", 0, 2, "the dataset has 2 target columns, so the last layer needs 2 units"),
+    ],
+)
+def test_the_output_layer_message_counts_in_words(loss: str, classes: int, target_width, said: str) -> None:
+    """One unit, class or target column reads in the singular: never "needs 1 units"."""
+    spec = with_defaults(_spec(loss=loss, **{"layers.2.units": 3}))
+    with pytest.raises(InvalidSpec) as info:
+        validate_against_dataset(spec, 784, classes, 1000, 10**6, target_width=target_width)
+    assert re.search(rf"got 3; {re.escape(said)}($| \()", info.value.message), info.value.message
+
+
 def test_validate_against_dataset_accepts_a_fit() -> None:
     """A spec that matches the dataset passes; MSE fits class labels (one-hot) or float targets."""
     validate_against_dataset(with_defaults(_spec()), 784, 10, 1000, 10**6)
