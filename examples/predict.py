@@ -40,6 +40,9 @@ def read_idx(path: str) -> np.ndarray:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3) or sys.argv[1] in ("-h", "--help"):
+        print("usage: python examples/predict.py model.npz [DIR with t10k-*-ubyte.gz]", file=sys.stderr)
+        sys.exit(2)
     folder = sys.argv[2] if len(sys.argv) > 2 else "/usr/share/datasets/fashion-mnist"
     model = dict(np.load(sys.argv[1], allow_pickle=False))
     x = read_idx(f"{folder}/t10k-images-idx3-ubyte.gz").reshape(10000, -1)

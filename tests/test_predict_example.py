@@ -1,6 +1,9 @@
 """examples/predict.py reproduces the engine's activations with plain numpy."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,3 +44,15 @@ def test_predict_matches_the_engine_on_a_model_with_new_activations() -> None:
     }
     x = rng.standard_normal((50, 6))
     assert np.array_equal(predict(model, x), net.forward(flat, x).argmax(axis=1))
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["a.npz", "dir", "extra"], ["--help"]], ids=["none", "too-many", "help"]
+)
+def test_the_script_without_a_model_prints_usage_and_exits_2(argv: list[str]) -> None:
+    """`python examples/predict.py` with no model (or too many arguments) prints its usage line to
+    stderr and exits 2, as a command-line tool does, instead of an IndexError traceback."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "predict.py"
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "usage: python examples/predict.py model.npz [DIR with t10k-*-ubyte.gz]\n"
