@@ -13,6 +13,7 @@ from service.jobs import TERMINAL_STATES, JobStore
 from service.jobsetup import DatasetCache
 from service.metrics import Metrics
 from service.runner import JobRunner
+from service.wording import plural
 from workers.placement import too_small_message, total_if_too_small
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Scheduler:
         with CPUs for them. JobNotReady when the cluster can never hold them (and cannot grow)."""
         if (total := self._total_if_never_fits(num_workers)) is not None:
             raise JobNotReady(
-                f"num_workers: {num_workers} workers need {num_workers} CPUs (one each) but the cluster "
+                f"num_workers: {plural(num_workers, 'worker')} {'needs' if num_workers == 1 else 'need'} "
+                f"{plural(num_workers, 'CPU')} (one each) but the cluster "
                 f"has {total:g} in total; scale to at most {total:g} workers or add nodes first"
             )
         with self._lock:
