@@ -37,11 +37,15 @@ class TargetRange:
     high_at: str
 
 
-def confine(path: Path, data_root: Path, what: str) -> Path:
+_CONFINE_FIX = "put the dataset under the data root (--data-root) and give its path relative to it"
+
+
+def confine(path: Path, data_root: Path, what: str, *, fix: str = _CONFINE_FIX) -> Path:
     """The real path of `path` (relative to `data_root`), refused unless it stays inside the root.
 
     Every file a loader opens from a client's URI goes through here, at submit time and again at
-    load time (a file can be swapped for a symlink in between). `what` names it in the error.
+    load time (a file can be swapped for a symlink in between). `what` names it in the error, and
+    `fix` says what to do instead.
     """
     try:
         root = data_root.resolve()
@@ -51,8 +55,7 @@ def confine(path: Path, data_root: Path, what: str) -> Path:
     if not real.is_relative_to(root):
         raise DatasetError(
             f"{what}: the path leads outside the data root {root} (through '..', an absolute path "
-            "or a symlink); put the dataset under the data root (--data-root) and give its path "
-            "relative to it"
+            f"or a symlink); {fix}"
         )
     return real
 
