@@ -170,6 +170,7 @@ class JobActors:
             self.config.step_timeout_s,
             clip_norm=spec.optimizer.clip_norm,
             state=state,
+            first_step_advice=setup.data.first_step_advice,
         )
 
     def ps_call(self, method: str, *args, timeout_s: float | None = None):

@@ -94,6 +94,7 @@ def set_progress(
     checkpoint_step: int,
     rollbacks: int,
     worker_restarts: int,
+    server_restarts: int,
 ) -> JobChange:
     """All of the job's counters at once: after it (re)started or rolled back to a checkpoint."""
 
@@ -101,6 +102,7 @@ def set_progress(
         p = job.progress
         p.total_steps, p.step, p.samples_trained, p.epoch = total_steps, step, samples_trained, epoch
         p.checkpoint_step, p.rollbacks, p.worker_restarts = checkpoint_step, rollbacks, worker_restarts
+        p.server_restarts = server_restarts
         job.message = message
 
     return change

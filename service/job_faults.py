@@ -51,13 +51,12 @@ class JobFaults:
         actors.ps_call("close")  # frees the live workers from the broken graph
         dead = actors.dead_workers()
         names = ", ".join(f"worker {r} (pid {actors.group.pids[r]})" for r in dead)
-        _count_restart(policy, setup, names, failed_step, cause)
-        actors.replace(
+        self._count(policy, setup, names, failed_step, cause, workers=len(dead))
+        actors.replace(  # a retry starts a new actor for each of `dead` again: they all count
             dead,
             f"{names} died at step {failed_step}",
-            on_retry=lambda again: _count_restart(policy, setup, names, failed_step, again),
+            on_retry=lambda again: self._count(policy, setup, names, failed_step, again, workers=len(dead)),
         )
-        self.parts.metrics.worker_replacements.inc(len(dead))
         note = f"{names} died at step {failed_step}: {clause(cause)}; replaced, the step is redone"
         self._announce(note, changes.recovered(note, policy.restarts), pb.JobEvent.RECOVERED)
 
@@ -69,7 +68,7 @@ class JobFaults:
         actors, cpus = self.parts.actors, self.parts.cpus
         while True:
             what = "the parameter server" if isinstance(cause, ParameterServerLost) else "the new workers"
-            _count_restart(policy, setup, what, failed_step, cause)
+            self._count(policy, setup, what, failed_step, cause, server=True)
             actors.stop()
             cpus.release_if_lost()
             ckpt = self.parts.writer.latest(setup.spec_hash)
@@ -79,7 +78,6 @@ class JobFaults:
                 break
             except WorkersNotStarted as exc:
                 cause = exc
-        self.parts.metrics.worker_replacements.inc()
         note = (
             f"{what} died at step {failed_step}: {clause(cause)}; "
             f"restarted from {'the checkpoint at step ' + str(ckpt.step) if ckpt else 'the initial weights'}"
@@ -112,12 +110,27 @@ class JobFaults:
         )
         self._announce(note, self._progress_change(note), pb.JobEvent.ROLLBACK)
 
+    def _count(
+        self,
+        policy: FaultPolicy,
+        setup: JobSetup,
+        what: str,
+        failed_step: int,
+        cause: Exception,
+        *,
+        workers: int = 0,
+        server: bool = False,
+    ) -> None:
+        """Count `workers` worker replacements or (`server`) one parameter-server restart, in the
+        policy (which may give up) and in the matching metric, so Progress and /metrics agree."""
+        policy.actor_died(
+            what, failed_step, setup.epoch_of(failed_step), cause, workers=workers, server=server
+        )
+        if server:
+            self.parts.metrics.server_restarts.inc()
+        else:
+            self.parts.metrics.worker_replacements.inc(workers)
+
     def _announce(self, note: str, change: changes.JobChange, kind: int) -> None:
         log.warning("job %s: %s", self.parts.job_id, note)
         self.parts.store.update(self.parts.job_id, change, kind=kind)
-
-
-def _count_restart(
-    policy: FaultPolicy, setup: JobSetup, what: str, failed_step: int, cause: Exception
-) -> None:
-    policy.actor_died(what, failed_step, setup.epoch_of(failed_step), cause)

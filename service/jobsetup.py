@@ -24,6 +24,7 @@ class PreparedData:
     dataset: Dataset
     offset: np.ndarray
     scale: np.ndarray
+    first_step_advice: str  # what to say when the very first step is not finite (see first_step_advice)
 
 
 @dataclass(frozen=True)
@@ -152,4 +153,22 @@ def prepare_data(spec: pb.JobSpec, cache: DatasetCache) -> PreparedData:
     )
     method = _lower(pb.Preprocessing, spec.dataset.preprocessing)
     norm = compute_normalization(ds.x_train, method)
-    return PreparedData(ds, norm.offset, norm.scale)
+    return PreparedData(ds, norm.offset, norm.scale, first_step_advice(ds, spec.dataset.preprocessing))
+
+
+def first_step_advice(ds: Dataset, preprocessing: int) -> str:
+    """Why a loss or gradient would be non-finite at the first step, from the initial weights: no
+    learning rate is involved yet, so the data is too large, and the advice names its largest
+    magnitude (from max and min: abs() of the lowest int64 overflows)."""
+    largest = max(abs(float(ds.x_train.max())), abs(float(ds.x_train.min())))
+    if preprocessing == pb.NONE:
+        return (
+            f"the inputs are probably too large (the largest |x| in the training set is {largest:.3g}, "
+            "with preprocessing NONE); scale them with dataset.preprocessing SCALE or STANDARDIZE"
+        )
+    targets = ds.target_range
+    span = f", targets in [{targets.low:.3g}, {targets.high:.3g}]" if targets else ""
+    return (
+        f"the inputs or targets are probably too large (the largest |x| in the training set is "
+        f"{largest:.3g} before {pb.Preprocessing.Name(preprocessing)}{span}); rescale them in the file"
+    )

@@ -249,7 +249,14 @@ class Metrics:
         )
         self.worker_replacements = Counter(
             "gradfleet_worker_replacements",
-            "Dead worker or parameter-server actors replaced while a job ran.",
+            "Dead worker actors replaced while a job ran (Progress.worker_restarts); parameter-server "
+            "restarts are gradfleet_server_restarts_total.",
+            registry=registry,
+        )
+        self.server_restarts = Counter(
+            "gradfleet_server_restarts",
+            "Restarts of a job's parameter server, with new workers, from its last checkpoint after it "
+            "died or new workers did not start (Progress.server_restarts).",
             registry=registry,
         )
         self.divergence_rollbacks = Counter(

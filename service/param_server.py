@@ -35,6 +35,11 @@ SPIKE_MIN_HISTORY = 20
 # more than the spinning they save.
 IDLE_FRACTION = 0.75
 IDLE_MIN_S = 0.0005
+# Why a first step (no update applied yet, so no learning rate involved) is non-finite, when the
+# coordinator does not say more (see service.jobsetup.first_step_advice).
+FIRST_STEP_ADVICE = (
+    "the inputs are probably too large; scale them (dataset.preprocessing SCALE or STANDARDIZE)"
+)
 
 
 class ParameterServer:
@@ -156,8 +161,10 @@ class ParameterServerCore:
         num_train: int,
         epochs: int,
         step_timeout_s: float,
+        first_step_advice: str = FIRST_STEP_ADVICE,
     ) -> None:
         self.group = group
+        self.first_step_advice = first_step_advice
         self.server = server
         self.plan = group.plan
         self.steps_per_epoch = steps_per_epoch(num_train, self.plan.batch_size)
@@ -235,12 +242,17 @@ class ParameterServerCore:
             return
         what = "loss" if not math.isfinite(loss_sum) else "gradient"
         value = loss_sum if what == "loss" else grad_norm
-        raise Diverged(
-            f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} "
-            f"step {self.server.step + 1} (learning rate {self.server.learning_rate():.3g}); "
-            "lower the learning rate or enable clipping",
-            loss=loss_sum if what == "loss" else None,
-        )
+        became = f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch}"
+        lr = f"{self.server.learning_rate():.3g}"
+        if self.server.step == 0:  # the initial weights: no update, so no learning rate, led here
+            advice = (
+                f"before any update, so the learning rate ({lr}) is not the cause: {self.first_step_advice}"
+            )
+            where = f"step 1, {advice}"
+        else:
+            step = self.server.step + 1
+            where = f"step {step} (learning rate {lr}); lower the learning rate or enable clipping"
+        raise Diverged(f"{became} {where}", loss=loss_sum if what == "loss" else None)
 
     def forget_history(self) -> None:
         """After a rollback the norms of the abandoned steps are no reference."""
@@ -292,6 +304,7 @@ class ParameterServerActor:
         step_timeout_s: float,
         clip_norm: float = 0.0,
         state: TrainingState | None = None,
+        first_step_advice: str = FIRST_STEP_ADVICE,
     ) -> None:
         skip_torch_probe()
         # Arrays arrive as read-only views of the object store: own a writable copy.
@@ -299,7 +312,7 @@ class ParameterServerActor:
         self.make_optimizer = make_optimizer
         if state is not None:
             server.restore(state, make_optimizer())
-        self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s)
+        self.core = ParameterServerCore(group, server, num_train, epochs, step_timeout_s, first_step_advice)
         group.compile()
 
     def state(self) -> TrainingState:

@@ -10,6 +10,7 @@ from datetime import timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.wording import plural
 
 TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
 BAR_WIDTH = 10
@@ -115,8 +116,7 @@ def format_job(job: pb.Job) -> str:
         ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
     ]
     if job.spec.num_workers:  # the current count: `scale` changes it
-        restarts = f" ({p.worker_restarts} replaced after failures)" if p.worker_restarts else ""
-        rows.insert(3, ("workers", f"{job.spec.num_workers}{restarts}"))
+        rows.insert(3, ("workers", f"{job.spec.num_workers}{_restarts(p)}"))
     if p.step:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
     if p.has_eval:  # a regression's error measures get the metrics line
@@ -137,6 +137,16 @@ def format_job(job: pb.Job) -> str:
         rows.append(("finished", format_time(job.finished_at) + _took(job)))
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def _restarts(p: pb.Progress) -> str:
+    """Text like " (2 replaced after failures; parameter server restarted 1 time)": worker actors
+    replaced, one per dead worker, and restarts of the parameter server (with new workers), which
+    are not in the first count; "" when neither happened."""
+    done = [f"{p.worker_restarts} replaced after failures"] if p.worker_restarts else []
+    if p.server_restarts:
+        done.append(f"parameter server restarted {plural(p.server_restarts, 'time')}")
+    return f" ({'; '.join(done)})" if done else ""
 
 
 def format_job_table(jobs: Sequence[pb.Job]) -> str:

@@ -15,32 +15,48 @@ from workers.group import WorkerLost
 
 @dataclass
 class FaultPolicy:
-    max_restarts: int  # actor replacements allowed in all (spec.max_worker_restarts)
+    # Actor replacements allowed in all (spec.max_worker_restarts): each dead worker replaced counts
+    # one, and so does each restart of the parameter server (with new workers) from the checkpoint.
+    max_restarts: int
     rollback_on_divergence: bool
     max_rollbacks: int
     lr_factor: float  # multiplies the learning rate at each rollback
-    restarts: int = 0
+    restarts: int = 0  # worker actors replaced (Progress.worker_restarts)
     rollbacks: int = 0
     lr_scale: float = 1.0  # product of the factors of the rollbacks so far
+    server_restarts: int = 0  # parameter-server restarts from the checkpoint (Progress.server_restarts)
 
     @classmethod
-    def for_spec(cls, spec: pb.JobSpec, restarts: int = 0) -> FaultPolicy:
+    def for_spec(cls, spec: pb.JobSpec, restarts: int = 0, server_restarts: int = 0) -> FaultPolicy:
         return cls(
             max_restarts=spec.max_worker_restarts,
             rollback_on_divergence=spec.on_divergence == pb.ROLLBACK,
             max_rollbacks=spec.max_rollbacks,
             lr_factor=spec.rollback_lr_factor,
             restarts=restarts,
+            server_restarts=server_restarts,
         )
 
-    def actor_died(self, what: str, step: int, epoch: int, cause: Exception) -> None:
-        """Count one replacement of `what`; WorkerLost naming it, the step and the cause past the limit."""
-        self.restarts += 1
-        if self.restarts > self.max_restarts:
-            raise WorkerLost(
-                f"{what} died at step {step} (epoch {epoch}): {clause(cause)}; "
-                f"gave up after {plural(self.max_restarts, 'replacement')} (max_worker_restarts)"
-            )
+    def actor_died(
+        self, what: str, step: int, epoch: int, cause: Exception, *, workers: int = 1, server: bool = False
+    ) -> None:
+        """Count `workers` dead worker actors about to be replaced, or with `server` one restart of the
+        parameter server; WorkerLost naming `what`, the step and the cause when that would go past
+        max_restarts replacements in all (nothing is counted then)."""
+        used, adding = self.restarts + self.server_restarts, 1 if server else workers
+        if used + adding > self.max_restarts:
+            if used >= self.max_restarts:
+                gave_up = f"gave up after {plural(self.max_restarts, 'replacement')} (max_worker_restarts)"
+            else:  # several workers died at once, more than the replacements left
+                gave_up = (
+                    f"gave up: replacing {adding} actors would make {used + adding} replacements, over "
+                    f"the {self.max_restarts} allowed (max_worker_restarts)"
+                )
+            raise WorkerLost(f"{what} died at step {step} (epoch {epoch}): {clause(cause)}; {gave_up}")
+        if server:
+            self.server_restarts += 1
+        else:
+            self.restarts += workers
 
     def rolls_back(self) -> bool:
         """Whether the next divergence rolls back (rather than failing the job)."""

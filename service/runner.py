@@ -100,7 +100,9 @@ class JobRunner:
 
     def run(self) -> None:
         job = self.store.get(self.job_id)
-        self._policy = FaultPolicy.for_spec(job.spec, restarts=job.progress.worker_restarts)
+        self._policy = FaultPolicy.for_spec(
+            job.spec, restarts=job.progress.worker_restarts, server_restarts=job.progress.server_restarts
+        )
         self.store.update(self.job_id, changes.set_state(pb.RUNNING, preparing_note(job)))
         try:
             self._train(job.spec)
@@ -315,6 +317,7 @@ class JobRunner:
             checkpoint_step=self._writer.written_step,
             rollbacks=self._policy.rollbacks,
             worker_restarts=self._policy.restarts,
+            server_restarts=self._policy.server_restarts,
         )
 
     # -- plumbing -------------------------------------------------------------------------------

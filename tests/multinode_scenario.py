@@ -128,7 +128,8 @@ def main() -> None:
             seen["node_lost"] = {
                 "state": pb.JobState.Name(done.state),
                 "message": noticed.message,
-                "worker_restarts": done.progress.worker_restarts,
+                # workers replaced, or (the survivor lost too) a restart of every actor from the checkpoint
+                "restarts": done.progress.worker_restarts + done.progress.server_restarts,
             }
             straight = client.submit(spec)
             wait(client, straight.id, lambda j: j.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED), 240)

@@ -69,6 +69,17 @@ def _write_data(root: Path) -> None:
     (root / "escape" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
     (root.parent / "secret-images").write_bytes(_idx(np.zeros((4, 2, 2))))
     (root / "escape" / "train-images-idx3-ubyte").symlink_to(root.parent / "secret-images")
+    # DATA_ROOT/fashion-mnist linking out of the root, to files whose magic is wrong: were they read,
+    # the error would quote their first bytes
+    (root.parent / "outside-fm").mkdir()
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (root.parent / "outside-fm" / stem).write_bytes(b"SECRET")
+    (root / "fashion-mnist").symlink_to(root.parent / "outside-fm")
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +158,8 @@ REFUSALS = [
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
     ("symlinked-idx-file", "idx:escape", {}, INVALID, "dataset.uri",
      "escape/train-images-idx3-ubyte: the path leads outside the data root"),
+    ("symlinked-fashion-mnist", "fashion-mnist", {}, INVALID, "dataset.uri",
+     "fashion-mnist: the path leads outside the data root"),
     ("dataset-too-large", "npz:big.npz", {}, EXHAUSTED, "",
      "needs 1,616,000 bytes in memory; the limit is 1,000,000 (--max-dataset-bytes)"),
     ("csv-parsed-too-large", "csv:wide.csv", {}, EXHAUSTED, "",

@@ -5,6 +5,7 @@ checkpoint with its optimizer state and a lower learning rate."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,29 @@ def test_rollback_resumes_from_the_last_checkpoint_with_its_adam_state_and_a_low
     got = model_weights(client, job.id, tmp_path / "rolled.npz")
     assert_identical(got, reference_weights(client, scaled, data, tmp_path))
     assert got["layer_0_bias"][0] != 0.0  # the planted sample did train the model
+
+
+# (id, x_train, the largest magnitude the message gives): inputs too large for the model at all
+HUGE_INPUTS = [
+    ("float32-near-max", np.full((200, 4), 3e38, np.float32), "3e+38"),
+    ("int64-near-2-62", np.full((200, 4), 2**62 - 1, np.int64) * np.array([1, -1, 1, -1]), "4.61e+18"),
+]
+
+
+@pytest.mark.parametrize(("x", "largest"), [r[1:] for r in HUGE_INPUTS], ids=[r[0] for r in HUGE_INPUTS])
+def test_a_non_finite_first_step_blames_the_input_scale(client, coordinator, x, largest) -> None:
+    """Inputs so large that the very first step (the initial weights, no update yet) is not finite:
+    the job fails saying the learning rate is not the cause, with the largest input magnitude and
+    the preprocessing that would fix it, rather than "lower the learning rate"."""
+    np.savez(coordinator.config.data_root / "huge.npz", x_train=x, y_train=np.arange(200) % 3)
+    spec = small_spec("npz:huge.npz", dataset={"uri": "npz:huge.npz", "preprocessing": "NONE"}, epochs=1)
+    done = wait_for(client, client.submit(spec).id, timeout_s=120)
+    assert done.state == pb.FAILED
+    assert re.fullmatch(
+        r"(loss|gradient) became (NaN|infinite) at epoch 1 step 1, before any update, so the learning rate "
+        r"\(0\.01\) is not the cause: the inputs are probably too large \(the largest \|x\| in the training "
+        rf"set is {re.escape(largest)}, with preprocessing NONE\); scale them with dataset\.preprocessing "
+        "SCALE or STANDARDIZE",
+        done.message,
+    ), done.message
+    assert done.progress.step == 0

@@ -326,6 +326,25 @@ def test_the_fault_policy_gives_up_after_its_limits() -> None:
         failing.diverged("loss became NaN", None)
 
 
+def test_the_fault_policy_counts_each_dead_worker_and_server_restarts_apart() -> None:
+    """Two workers dying at once are two replacements; a parameter-server restart is counted apart
+    but against the same max_worker_restarts; past it nothing more is counted."""
+    policy = FaultPolicy(max_restarts=3, rollback_on_divergence=False, max_rollbacks=0, lr_factor=0.5)
+    policy.actor_died("worker 0 (pid 7), worker 1 (pid 8)", 4, 1, WorkerLost("gone"), workers=2)
+    policy.actor_died("the parameter server", 9, 1, WorkerLost("gone"), server=True)
+    assert (policy.restarts, policy.server_restarts) == (2, 1)
+    with pytest.raises(WorkerLost, match=r"gave up after 3 replacements \(max_worker_restarts\)$"):
+        policy.actor_died("the parameter server", 12, 1, WorkerLost("gone"), server=True)
+    one = FaultPolicy(max_restarts=1, rollback_on_divergence=False, max_rollbacks=0, lr_factor=0.5)
+    with pytest.raises(WorkerLost) as lost:
+        one.actor_died("worker 0 (pid 7), worker 1 (pid 8)", 4, 1, WorkerLost("gone"), workers=2)
+    assert str(lost.value) == (
+        "worker 0 (pid 7), worker 1 (pid 8) died at step 4 (epoch 1): gone; gave up: replacing 2 actors "
+        "would make 2 replacements, over the 1 allowed (max_worker_restarts)"
+    )
+    assert (one.restarts, one.server_restarts) == (0, 0)
+
+
 def test_a_gradient_norm_spike_is_caught_before_the_update() -> None:
     """A norm 1000 times the recent median raises Diverged naming the step; steady norms do not."""
     server = ParameterServer(np.zeros(4, np.float32), SGD(4, np.float32), lambda step: 0.1)

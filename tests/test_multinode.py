@@ -74,7 +74,7 @@ def test_a_killed_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -
     else:
         assert replacing["state"] == "QUEUED", replacing
     assert seen["node_lost"]["state"] == "SUCCEEDED"
-    assert seen["node_lost"]["worker_restarts"] >= 1
+    assert seen["node_lost"]["restarts"] >= 1
     assert seen["same_weights"] is True
 
 

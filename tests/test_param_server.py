@@ -8,7 +8,10 @@ import re
 import numpy as np
 import pytest
 
+from gradfleet.v1 import coordinator_pb2 as pb
+from service.datasets.core import Dataset, TargetRange
 from service.errors import TrainingFailed
+from service.jobsetup import first_step_advice
 from service.param_server import IDLE_FRACTION, IDLE_MIN_S, ParameterServer, ParameterServerCore
 from workers.nn import SGD, make_schedule
 from workers.worker import GradientWorkerCore, ModelPlan
@@ -123,3 +126,58 @@ def test_evaluate_reports_no_accuracy_for_a_regression() -> None:
         InProcessGroup(plan, x, y), server, 20, epochs=1, step_timeout_s=10
     ).evaluate()
     assert count == 20 and np.isnan(accuracy) and np.isfinite(other["mse"])
+
+
+def _core_on(x: np.ndarray, lr: float, **kwargs) -> ParameterServerCore:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, len(x))
+    plan = ModelPlan((x.shape[1], 8, 3), ("relu", "identity"), "softmax_cross_entropy", 32, 2, 0)
+    net = plan.network()
+    server = ParameterServer(net.init_params(rng), SGD(net.num_params, np.float32), _constant(lr))
+    return ParameterServerCore(
+        InProcessGroup(plan, x, y), server, len(x), epochs=5, step_timeout_s=10, **kwargs
+    )
+
+
+def test_a_non_finite_first_step_blames_the_inputs_not_the_learning_rate() -> None:
+    """Inputs near float32's maximum make step 1 non-finite from the initial weights, before any
+    update: the message says the learning rate is not the cause and gives the inputs' advice (the
+    coordinator's, with their largest magnitude, or a default one)."""
+    x = np.full((64, 4), 3e38, np.float32)
+    for kwargs, advice in [
+        ({}, "the inputs are probably too large; scale them (dataset.preprocessing SCALE or STANDARDIZE)"),
+        ({"first_step_advice": "the inputs are 3e+38 at most"}, "the inputs are 3e+38 at most"),
+    ]:
+        with np.errstate(all="ignore"):
+            report = _core_on(x, 0.001, **kwargs).train(until_step=10, max_seconds=10)
+        assert (report.failed_step, report.steps) == (1, [])
+        assert re.fullmatch(
+            r"(loss|gradient) became (NaN|infinite) at epoch 1 step 1, before any update, so the learning "
+            rf"rate \(0\.001\) is not the cause: {re.escape(advice)}",
+            str(report.failure),
+        )
+
+
+def test_a_non_finite_later_step_still_points_at_the_learning_rate() -> None:
+    """Once updates were applied the learning rate is the likely cause, and the advice says so."""
+    rng = np.random.default_rng(0)
+    with np.errstate(all="ignore"):
+        report = _core_on(rng.standard_normal((64, 4)).astype(np.float32), 1e38).train(10, 10)
+    assert report.failed_step > 1
+    assert str(report.failure).endswith("(learning rate 1e+38); lower the learning rate or enable clipping")
+
+
+def test_the_first_step_advice_names_the_largest_input_and_the_preprocessing() -> None:
+    """NONE: scale the inputs; already normalized: the data itself (inputs or targets) is too large."""
+    x = np.array([[1.0, -5e30], [2.0, 3.0]], np.float32)
+    classes = Dataset(x, np.array([0, 1]), None, None, 2, "test")
+    assert first_step_advice(classes, pb.NONE) == (
+        "the inputs are probably too large (the largest |x| in the training set is 5e+30, with preprocessing "
+        "NONE); scale them with dataset.preprocessing SCALE or STANDARDIZE"
+    )
+    targets = TargetRange(-1.0, 2e20, "d.npz at sample 0", "d.npz at sample 1")
+    regression = Dataset(x, np.array([-1.0, 2e20], np.float32), None, None, 0, "test", targets)
+    assert first_step_advice(regression, pb.STANDARDIZE) == (
+        "the inputs or targets are probably too large (the largest |x| in the training set is 5e+30 before "
+        "STANDARDIZE, targets in [-1, 2e+20]); rescale them in the file"
+    )

@@ -62,3 +62,10 @@ def test_get_shows_the_worker_count_and_replacements() -> None:
     assert lines[2:4] == ["state:   SUCCEEDED", "workers: 3"]
     job.progress.worker_restarts = 2
     assert "workers: 3 (2 replaced after failures)" in progress.format_job(job)
+    job.progress.server_restarts = 1
+    assert (
+        "workers: 3 (2 replaced after failures; parameter server restarted 1 time)\n"
+        in progress.format_job(job)
+    )
+    job.progress.worker_restarts = 0
+    assert "workers: 3 (parameter server restarted 1 time)\n" in progress.format_job(job)

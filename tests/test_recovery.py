@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.progress import format_job
 from tests.helpers import assert_identical, reference_weights, small_spec, wait_for, write_blobs
 from tests.helpers import model_weights as weights
 
@@ -56,24 +57,80 @@ def test_a_killed_actor_is_replaced_and_the_weights_are_bit_identical(
     client, coordinator, blobs, tmp_path, victim
 ) -> None:
     """SIGKILL of a worker or the parameter server mid-job: the job replaces it within a bounded time
-    and ends with exactly the weights of an uninterrupted run, with exact step and sample counters."""
+    and ends with exactly the weights of an uninterrupted run, with exact step and sample counters.
+    A worker counts as a worker replacement, the parameter server as a server restart, in the job
+    and in the metrics alike."""
     spec = recovery_spec()
     job = client.submit(spec)
     wait_for_step(client, job.id, 60)
     kill_actor(coordinator, job.id, victim)
     killed_at = time.monotonic()
-    while client.get(job.id).progress.worker_restarts == 0:
+    while not (p := client.get(job.id).progress).worker_restarts and not p.server_restarts:
         assert time.monotonic() - killed_at < KILL_NOTICED_WITHIN_S, "the kill was not noticed in time"
         time.sleep(0.02)
     done = wait_for(client, job.id)
     assert done.state == pb.SUCCEEDED, done.message
-    assert done.progress.worker_restarts == 1
+    workers, servers = (1, 0) if victim == "worker-1" else (0, 1)
+    assert (done.progress.worker_restarts, done.progress.server_restarts) == (workers, servers)
     assert done.progress.step == done.progress.total_steps == 15 * 20
     assert done.progress.samples_trained == 15 * N_TRAIN  # redone steps are not counted twice
     got = weights(client, job.id, tmp_path / "killed.npz")
     reference = reference_weights(client, spec, coordinator.config.data_root / "blobs.npz", tmp_path)
     assert_identical(got, reference)
-    assert "gradfleet_worker_replacements_total 1.0" in metrics_text(coordinator)
+    text = metrics_text(coordinator)
+    assert f"gradfleet_worker_replacements_total {workers}.0" in text
+    assert f"gradfleet_server_restarts_total {servers}.0" in text
+    shown = "2 (1 replaced after failures)" if workers else "2 (parameter server restarted 1 time)"
+    assert workers_row(done) == shown
+
+
+def workers_row(job: pb.Job) -> str:
+    """The value of `gradfleet get`'s workers row."""
+    return (
+        next(line for line in format_job(job).splitlines() if line.startswith("workers:"))
+        .split(":", 1)[1]
+        .strip()
+    )
+
+
+def kill_both_workers(coordinator, job_id: str) -> list[int]:
+    """SIGKILL both workers of a 2-worker job back to back, as `kill -9 PID PID` does."""
+    pids = coordinator.scheduler.runner(job_id).actor_pids()
+    victims = [pids["worker-0"], pids["worker-1"]]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    return victims
+
+
+@pytest.mark.slow
+def test_two_workers_killed_at_once_count_as_two_replacements_everywhere(client, coordinator, blobs) -> None:
+    """Both workers of a 2-worker job SIGKILLed at once: two worker actors were replaced, and the job
+    (worker_restarts, `gradfleet get`) and the metric say 2, with no parameter-server restart."""
+    job = client.submit(recovery_spec(epochs=6))
+    wait_for_step(client, job.id, 30)
+    kill_both_workers(coordinator, job.id)
+    done = wait_for(client, job.id)
+    assert done.state == pb.SUCCEEDED, done.message
+    assert (done.progress.worker_restarts, done.progress.server_restarts) == (2, 0)
+    assert workers_row(done) == "2 (2 replaced after failures)"
+    text = metrics_text(coordinator)
+    assert "gradfleet_worker_replacements_total 2.0" in text
+    assert "gradfleet_server_restarts_total 0.0" in text
+
+
+@pytest.mark.slow
+def test_two_workers_dead_at_once_exceed_max_worker_restarts_1(client, coordinator, blobs) -> None:
+    """max_worker_restarts 1 allows one dead worker to be replaced: two that die at once fail the job,
+    naming them and the limit, instead of both being replaced."""
+    job = client.submit(recovery_spec(epochs=200, maxWorkerRestarts=1))
+    wait_for_step(client, job.id, 10)
+    victims = kill_both_workers(coordinator, job.id)
+    done = wait_for(client, job.id, timeout_s=120)
+    assert done.state == pb.FAILED, done.message
+    assert f"(pid {victims[0]})" in done.message or f"(pid {victims[1]})" in done.message
+    assert "(max_worker_restarts)" in done.message
+    assert done.progress.worker_restarts <= 1
+    assert "gradfleet_worker_replacements_total 2.0" not in metrics_text(coordinator)
 
 
 def test_a_worker_killed_as_the_evaluation_goes_out_is_replaced_and_the_weights_are_identical(

@@ -247,7 +247,7 @@ class ScheduleSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[ScheduleKind, str]] = ..., gamma: _Optional[float] = ..., step_epochs: _Optional[int] = ..., min_learning_rate: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., warmup_steps: _Optional[int] = ..., pct_start: _Optional[float] = ..., div_factor: _Optional[float] = ..., final_div_factor: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate", "eval_top_k_accuracy", "eval_mse", "eval_mae", "eval_r2", "eval_label_accuracy", "checkpoint_step", "rollbacks", "worker_restarts")
+    __slots__ = ("epoch", "step", "total_steps", "samples_trained", "loss", "eval_loss", "eval_accuracy", "samples_per_second", "has_eval", "learning_rate", "eval_top_k_accuracy", "eval_mse", "eval_mae", "eval_r2", "eval_label_accuracy", "checkpoint_step", "rollbacks", "worker_restarts", "server_restarts")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class Progress(_message.Message):
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     step: int
     total_steps: int
@@ -284,7 +285,8 @@ class Progress(_message.Message):
     checkpoint_step: int
     rollbacks: int
     worker_restarts: int
-    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., eval_top_k_accuracy: _Optional[float] = ..., eval_mse: _Optional[float] = ..., eval_mae: _Optional[float] = ..., eval_r2: _Optional[float] = ..., eval_label_accuracy: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., rollbacks: _Optional[int] = ..., worker_restarts: _Optional[int] = ...) -> None: ...
+    server_restarts: int
+    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples_trained: _Optional[int] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., has_eval: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., eval_top_k_accuracy: _Optional[float] = ..., eval_mse: _Optional[float] = ..., eval_mae: _Optional[float] = ..., eval_r2: _Optional[float] = ..., eval_label_accuracy: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., rollbacks: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., server_restarts: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "progress", "message", "created_at", "started_at", "finished_at", "owner")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 # Whole-number floats above this are surely measurements, not class indices (and would not
 # survive the int64 conversion exactly).
 _MAX_WHOLE_LABEL = 2**31
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # float features load as float32: beyond this is inf
 
 
 class DatasetError(ValueError):
@@ -37,11 +39,15 @@ class TargetRange:
     high_at: str
 
 
-def confine(path: Path, data_root: Path, what: str) -> Path:
+_CONFINE_FIX = "put the dataset under the data root (--data-root) and give its path relative to it"
+
+
+def confine(path: Path, data_root: Path, what: str, *, fix: str = _CONFINE_FIX) -> Path:
     """The real path of `path` (relative to `data_root`), refused unless it stays inside the root.
 
     Every file a loader opens from a client's URI goes through here, at submit time and again at
-    load time (a file can be swapped for a symlink in between). `what` names it in the error.
+    load time (a file can be swapped for a symlink in between). `what` names it in the error, and
+    `fix` says what to do instead.
     """
     try:
         root = data_root.resolve()
@@ -51,8 +57,7 @@ def confine(path: Path, data_root: Path, what: str) -> Path:
     if not real.is_relative_to(root):
         raise DatasetError(
             f"{what}: the path leads outside the data root {root} (through '..', an absolute path "
-            "or a symlink); put the dataset under the data root (--data-root) and give its path "
-            "relative to it"
+            f"or a symlink); {fix}"
         )
     return real
 
@@ -167,16 +172,33 @@ def _features(x: np.ndarray, origin: str) -> np.ndarray:
         return x.astype(np.uint8)
     if x.dtype.kind in "ui":
         return x
+    stored = x
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, caught below
         x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DatasetError(
-            f"{origin}: NaN or infinite feature value {x[row, col]} at sample {row}, feature "
-            f"{col} ({int(bad.sum())} in all); clean or impute them before loading"
-        )
+        value = stored[row, col].item()
+        # Of the kind of the value named: too large for float32, or NaN/infinite as stored.
+        same_kind = bad & (np.isfinite(stored) if math.isfinite(value) else ~np.isfinite(stored))
+        raise bad_feature(origin, value, int(row), int(col), f" ({int(same_kind.sum())} in all)")
     return x
+
+
+def bad_feature(origin: str, value: float, sample: int, feature: int, count: str = "") -> DatasetError:
+    """The error for a float feature that is not usable: NaN or infinite as stored, or finite but too
+    large for the float32 it loads as (rescaling is the fix, not imputing); `count` follows the
+    position, e.g. " (3 in all)". The load (above) and the submit-time npz check share it."""
+    where = f"at sample {sample}, feature {feature}{count}"
+    if math.isfinite(value):
+        return DatasetError(
+            f"{origin}: feature value {value:.3g} {where} is too large for float32 (|x| > 3.4e38), "
+            "which float features are loaded as; rescale the features in the file (preprocessing "
+            "SCALE and STANDARDIZE apply after that conversion and cannot help)"
+        )
+    return DatasetError(
+        f"{origin}: NaN or infinite feature value {value} {where}; clean or impute them before loading"
+    )
 
 
 def _check_count(x: np.ndarray, y: np.ndarray, x_origin: str, y_origin: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from service.datasets.core import Dataset, DatasetError, TargetRange, check_feature_dtype, label_facts
 from service.datasets.idx import check_stored_size, idx_paths, read_idx, read_idx_header
 from service.datasets.tabular import npz_array, npz_header, open_npz
-from service.datasets.uri import FASHION_MNIST, fashion_mnist_dir, resolve_uri
+from service.datasets.uri import fashion_mnist_dir, resolve_uri
 from service.errors import LimitExceeded
 
 _LABEL_BYTES = 8  # labels become int64
@@ -50,8 +50,8 @@ def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], ma
     """Facts about the dataset `uri` names; DatasetError if unusable, LimitExceeded if too large."""
     resolved = resolve_uri(uri, data_root)
     if resolved.path is None:
-        directory = fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
-        return _probe_idx(directory, None, require_test=True, max_bytes=max_bytes)
+        found = fashion_mnist_dir(data_root, extra_search)
+        return _probe_idx(found.directory, found.root, require_test=True, max_bytes=max_bytes)
     if resolved.scheme == "idx":
         return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes)
     if resolved.scheme == "npz":

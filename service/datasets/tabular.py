@@ -15,7 +15,7 @@ from typing import IO, TextIO
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, assemble
+from service.datasets.core import FLOAT32_MAX, Dataset, DatasetError, assemble, bad_feature
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +136,7 @@ def _check_finite_prefix(member: IO[bytes], key: str, path: Path, max_bytes: int
             break
     if found is not None:
         sample, feature, value = found
-        beyond = " (beyond float32's range)" if math.isfinite(value) else ""
-        raise DatasetError(
-            f"{path} (array {key}): NaN or infinite feature value {value}{beyond} at sample {sample}, "
-            f"feature {feature}; clean or impute them before loading"
-        )
+        raise bad_feature(f"{path} (array {key})", value, sample, feature)
 
 
 def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
@@ -266,6 +262,13 @@ def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool)
         raise DatasetError(
             f"{path}: line {line}, column {column + 1}: {_clip(cells[column])} is not a finite "
             "number (NaN or infinite); clean or impute it"
+        )
+    huge = np.abs(values) > FLOAT32_MAX
+    if huge.any():  # every column loads as float32 (labels too, as targets), where this is inf
+        column = int(np.argmax(huge))
+        raise DatasetError(
+            f"{path}: line {line}, column {column + 1}: {_clip(cells[column])} is too large for float32 "
+            "(|x| > 3.4e38), which the values are loaded as; rescale the column in the file"
         )
     return values
 

@@ -62,7 +62,7 @@ def dataset_location(uri: str, data_root: Path, *, extra_search: Sequence[Path] 
     resolved = resolve_uri(uri, data_root)
     if resolved.path is not None:
         return resolved.path
-    return fashion_mnist_dir([data_root / FASHION_MNIST, *extra_search])
+    return fashion_mnist_dir(data_root, extra_search).directory
 
 
 def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DEFAULT_SEARCH) -> Dataset:
@@ -72,7 +72,8 @@ def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DE
     """
     resolved = resolve_uri(uri, data_root)
     if resolved.path is None:
-        dataset = _load_fashion_mnist([data_root / FASHION_MNIST, *extra_search])
+        found = fashion_mnist_dir(data_root, extra_search)
+        dataset = load_idx_dir(found.directory, require_test=True, source="Fashion-MNIST", root=found.root)
     else:
         dataset = _LOADERS[resolved.scheme](resolved.path, data_root)
     logger.info(
@@ -86,24 +87,63 @@ def load_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path] = DE
     return dataset
 
 
-def _load_fashion_mnist(candidates: Sequence[Path]) -> Dataset:
-    return load_idx_dir(fashion_mnist_dir(candidates), require_test=True, source="Fashion-MNIST")
+@dataclass(frozen=True)
+class FashionMnistCopy:
+    """A directory holding the four Fashion-MNIST files, and the root they must stay in: the data
+    root for DATA_ROOT/fashion-mnist (a client may place links there), None for the operator's
+    search folders (--dataset-search), which the server's configuration vouches for."""
+
+    directory: Path
+    root: Path | None
 
 
-def fashion_mnist_dir(candidates: Sequence[Path]) -> Path:
-    """The first of `candidates` holding all four Fashion-MNIST IDX files."""
-    looked = []
-    for directory in candidates:
+# The last partial DATA_ROOT/fashion-mnist warned about, per directory: warn once per state, not
+# on every submit.
+_warned_partial: dict[Path, tuple[str, ...]] = {}
+
+
+def fashion_mnist_dir(data_root: Path, extra_search: Sequence[Path]) -> FashionMnistCopy:
+    """The first directory holding all four Fashion-MNIST IDX files: DATA_ROOT/fashion-mnist, then
+    each of `extra_search`. DATA_ROOT/fashion-mnist is refused, not skipped, when it is a symlink
+    leading out of the data root, as `idx:` refuses it; nothing is read there before that check."""
+    local = confine(
+        Path(FASHION_MNIST),
+        data_root,
+        f"dataset fashion-mnist: {data_root / FASHION_MNIST}",
+        fix=f"replace the link with a folder holding the files (remove it, then gradfleet fetch-data "
+        f"--dest {data_root / FASHION_MNIST}), or remove it to use the server's own copy",
+    )
+    looked, partial = [], []
+    for directory in (local, *extra_search):
         if not directory.is_dir():
             looked.append(f"{directory} (no such directory)")
             continue
-        missing = [stem for stem in IDX_FILES.values() if find_idx_file(directory, stem) is None]
+        missing = tuple(stem for stem in IDX_FILES.values() if find_idx_file(directory, stem) is None)
         if not missing:
-            return directory
+            _warn_skipped(partial, directory)
+            return FashionMnistCopy(directory, data_root if directory == local else None)
         looked.append(f"{directory} (missing {', '.join(missing)})")
+        partial.append((directory, missing))
     raise DatasetError(
         "fashion-mnist: the four IDX files (train-images-idx3-ubyte[.gz] and friends) were not "
         f"found; looked in: {'; '.join(looked)}. Install them with "
         "`apt-get install dataset-fashion-mnist`, or download them with "
-        f"`gradfleet fetch-data --dest DIR` where DIR is {candidates[0]}"
+        f"`gradfleet fetch-data --dest DIR` where DIR is {data_root / FASHION_MNIST}"
     )
+
+
+def _warn_skipped(partial: list[tuple[Path, tuple[str, ...]]], used: Path) -> None:
+    """A WARNING for each incomplete copy passed over for `used`: a half-finished copy under the data
+    root would otherwise be ignored without a word while the job trains on another copy."""
+    for directory, missing in partial:
+        if _warned_partial.get(directory) == missing:
+            continue
+        _warned_partial[directory] = missing
+        logger.warning(
+            "fashion-mnist: %s lacks %s (with or without .gz), so %s is used instead; add the missing "
+            "files (gradfleet fetch-data --dest %s) or remove the folder",
+            directory,
+            ", ".join(missing),
+            used,
+            directory,
+        )
