@@ -105,12 +105,15 @@ def main() -> None:
             # A node dies mid-job (its raylet is killed, and the worker on it goes): the job notices,
             # waits while every other CPU is taken, replaces the worker once one is free, and ends with
             # the weights of an undisturbed run.
-            spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=6)
+            # Long enough to outlast starting the CPU hogs, which takes seconds on a busy machine (with
+            # 6 epochs the job once finished before its node was killed).
+            spec = small_spec("npz:blobs.npz", numWorkers=2, batchSize=10, epochs=15)
             hit = client.submit(spec)
             wait(client, hit.id, lambda j: j.progress.step > 0)
             slots = running.scheduler.runner(hit.id)._cpus.reservation.nodes()
             hogs = fill_free_cpus(cluster, slots, spare=slots[0])
             node = next(n for n in cluster.list_all_nodes() if n.node_id == slots[0])
+            seen["state_at_kill"] = pb.JobState.Name(client.get(hit.id).state)
             killed_at = time.monotonic()
             cluster.remove_node(node, allow_graceful=False)
             noticed = wait(client, hit.id, lambda j: "died" in j.message or j.state != pb.RUNNING)

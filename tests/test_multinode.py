@@ -65,6 +65,7 @@ def test_a_killed_node_is_noticed_in_seconds_and_the_result_is_unchanged(seen) -
     what it waits for and counts only live workers; once CPUs return it ends with the weights of an
     undisturbed run. Timing picks the path: the lost worker replaced (or, when the survivor did not
     answer in time either, both), or a restart from the last checkpoint in CPUs reserved afresh."""
+    assert seen["state_at_kill"] == "RUNNING", seen  # else the kill tested nothing
     assert seen["noticed_after_s"] < 20
     replacing = seen["replacing"]
     assert "waiting for" in replacing["message"], replacing
