@@ -141,6 +141,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     folder = path.is_dir() or (args.path or "").endswith(("/", os.sep))  # `-o DIR/`: always a folder
     if folder:
         path /= f"{args.job_id}.npz"
+    if to_stdout and sys.stdout is None:  # started with standard output closed (`>&-`)
+        raise UsageError("-o -: standard output is closed; redirect it to a file, or give -o PATH")
     with connect(args) as client:
         job = client.get(args.job_id)  # before the download: a job that ends meanwhile is still a checkpoint
         if folder:

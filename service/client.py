@@ -238,6 +238,7 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it 0600; a model is a plain file
         with os.fdopen(fd, "wb") as out:
             size = _copy_chunks(chunks, out)
         os.replace(tmp_name, path)
@@ -246,6 +247,12 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
             os.unlink(tmp_name)
         raise
     return size
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def _copy_chunks(chunks: Iterable[pb.Chunk], out: BinaryIO) -> int:

@@ -176,7 +176,8 @@ def _abandon_ray_start(before: set[ProcessKey]) -> None:
         log.warning("ray.shutdown after a failed start: %s", exc)
     stopped = stop_new_descendants(before)
     if stopped:
-        log.info("stopped %d processes of the failed Ray start (pids %s)", len(stopped), stopped)
+        what = "1 process" if len(stopped) == 1 else f"{len(stopped)} processes"
+        log.info("stopped %s of the failed Ray start (pids %s)", what, stopped)
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

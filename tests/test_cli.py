@@ -95,6 +95,30 @@ def test_download_into_a_folder_or_to_standard_output(client, coordinator, tmp_p
     assert piped.stdout == model
     assert piped.stderr.decode().startswith(f"wrote {len(model):,} bytes to standard output")
     assert not (tmp_path / "-").exists()
+    closed = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert closed.returncode == 2, closed.stderr
+    assert b"standard output is closed" in closed.stderr and b"Traceback" not in closed.stderr
+
+
+def test_a_downloaded_model_gets_the_umask_s_mode_not_mkstemp_s(client, coordinator, tmp_path) -> None:
+    """The model file is a plain file: with umask 022 it is 0644 (mkstemp alone made it 0600)."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = wait_for(client, client.submit(small_spec("npz:blobs.npz", epochs=1)).id)
+    previous = os.umask(0o022)
+    try:
+        client.download(job.id, tmp_path / "m.npz")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
 
 
 def test_download_to_a_pipe_closed_early_fails_without_claiming_success(
