@@ -310,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queued-jobs", type=int, default=50)
     parser.add_argument("--synthetic", action="store_true", help="blobs instead of Fashion-MNIST")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="the job's worker actors (one CPU each); cpu_count - 1 leaves the coordinator a core of its "
+        "own, as a cluster deployment does (README, Running on a cluster)",
+    )
+    parser.add_argument(
         "--clients-nice",
         type=int,
         default=0,
@@ -321,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--windows: got {args.windows}; must be at least 1")
     if not 0 <= args.clients_nice <= 19:
         parser.error(f"--clients-nice: got {args.clients_nice}; must be 0 to 19")
+    if not 1 <= args.workers <= (os.cpu_count() or 1):
+        parser.error(f"--workers: got {args.workers}; must be 1 to {os.cpu_count()} (this machine's CPUs)")
     if args.burst < 0:
         parser.error(f"--burst: got {args.burst}; must be 0 (no burst) or more")
     with tempfile.TemporaryDirectory() as tmp:
@@ -344,7 +353,7 @@ def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> i
     report, alone, loaded = ReadLoad(), [], []
     with CoordinatorClient(address) as client:
         client.wait_ready(timeout=120)
-        job = client.submit(_spec(uri))
+        job = client.submit(_spec(uri, numWorkers=args.workers))
         wait_training(client, job.id)
         time.sleep(WARM_UP_S)
 
@@ -392,7 +401,7 @@ def _print_read_load(
     pace = f"{args.interval:g} s apart" if args.interval else "back to back"
     print(
         f"read load: {args.clients} clients x {args.seconds:g} s in {args.windows} windows ({pace}), "
-        f"{calls} calls ({calls / args.seconds:,.0f}/s), {errors} errors"
+        f"job with {args.workers} worker{'s' if args.workers != 1 else ''}, {calls} calls ({calls / args.seconds:,.0f}/s), {errors} errors"
     )
     for method, values in report.latencies.items():
         p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
