@@ -39,6 +39,7 @@ import numpy as np
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.client import CoordinatorClient
 from service.jobs import TERMINAL_STATES
+from service.wording import plural
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP_S = 5.0  # training before the first window: the first steps run slower (caches, page faults)
@@ -401,7 +402,8 @@ def _print_read_load(
     pace = f"{args.interval:g} s apart" if args.interval else "back to back"
     print(
         f"read load: {args.clients} clients x {args.seconds:g} s in {args.windows} windows ({pace}), "
-        f"job with {args.workers} worker{'s' if args.workers != 1 else ''}, {calls} calls ({calls / args.seconds:,.0f}/s), {errors} errors"
+        f"job with {plural(args.workers, 'worker')}, {calls} calls ({calls / args.seconds:,.0f}/s), "
+        f"{errors} errors"
     )
     for method, values in report.latencies.items():
         p50, p99 = report.percentile(0.5, method) * 1e3, report.percentile(0.99, method) * 1e3
