@@ -133,6 +133,11 @@ class ServerConfig:
                 "can never hold more streams than the whole server allows; lower "
                 "--max-watch-streams-per-client or raise --max-watch-streams"
             )
+        if self.metrics_port == self.port != 0:
+            raise ValueError(
+                f"{self.option('metrics_port')} and {self.option('port')} both name port {self.port}; gRPC "
+                "and the metrics endpoint need one each: choose another --metrics-port, or -1 for no metrics"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -36,6 +36,7 @@ from service.startup import (
     check_ray_address,
     check_tls_files,
     grpc_port_error,
+    host_port,
     load_tokens,
     lock_state_dir,
     start_metrics_http,
@@ -69,7 +70,7 @@ class RunningServer:
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        return host_port(self.config.host, self.port)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
@@ -226,9 +227,8 @@ def start_server(config: ServerConfig) -> RunningServer:
             running._watchdog = _watch_raylet(running.ray_lost)
         undo.pop_all()
     log.info(
-        "gradfleet coordinator on %s:%d (%s, %s), %s",
-        config.host,
-        port,
+        "gradfleet coordinator on %s (%s, %s), %s",
+        host_port(config.host, port),
         _transport(config),
         "tokens required" if tokens else "no authentication",
         f"metrics on port {metrics_port}" if metrics_port is not None else "metrics off",
@@ -287,7 +287,7 @@ def _bind_grpc(
             ("grpc.so_reuseport", 0),
         ],
     )
-    address = f"{config.host}:{config.port}"
+    address = host_port(config.host, config.port)
     try:
         port = (
             server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -374,7 +374,7 @@ def serve(config: ServerConfig) -> None:
     print(
         f"gradfleet coordinator listening on {running.address}"
         + (
-            f", metrics on http://{config.host}:{running.metrics_port}/metrics"
+            f", metrics on http://{host_port(config.host, running.metrics_port)}/metrics"
             if running.metrics_port
             else ""
         ),
