@@ -21,8 +21,10 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -216,22 +218,34 @@ class CheckpointStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def downloadable_model(state_dir: Path, final_model: Path, job: pb.Job) -> bytes:
-    """The .npz a client downloads: the final model of a SUCCEEDED job, else the weights of its
-    latest checkpoint (a running, failed, cancelled or interrupted job). JobNotReady if neither."""
+def downloadable_model(state_dir: Path, final_model: Path, job: pb.Job) -> BinaryIO:
+    """The .npz a client downloads, open for reading at its start (the caller closes it): the final
+    model of a SUCCEEDED job, else the weights of its latest checkpoint (a running, failed, cancelled
+    or interrupted job). JobNotReady if neither.
+
+    A download reads only this descriptor, a chunk at a time: a model file replaced meanwhile (models
+    and checkpoints are renamed into place) does not change what it sends, and a stalled download
+    holds a file, not the model, in memory.
+    """
     if job.state == pb.SUCCEEDED:
-        if not final_model.exists():
-            raise JobNotReady(f"job {job.id} succeeded but its model file {final_model} is missing")
-        return final_model.read_bytes()
+        try:
+            return final_model.open("rb")
+        except FileNotFoundError:
+            raise JobNotReady(f"job {job.id} succeeded but its model file {final_model} is missing") from None
     try:
         ckpt, _skipped = CheckpointStore(state_dir, job.id).latest(spec_hash(job.spec))
     except CheckpointError as exc:
         raise JobNotReady(f"job {job.id} is {pb.JobState.Name(job.state)} and {exc}") from None
     if ckpt is None:
         raise JobNotReady(_no_model_message(job))
-    buffer = io.BytesIO()
-    np.savez(buffer, **ckpt.model_arrays(spec_to_json(job.spec)))
-    return buffer.getvalue()
+    export = tempfile.TemporaryFile(dir=state_dir)  # noqa: SIM115 (returned open); nameless: gone when closed
+    try:
+        np.savez(export, **ckpt.model_arrays(spec_to_json(job.spec)))
+        export.seek(0)
+    except BaseException:
+        export.close()
+        raise
+    return export
 
 
 def _no_model_message(job: pb.Job) -> str:

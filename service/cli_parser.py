@@ -134,10 +134,14 @@ _SERVE_LIMITS = (
         f"(default {DEFAULT_NPZ_CHECK_BYTES:,})",
     ),
     ("--max-message-bytes", f"gRPC message size, both ways (default {DEFAULT_MAX_MESSAGE_BYTES:,})"),
-    ("--max-watch-streams", f"WatchJob streams in all (default {DEFAULT_MAX_WATCH_STREAMS})"),
+    (
+        "--max-watch-streams",
+        "open streams in all, WatchJob, DownloadModel and Health/Watch together (each holds an RPC "
+        f"thread; below --rpc-threads) (default {DEFAULT_MAX_WATCH_STREAMS})",
+    ),
     (
         "--max-watch-streams-per-client",
-        f"WatchJob streams per connection (default {DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT})",
+        f"open streams of every kind per connection (default {DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT})",
     ),
     ("--rpc-threads", f"threads serving calls (default {DEFAULT_RPC_THREADS})"),
 )

@@ -14,8 +14,9 @@ MAX_PORT = 65535
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator opens it up explicitly
 DEFAULT_STATE_DIR = Path("state")
 DEFAULT_DATA_ROOT = Path("data")
-DEFAULT_RPC_THREADS = 96  # a WatchJob stream holds a thread; max_watch_streams leaves 32 for the rest
-DEFAULT_MAX_WATCH_STREAMS = 64  # all clients together
+# A stream (WatchJob, DownloadModel, Health/Watch) holds a thread; max_watch_streams leaves 32 for the rest.
+DEFAULT_RPC_THREADS = 96
+DEFAULT_MAX_WATCH_STREAMS = 64  # streams of every kind, all clients together (service/limits.py)
 DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT = 8  # per connection (gRPC peer)
 DEFAULT_MAX_RUNNING_JOBS = 1  # a 2-core machine trains one job at a time well
 DEFAULT_MAX_QUEUED_JOBS = 1000
@@ -121,9 +122,9 @@ class ServerConfig:
         if self.max_watch_streams >= self.rpc_threads:
             raise ValueError(
                 f"{self.option('max_watch_streams')} ({self.max_watch_streams}) must be below "
-                f"{self.option('rpc_threads')} ({self.rpc_threads}): each WatchJob stream holds one of the "
-                "RPC threads, so streams could take them all and starve every other call; "
-                "raise --rpc-threads or lower --max-watch-streams"
+                f"{self.option('rpc_threads')} ({self.rpc_threads}): each stream (WatchJob, DownloadModel, "
+                "Health/Watch) holds one of the RPC threads, so streams could take them all and starve "
+                "every other call; raise --rpc-threads or lower --max-watch-streams"
             )
         if self.max_watch_streams_per_client > self.max_watch_streams:
             raise ValueError(
@@ -131,6 +132,11 @@ class ServerConfig:
                 f"must be at most {self.option('max_watch_streams')} ({self.max_watch_streams}): one client "
                 "can never hold more streams than the whole server allows; lower "
                 "--max-watch-streams-per-client or raise --max-watch-streams"
+            )
+        if self.metrics_port == self.port != 0:
+            raise ValueError(
+                f"{self.option('metrics_port')} and {self.option('port')} both name port {self.port}; gRPC "
+                "and the metrics endpoint need one each: choose another --metrics-port, or -1 for no metrics"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")

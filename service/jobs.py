@@ -205,13 +205,8 @@ class JobStore:
         size = page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidRequest(f"page_size: got {size}; must be at most {MAX_PAGE_SIZE}")
-        try:
-            before = int(page_token) if page_token else None
-        except ValueError:
-            raise InvalidRequest(
-                "page_token: not a token this server issued; pass next_page_token from the previous page"
-            ) from None
         with self._lock:
+            before = self._page_start(page_token, owner)
             ordered = sorted(self._jobs, key=self._seq.__getitem__, reverse=True)
             chosen = [
                 j
@@ -221,8 +216,23 @@ class JobStore:
                 and (owner is None or self._jobs[j].owner == owner)
             ]
             page = chosen[:size]
-            token = str(self._seq[page[-1]]) if len(chosen) > size else ""
+            token = page[-1] if len(chosen) > size else ""
             return [_copy(self._jobs[j]) for j in page], token
+
+    def _page_start(self, page_token: str, owner: str | None) -> int | None:
+        """The position after which the page `page_token` asks for starts (None: the newest job).
+
+        A token is the id of the last job of the previous page: it says nothing of other principals'
+        jobs (a row number would give away how many there are). One naming a job the caller cannot
+        see is refused like garbage, so tokens cannot probe for job ids. Call with the lock held."""
+        if not page_token:
+            return None
+        job = self._jobs.get(page_token)
+        if job is None or (owner is not None and job.owner != owner):
+            raise InvalidRequest(
+                "page_token: not a token this server issued; pass next_page_token from the previous page"
+            )
+        return self._seq[page_token]
 
     def unfinished(self) -> list[pb.Job]:
         """Jobs that were queued or running, oldest first (to re-queue after a restart)."""

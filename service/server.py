@@ -25,7 +25,7 @@ from service.config import ServerConfig
 from service.descendants import ProcessKey, descendants, stop_new_descendants
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
-from service.limits import StreamLimiter
+from service.limits import StreamLimiter, StreamLimitInterceptor
 from service.metrics import Metrics
 from service.ray_watchdog import RayletWatchdog, embedded_raylet, kill_embedded_ray
 from service.scheduler import Scheduler
@@ -36,6 +36,7 @@ from service.startup import (
     check_ray_address,
     check_tls_files,
     grpc_port_error,
+    host_port,
     load_tokens,
     lock_state_dir,
     start_metrics_http,
@@ -60,6 +61,7 @@ class RunningServer:
     servicer: CoordinatorServicer
     metrics: Metrics
     health: health.HealthServicer
+    streams: StreamLimiter  # every open stream, of every kind
     _http: object = None
     _owns_ray: bool = False
     _lock: TextIO | None = None  # the state folder's lock file, held until stop
@@ -68,7 +70,7 @@ class RunningServer:
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        return host_port(self.config.host, self.port)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
@@ -213,20 +215,20 @@ def start_server(config: ServerConfig) -> RunningServer:
         undo.callback(store.close)
         metrics = Metrics(registry, store.counts_by_state, config.metrics_retire_after_s)
         undo.callback(metrics.close)
-        server, port = _bind_grpc(config, credentials, tokens, metrics)
+        streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
+        server, port = _bind_grpc(config, credentials, tokens, metrics, streams)
         undo.callback(server.stop, None)
         owns_ray = _init_ray(config)
         if owns_ray:
             undo.callback(ray.shutdown)
-        running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
+        running = _start_services(config, server, port, metrics_port, store, metrics, streams, http, owns_ray)
         running._lock = lock
         if owns_ray:
             running._watchdog = _watch_raylet(running.ray_lost)
         undo.pop_all()
     log.info(
-        "gradfleet coordinator on %s:%d (%s, %s), %s",
-        config.host,
-        port,
+        "gradfleet coordinator on %s (%s, %s), %s",
+        host_port(config.host, port),
         _transport(config),
         "tokens required" if tokens else "no authentication",
         f"metrics on port {metrics_port}" if metrics_port is not None else "metrics off",
@@ -265,13 +267,17 @@ def _close_http(http) -> None:
     http.server_close()
 
 
-def _bind_grpc(config: ServerConfig, credentials, tokens, metrics: Metrics) -> tuple[grpc.Server, int]:
+def _bind_grpc(
+    config: ServerConfig, credentials, tokens, metrics: Metrics, streams: StreamLimiter
+) -> tuple[grpc.Server, int]:
     """A gRPC server bound to the configured port; another process on that port is an error, not a
     shared port (gRPC's default SO_REUSEPORT would split the calls between the two at random)."""
-    # The error mapper is outermost, so refused tokens are mapped and counted like any error.
+    # The error mapper is outermost, so refused tokens and streams are mapped and counted like any
+    # error; the stream cap is innermost, so a call without a valid token never takes a place.
     interceptors = [ErrorMappingInterceptor(on_call=metrics.record_call)]
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
+    interceptors.append(StreamLimitInterceptor(streams))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
@@ -281,7 +287,7 @@ def _bind_grpc(config: ServerConfig, credentials, tokens, metrics: Metrics) -> t
             ("grpc.so_reuseport", 0),
         ],
     )
-    address = f"{config.host}:{config.port}"
+    address = host_port(config.host, config.port)
     try:
         port = (
             server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -300,6 +306,7 @@ def _start_services(
     metrics_port: int | None,
     store: JobStore,
     metrics: Metrics,
+    streams: StreamLimiter,
     http,
     owns_ray: bool,
 ) -> RunningServer:
@@ -307,8 +314,7 @@ def _start_services(
     scheduler = Scheduler(store, metrics, config)
     metrics.read_live_values(scheduler.queued_jobs, scheduler.oldest_queued_seconds, scheduler.workers_alive)
     admission = Admission(config, scheduler.cache)
-    streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
-    servicer = CoordinatorServicer(store, scheduler, config, admission, streams)
+    servicer = CoordinatorServicer(store, scheduler, config, admission)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -331,6 +337,7 @@ def _start_services(
         servicer,
         metrics,
         health_servicer,
+        streams,
         http,
         owns_ray,
     )
@@ -367,7 +374,7 @@ def serve(config: ServerConfig) -> None:
     print(
         f"gradfleet coordinator listening on {running.address}"
         + (
-            f", metrics on http://{config.host}:{running.metrics_port}/metrics"
+            f", metrics on http://{host_port(config.host, running.metrics_port)}/metrics"
             if running.metrics_port
             else ""
         ),

@@ -8,7 +8,10 @@ principal's job is answered NOT_FOUND, so job ids cannot be probed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
@@ -19,7 +22,6 @@ from service.client import EXISTING_JOB_METADATA
 from service.config import ServerConfig
 from service.errors import InvalidSpec, JobNotFound, JobNotReady, Unavailable
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
-from service.limits import StreamLimiter
 from service.runner import JobRunner
 from service.scheduler import Scheduler
 
@@ -40,13 +42,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         scheduler: Scheduler,
         config: ServerConfig,
         admission: Admission,
-        streams: StreamLimiter,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.config = config
         self.admission = admission
-        self.streams = streams
         self.stopping = threading.Event()
 
     def SubmitJob(self, request: pb.JobSpec, context) -> pb.Job:
@@ -86,8 +86,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
         self._visible_job(request.job_id, context)
-        with self.streams.hold(context.peer()):
-            yield from self._watch(request.job_id, context)
+        yield from self._watch(request.job_id, context)  # its place among streams: service/limits.py
 
     def _watch(self, job_id: str, context):
         version, job = self.store.snapshot(job_id)
@@ -110,16 +109,25 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def DownloadModel(self, request: pb.DownloadModelRequest, context):
         job = self._visible_job(request.job_id, context)
         final = JobRunner.model_path(self.config, job.id)
-        data = downloadable_model(self.config.state_dir, final, job)
-        total, size = len(data), self.config.download_chunk_bytes
-        for offset in range(0, total, size):
-            yield pb.Chunk(data=data[offset : offset + size], offset=offset, total_size=total)
+        with downloadable_model(self.config.state_dir, final, job) as model:
+            yield from file_chunks(model, self.config.download_chunk_bytes)
 
     def _visible_job(self, job_id: str, context) -> pb.Job:
         job = self.store.get(job_id)
         if not principal_of(context).can_see(job.owner):
             raise JobNotFound(job_id)
         return job
+
+
+def file_chunks(model: BinaryIO, chunk_bytes: int) -> Iterator[pb.Chunk]:
+    """The open file from its start, read a chunk of at most `chunk_bytes` at a time as it is sent."""
+    total, offset = os.fstat(model.fileno()).st_size, 0
+    while offset < total:
+        data = model.read(min(chunk_bytes, total - offset))
+        if not data:  # files are replaced by rename, never cut short: only outside meddling does this
+            raise Unavailable(f"the model file shrank to {offset} of {total} bytes while being sent; retry")
+        yield pb.Chunk(data=data, offset=offset, total_size=total)
+        offset += len(data)
 
 
 def without_superseded_progress(events: list[tuple[int, pb.JobEvent]]) -> list[pb.JobEvent]:

@@ -44,8 +44,14 @@ def check_folders(state_dir: Path, data_root: Path) -> None:
 def lock_state_dir(state_dir: Path) -> TextIO:
     """Hold an exclusive lock on the state folder for the coordinator's life (close the file to release):
     two coordinators on one folder would both re-queue and run the same jobs."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until stop)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until stop)
+    except OSError as exc:
+        raise StartupError(
+            f"--state-dir {state_dir}: cannot create or write in it ({exc.strerror}); choose a folder "
+            "this user can write (it is created if missing)"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,13 +67,24 @@ def lock_state_dir(state_dir: Path) -> TextIO:
     return handle
 
 
+def bare_host(host: str) -> str:
+    """The host without the brackets of an IPv6 literal: "[::1]" -> "::1" (what sockets take)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as gRPC and URLs take it: an IPv6 literal in brackets ("[::1]:50051")."""
+    name = bare_host(host)
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
 def start_metrics_http(host: str, port: int, registry: CollectorRegistry):
     """The Prometheus endpoint on `port` (0: any free); returns (server, bound port)."""
     try:
-        http, _thread = start_http_server(port, addr=host, registry=registry)
+        http, _thread = start_http_server(port, addr=bare_host(host), registry=registry)
     except OSError as exc:
         raise StartupError(
-            f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
+            f"cannot serve metrics on {host_port(host, port)} ({exc.strerror}); "
             "choose another --metrics-port, or -1 to turn metrics off"
         ) from None
     return http, http.server_address[1]
@@ -82,9 +99,8 @@ def grpc_port_error(address: str, reason: object) -> StartupError:
 def check_host(host: str, option: str = "--host") -> None:
     """Refuse a listen address that is malformed or not one of this machine's (gRPC would only say
     "Failed to bind"); `option` is how the operator set it."""
-    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]
     try:
-        candidates = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        candidates = socket.getaddrinfo(bare_host(host), 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror:
         raise StartupError(
             f"{option}: {host!r} is not a valid address nor a name this machine resolves; "
@@ -147,7 +163,7 @@ def check_ray_address(address: str, option: str = "--ray-address") -> None:
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    host = bare_host(host)
     advice = (
         "check that the Ray head is running (`ray start --head` prints its address, port 6379 by "
         "default) and that this machine can reach it, or leave --ray-address out to start an embedded Ray"

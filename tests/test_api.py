@@ -137,6 +137,16 @@ def test_an_unknown_state_filter_is_an_invalid_argument(stub) -> None:
     )
 
 
+@pytest.mark.parametrize("token", ["-1", "12", "not-a-job"])
+def test_a_page_token_the_server_did_not_issue_is_an_invalid_argument(stub, token: str) -> None:
+    """ListJobs with a page_token that names none of the caller's jobs (a row number, garbage) is
+    INVALID_ARGUMENT naming page_token."""
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ListJobs(pb.ListJobsRequest(page_token=token), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("page_token: not a token this server issued")
+
+
 def test_empty_job_id_is_an_invalid_argument(stub) -> None:
     """GetJob, CancelJob and WatchJob with an empty id get INVALID_ARGUMENT naming job_id."""
     calls = [

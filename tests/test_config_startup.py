@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from service.startup import StartupError
+from service.client import CoordinatorClient
+from service.startup import StartupError, host_port
 from tests.conftest import start_coordinator
 from tests.helpers import ROOT, gradfleet_command
 
@@ -87,17 +89,49 @@ def test_serve_on_a_busy_metrics_port_exits_2_naming_it(busy_port: int, tmp_path
         (("--port", "99999"), "error: --port: got 99999; must be between 0 and 65535"),
         (("--state-dir", "FILE"), "error: --state-dir FILE is not a folder"),
         (("--data-root", "FILE"), "error: --data-root FILE is not a folder"),
+        (
+            ("--port", "54610", "--metrics-port", "54610"),
+            "error: --metrics-port and --port both name port 54610; gRPC and the metrics endpoint need one",
+        ),
+        (
+            ("--state-dir", "/proc/gradfleet-state"),
+            "error: --state-dir /proc/gradfleet-state: cannot create or write in it (No such file",
+        ),
     ],
-    ids=["port-out-of-range", "state-dir-is-a-file", "data-root-is-a-file"],
+    ids=["port-out-of-range", "state-dir-is-a-file", "data-root-is-a-file", "same-ports", "uncreatable"],
 )
 def test_serve_refuses_bad_ports_and_folders(tmp_path: Path, args: tuple[str, ...], error: str) -> None:
-    """An out-of-range port, or a state folder or data root that is a file, exits 2 with the reason."""
+    """An out-of-range port, one port for both gRPC and metrics, or a state folder or data root that is a
+    file or cannot be created, exits 2 with the reason, naming the flags."""
     file = tmp_path / "file"
     file.write_text("not a folder")
     args = tuple(str(file) if a == "FILE" else a for a in args)
     done, _ = serve("--metrics-port", "-1", "--state-dir", str(tmp_path / "s"), *args)
     assert done.returncode == 2, done.stderr
     assert error.replace("FILE", str(file)) in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [("::1", "[::1]:5"), ("[::1]", "[::1]:5"), ("::", "[::]:5"), ("127.0.0.1", "127.0.0.1:5"), ("h", "h:5")],
+)
+def test_ipv6_literals_are_bracketed_in_addresses(host: str, address: str) -> None:
+    assert host_port(host, 5) == address
+
+
+@pytest.mark.ray
+def test_a_bare_ipv6_host_serves_grpc_and_metrics(ray_session, tmp_path: Path) -> None:
+    """--host ::1 (no brackets) listens on IPv6 loopback for gRPC and metrics, and says so bracketed."""
+    running = start_coordinator(tmp_path, host="::1")
+    try:
+        assert running.address == f"[::1]:{running.port}"
+        with CoordinatorClient(running.address) as client:
+            assert client.list() == []
+        url = f"http://[::1]:{running.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            assert b"gradfleet_grpc_requests_total" in reply.read()
+    finally:
+        running.stop(grace_s=1.0)
 
 
 def test_a_corrupt_job_store_stops_start_up_naming_the_file(tmp_path: Path) -> None:

@@ -196,8 +196,8 @@ def test_a_running_job_downloads_its_latest_checkpoint(tmp_path: Path, spec) -> 
         downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
     saved = make_checkpoint(10, spec)
     CheckpointStore(tmp_path, "job1").save(saved)
-    blob = downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
-    (tmp_path / "model.npz").write_bytes(blob)
+    with downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job) as export:
+        (tmp_path / "model.npz").write_bytes(export.read())
     with np.load(tmp_path / "model.npz", allow_pickle=False) as model:
         assert model["layer_0_weight"].shape == (4, 5)
         flat = np.concatenate([model[n].ravel() for n in ("layer_0_weight", "layer_0_bias")])
@@ -369,7 +369,8 @@ def test_a_finished_model_is_served_after_a_restart(tmp_path: Path, spec) -> Non
     final.write_bytes(b"the final model")
     store.close()
     reopened = JobStore(tmp_path)
-    assert downloadable_model(tmp_path, final, reopened.get(job.id)) == b"the final model"
+    with downloadable_model(tmp_path, final, reopened.get(job.id)) as model:
+        assert model.read() == b"the final model"
 
 
 def test_a_retried_submit_matches_its_job_after_a_scale(tmp_path: Path, spec) -> None:

@@ -72,14 +72,17 @@ def test_watch_streams_are_capped_per_client_and_in_all(limited):
         with pytest.raises(grpc.RpcError) as per_client:
             _open_watch(a, job.id)
         assert per_client.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "2 WatchJob streams open, the limit per connection" in per_client.value.details()
+        details = per_client.value.details()
+        assert "another WatchJob stream: this connection already has 2 streams open" in details
+        assert "close one or poll with GetJob" in details
         streams.append(_open_watch(b, job.id))
         with pytest.raises(grpc.RpcError) as total:
             _open_watch(c, job.id)
-        assert "the server has 3 WatchJob streams open, its limit" in total.value.details()
+        assert "the server has 3 streams open, its limit (--max-watch-streams" in total.value.details()
+        assert "retry later or poll with GetJob" in total.value.details()
         streams.pop(0).cancel()
         deadline = time.monotonic() + 5
-        while limited.servicer.streams.open_streams() > 2:
+        while limited.streams.open_streams() > 2:
             assert time.monotonic() < deadline, "a cancelled stream kept its place"
             time.sleep(0.05)
         streams.append(_open_watch(c, job.id))
@@ -88,7 +91,7 @@ def test_watch_streams_are_capped_per_client_and_in_all(limited):
             last = list(stream)[-1]
             assert (last.kind, last.job.state) == (pb.JobEvent.STATE, pb.CANCELLED)
         wait_for(a, job.id)
-        assert limited.servicer.streams.open_streams() == 0
+        assert limited.streams.open_streams() == 0
     finally:
         for client in clients:
             client.close()

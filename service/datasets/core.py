@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -60,6 +64,48 @@ def confine(path: Path, data_root: Path, what: str, *, fix: str = _CONFINE_FIX) 
             f"or a symlink); {fix}"
         )
     return real
+
+
+_FILE_TYPES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+    0: "a socket or device",
+}
+_REGULAR_FIX = "datasets are read from regular files: copy the data into one under the data root"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` open for reading, once it is known to be a regular file; DatasetError otherwise.
+
+    Every dataset file is opened here. O_NONBLOCK keeps the open of a FIFO from waiting forever for a
+    writer, and the type is checked on the descriptor, so a file swapped for a FIFO, device or socket
+    after any earlier check is refused, never read. The descriptor then blocks as usual.
+    """
+    try:
+        handle = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))  # noqa: SIM115
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise _not_regular(path, stat.S_IFDIR) from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, or a device without a driver
+            raise _not_regular(path, 0) from None
+        raise DatasetError(f"{path}: cannot open: {exc}") from None
+    try:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, stat.S_IFMT(mode))
+        os.set_blocking(handle.fileno(), True)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _not_regular(path: Path, file_type: int) -> DatasetError:
+    kind = _FILE_TYPES.get(file_type, "a device")
+    return DatasetError(f"{path}: is not a regular file (it is {kind}); {_REGULAR_FIX}")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays elementwise has no single truth

@@ -6,18 +6,20 @@ the values in C order (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, assemble, confine
+from service.datasets.core import Dataset, DatasetError, assemble, confine, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,12 @@ _REFETCH_HINT = "re-create or re-download it (Fashion-MNIST: gradfleet fetch-dat
 
 
 def find_idx_file(directory: Path, stem: str) -> Path | None:
-    """The file `stem` or `stem.gz` in `directory` (plain name first), or None."""
+    """The file `stem` or `stem.gz` in `directory` (plain name first), or None. A FIFO, socket or
+    device of that name counts, so that reading it is refused by name rather than called missing."""
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
+        path = directory / name
+        if path.exists() and not path.is_dir():
+            return path
     return None
 
 
@@ -130,7 +134,7 @@ def check_stored_size(path: Path, dtype: np.dtype, dims: tuple[int, ...]) -> Non
     a gzip file whose trailer disagrees is decompressed, to tell truncated from too long."""
     needed = 4 + 4 * len(dims) + math.prod(dims) * dtype.itemsize  # magic, dimensions, values
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
             gzipped = stream.read(2) == _GZIP_MAGIC
             if gzipped:
                 stream.seek(-4, os.SEEK_END)
@@ -156,7 +160,7 @@ def _decompressed_size(path: Path, needed: int, dims: tuple[int, ...]) -> int:
     """The bytes the gzip file `path` decompresses to, counted up to `needed` + 1."""
     size = 0
     try:
-        with gzip.open(path, "rb") as stream:
+        with _open(path) as stream:
             while size <= needed and (chunk := stream.read(min(_CHUNK, needed + 1 - size))):
                 size += len(chunk)
     except EOFError:  # "Compressed file ended before the end-of-stream marker was reached"
@@ -182,12 +186,18 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "x".join(map(str, dims))
 
 
-def _open(path: Path) -> BinaryIO:
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
     """Open plain or gzipped by content, not by name: mirrors rename and recompress freely."""
-    with path.open("rb") as probe:
-        gzipped = probe.read(2) == _GZIP_MAGIC
-    logger.debug("reading %s (%s)", path, "gzip" if gzipped else "plain")
-    return gzip.open(path, "rb") if gzipped else path.open("rb")
+    with open_regular(path) as handle:
+        gzipped = handle.read(2) == _GZIP_MAGIC
+        handle.seek(0)
+        logger.debug("reading %s (%s)", path, "gzip" if gzipped else "plain")
+        if not gzipped:
+            yield handle
+            return
+        with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
+            yield stream
 
 
 def _read_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:

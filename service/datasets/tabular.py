@@ -11,11 +11,11 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, BinaryIO, TextIO
 
 import numpy as np
 
-from service.datasets.core import FLOAT32_MAX, Dataset, DatasetError, assemble, bad_feature
+from service.datasets.core import FLOAT32_MAX, Dataset, DatasetError, assemble, bad_feature, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
         return {key: npz_array(archive, key, path) for key in _NPZ_KEYS}
 
 
-def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+@contextlib.contextmanager
+def open_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
     """Open an .npz archive holding x_train and y_train (and both or neither test arrays)."""
+    with open_regular(path) as handle, _npz_archive(handle, path) as archive:
+        yield archive
+
+
+def _npz_archive(handle: BinaryIO, path: Path) -> np.lib.npyio.NpzFile:
     try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: file not found") from exc
+        archive = np.load(handle, allow_pickle=False)
     except ValueError as exc:  # neither zip nor .npy, so np.load wanted to unpickle it
         raise DatasetError(f"{path}: not an .npz archive (no zip or .npy data); {_NPZ_HINT}") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -159,7 +163,7 @@ _CSV_ENCODING = "utf-8-sig"  # UTF-8, less the byte order mark Excel writes at t
 def load_csv(path: Path) -> Dataset:
     """Load numeric rows, label in the last column; a non-numeric first row is a header."""
     lines: list[int] = []
-    with _csv_errors(path), path.open(newline="", encoding=_CSV_ENCODING) as handle:
+    with _csv_errors(path), io.TextIOWrapper(open_regular(path), _CSV_ENCODING, newline="") as handle:
         table = _table(_parse_rows(handle, path, lines), path)
     label_column = table.shape[1]
     return assemble(
@@ -180,7 +184,7 @@ def check_csv_prefix(path: Path, max_bytes: int) -> int | None:
     Labels are not checked: a later row can turn whole-number labels into regression targets.
     """
     with _csv_errors(path):
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             head = handle.read(max_bytes + 1)
         cut = len(head) > max_bytes
         if cut:  # after the last complete line
