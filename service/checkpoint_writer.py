@@ -58,9 +58,10 @@ class CheckpointWriter:
             log.warning("job %s: the last checkpoint could not be written", self.job_id, exc_info=True)
 
     def latest(self, spec_hash: str) -> Checkpoint | None:
-        """The newest usable checkpoint on disk, once the pending write landed."""
+        """The newest usable checkpoint on disk, once the pending write landed (CheckpointError when
+        there is none although one was written: its folder was removed)."""
         self.flush()
-        ckpt, skipped = self.checkpoints.latest(spec_hash)
+        ckpt, skipped = self.checkpoints.latest(spec_hash, self.written_step)
         for note in skipped:
             log.warning("job %s: skipped checkpoint %s", self.job_id, note)
         return ckpt

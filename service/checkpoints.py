@@ -171,7 +171,7 @@ class CheckpointStore:
     def save(self, ckpt: Checkpoint) -> Path:
         """Write atomically and durably, then drop all but the newest KEEP intact checkpoints."""
         path = self.folder / f"step-{ckpt.step:012d}.ckpt"
-        write_durably(path, encode(ckpt))
+        write_durably(path, encode(ckpt), "the checkpoint")
         self._known_intact.add(path)
         self._prune()
         return path
@@ -192,9 +192,12 @@ class CheckpointStore:
         for tmp in self.folder.glob(".step-*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def latest(self, expected_hash: str | None = None) -> tuple[Checkpoint | None, list[str]]:
+    def latest(
+        self, expected_hash: str | None = None, written_step: int = 0
+    ) -> tuple[Checkpoint | None, list[str]]:
         """The newest valid checkpoint and a note per newer file that was skipped, or (None, [])
-        when there is none. CheckpointError when files exist and none is usable."""
+        when there is none. CheckpointError when files exist and none is usable, or when there are
+        none although the job wrote one at `written_step` (its folder was removed)."""
         problems = []
         for path in self.files():
             try:
@@ -211,6 +214,12 @@ class CheckpointStore:
             raise CheckpointError(
                 f"no usable checkpoint in {self.folder}: " + "; ".join(problems) + "; the job will not "
                 "restart from its initial weights silently: resubmit it to train from the start"
+            )
+        if written_step:
+            raise CheckpointError(
+                f"no checkpoint in {self.folder}, although the job wrote one at step {written_step} "
+                "(was the folder removed or moved?); the job will not restart from its initial weights "
+                "silently: resubmit it to train from the start"
             )
         return None, []
 

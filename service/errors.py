@@ -86,3 +86,20 @@ class TrainingFailed(GradfleetError):
     """Training could not go on; the message says why and what to change."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class StateNotWritable(GradfleetError):
+    """The state folder (job store, checkpoints, models) refused a write; the message names the file,
+    the problem and the fix. A full disk is RESOURCE_EXHAUSTED, anything else UNAVAILABLE: the same
+    request succeeds once the operator has fixed the disk."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+        if disk_full:
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.disk_full))

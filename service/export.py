@@ -27,10 +27,10 @@ def model_arrays(
 
 def write_model(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically and durably: a temporary file in the same folder, fsync, rename, fsync
-    of the folder (see service/durable.py)."""
+    of the folder (see service/durable.py); StateNotWritable names the disk's problem."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_durably(path, buffer.getvalue())
+    write_durably(path, buffer.getvalue(), "the model")
 
 
 def load_model(path: Path) -> dict[str, np.ndarray]:

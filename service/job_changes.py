@@ -1,11 +1,12 @@
 """The changes a running job makes to its record: each function returns a change for `JobStore.update`,
-which applies it under the store's lock and publishes the result as an event."""
+which applies it under the store's lock and publishes the result as an event; and the notes it shows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.checkpoints import Checkpoint
 from service.jobs import JobStore
 from service.param_server import StepStats
 
@@ -62,6 +63,17 @@ def set_checkpoint(step: int) -> JobChange:
     return change
 
 
+def resuming(step: int, samples_trained: int, epoch: int) -> JobChange:
+    """The counters of the checkpoint a job resumes from, shown while its data and workers get ready
+    (the record may hold later steps, trained after that checkpoint and lost with the coordinator)."""
+
+    def change(job: pb.Job) -> None:
+        p = job.progress
+        p.step, p.samples_trained, p.epoch, p.checkpoint_step = step, samples_trained, epoch, step
+
+    return change
+
+
 def recovered(message: str, restarts: int) -> JobChange:
     def change(job: pb.Job) -> None:
         job.message = message
@@ -106,3 +118,43 @@ def set_progress(
         job.message = message
 
     return change
+
+
+_TEST_SPLIT = {"npz": "x_test/y_test", "idx": "t10k-* files", "csv": "CSV files have none"}
+
+
+def no_test_note(uri: str) -> str:
+    """Says a job trains without evaluation: its dataset has no test split."""
+    where = _TEST_SPLIT.get(uri.partition(":")[0], "empty test split")
+    return f"no test split in {uri} ({where}); training without evaluation"
+
+
+def preparing(resume: Checkpoint | None) -> JobChange:
+    """RUNNING while the data loads and the actors start, with the counters of the checkpoint the
+    job resumes from (its record may hold later steps, lost with the coordinator that trained them)."""
+
+    def change(job: pb.Job) -> None:
+        if resume is not None:
+            resuming(resume.step, resume.samples_trained, resume.epoch)(job)
+        set_state(pb.RUNNING, preparing_note(job))(job)
+
+    return change
+
+
+def preparing_note(job: pb.Job) -> str:
+    """The message while the data loads and the actors start; a job with a checkpoint on record says
+    it resumes from it."""
+    step = job.progress.checkpoint_step
+    if not step:
+        return "preparing data and workers"
+    return f"preparing data and workers to resume from the checkpoint at step {step}"
+
+
+def resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:
+    """Says which checkpoint a job resumed from, and which newer ones it skipped as unusable."""
+    if ckpt is None:
+        return ""
+    note = f"resumed from the checkpoint at step {ckpt.step}"
+    if skipped:
+        note += " (skipped unusable newer ones: " + "; ".join(skipped) + ")"
+    return note

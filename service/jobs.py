@@ -1,7 +1,8 @@
 """The job registry: job records in SQLite under the state folder, and change events for watchers.
 
 Every change goes through `JobStore.update`, which persists the record and wakes watchers, so
-what a client sees is always what is on disk.
+what a client sees is always what is on disk (but for a job's final state that the disk refused,
+shown all the same). The SQLite file itself, its schema and migrations: service/jobs_db.py.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
-from service.errors import InvalidRequest, JobNotFound
+from service.errors import InvalidRequest, JobNotFound, StateNotWritable
+from service.jobs_db import prepare, store_error, unwritable_store
 from service.spec import enum_names
-from service.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +31,8 @@ EVENT_HISTORY = 256  # events kept per job for watchers that fall behind
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    state INTEGER NOT NULL,
-    record BLOB NOT NULL
-)
-"""
-# Idempotent submission: one job per principal and client request id (NULLs, jobs without one,
-# never clash). Scoped by owner so that another principal's request id neither finds nor names a job.
 # Spec fields the server itself rewrites after the submission (ScaleJob): a retry still matches.
 _CHANGED_AFTER_SUBMIT = ("num_workers",)
-_MIGRATIONS = (
-    ("request_id", "ALTER TABLE jobs ADD COLUMN request_id TEXT"),
-    ("owner", "ALTER TABLE jobs ADD COLUMN owner TEXT"),
-)
-_OLD_REQUEST_INDEX = "DROP INDEX IF EXISTS jobs_request_id"  # request ids were global before
-_REQUEST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs (owner, request_id)"
 
 
 def now_timestamp() -> Timestamp:
@@ -65,13 +50,14 @@ class JobStore:
         db = None
         try:  # a damaged file fails only once read, past connect(): all of it is in here
             db = sqlite3.connect(path, check_same_thread=False)
-            _prepare(db)
-            rows = db.execute("SELECT seq, id, record FROM jobs ORDER BY seq").fetchall()
+            prepare(db)
+            rows = db.execute("SELECT seq, id, record, cancel_requested FROM jobs ORDER BY seq").fetchall()
         except sqlite3.DatabaseError as exc:
             if db is not None:
                 db.close()
-            raise _store_error(path, exc) from None
+            raise store_error(path, exc) from None
         self._db = db
+        self._path = path
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._milestone = threading.Condition(self._lock)  # an event other than PROGRESS, or wake_all
@@ -81,7 +67,8 @@ class JobStore:
         self._events: dict[str, collections.deque] = {}
         self._state_since: dict[str, float] = {}  # time.time() the job entered its state (or was loaded)
         self._version = 0
-        for seq, job_id, record in rows:
+        self._cancels: set[str] = set()  # jobs whose owner asked to cancel them (request_cancel)
+        for seq, job_id, record, cancel in rows:
             try:
                 job = pb.Job.FromString(record)
             except (DecodeError, TypeError):  # one bad row must not take the other jobs down with it
@@ -96,6 +83,8 @@ class JobStore:
             self._seq[job_id] = seq
             self._events[job_id] = collections.deque(maxlen=EVENT_HISTORY)
             self._state_since[job_id] = time.time()
+            if cancel:
+                self._cancels.add(job_id)
 
     def close(self) -> None:
         with self._lock:
@@ -112,11 +101,10 @@ class JobStore:
             job = pb.Job(
                 id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp(), owner=owner
             )
-            cursor = self._db.execute(
+            cursor = self._write(
                 "INSERT INTO jobs (id, state, record, request_id, owner) VALUES (?, ?, ?, ?, ?)",
                 (job.id, job.state, job.SerializeToString(), _request_id(spec), owner),
             )
-            self._db.commit()
             self._jobs[job.id] = job
             self._seq[job.id] = cursor.lastrowid
             self._events[job.id] = collections.deque(maxlen=EVENT_HISTORY)
@@ -164,26 +152,66 @@ class JobStore:
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    def update(self, job_id: str, change: Callable[[pb.Job], None], kind=pb.JobEvent.PROGRESS) -> pb.Job:
-        """Apply `change` to the job, persist it and wake watchers; returns a copy."""
+    def update(
+        self,
+        job_id: str,
+        change: Callable[[pb.Job], None],
+        kind=pb.JobEvent.PROGRESS,
+        keep_unsaved: bool = False,
+    ) -> pb.Job:
+        """Apply `change` to the job, persist it and wake watchers; returns a copy.
+        StateNotWritable when the disk refuses the write: the job stays as it was on disk, unless
+        `keep_unsaved` (a job's final state, shown all the same: the next start finds the job as it
+        was last written, and runs it again)."""
         with self._lock:
-            job = self._get(job_id)
+            job = _copy(self._get(job_id))
             before = job.state
             change(job)
             if job.state != before:
                 kind = pb.JobEvent.STATE
-                self._state_since[job_id] = time.time()
                 if job.state == pb.RUNNING and not job.HasField("started_at"):
                     job.started_at.CopyFrom(now_timestamp())
                 if job.state in TERMINAL_STATES:
                     job.finished_at.CopyFrom(now_timestamp())
-            self._db.execute(
-                "UPDATE jobs SET state = ?, record = ? WHERE id = ?",
-                (job.state, job.SerializeToString(), job_id),
-            )
-            self._db.commit()
+            try:
+                self._write(
+                    "UPDATE jobs SET state = ?, record = ? WHERE id = ?",
+                    (job.state, job.SerializeToString(), job_id),
+                )
+            except StateNotWritable:
+                if not keep_unsaved:
+                    raise
+                log.exception("job %s: %s is shown but not saved", job_id, pb.JobState.Name(job.state))
+            if job.state != before:
+                self._state_since[job_id] = time.time()
+            self._jobs[job_id] = job
             self._record_event(job, kind)
             return _copy(job)
+
+    def request_cancel(self, job_id: str) -> None:
+        """Record, durably, that the job's owner asked to cancel it: a coordinator that stops or is
+        killed before the job acts on it then ends it CANCELLED instead of resuming it."""
+        with self._lock:
+            self._get(job_id)
+            if job_id not in self._cancels:
+                self._write("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                self._cancels.add(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether request_cancel was called for the job (by this coordinator or an earlier one)."""
+        with self._lock:
+            return job_id in self._cancels
+
+    def _write(self, statement: str, values: tuple) -> sqlite3.Cursor:
+        """Run one writing statement and commit it; StateNotWritable (naming the store, the problem
+        and the fix) when the disk refuses it, with nothing written."""
+        try:
+            cursor = self._db.execute(statement, values)
+            self._db.commit()
+        except sqlite3.OperationalError as exc:
+            self._db.rollback()
+            raise unwritable_store(self._path, exc) from exc
+        return cursor
 
     def _record_event(self, job: pb.Job, kind) -> None:
         self._version += 1
@@ -300,51 +328,6 @@ def _newer_than(events: collections.deque, version: int) -> list[tuple[int, pb.J
         fresh.append(item)
     fresh.reverse()
     return fresh
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    """WAL mode, the table and its migrations, in one transaction: a crash part-way through a
-    migration leaves the old schema, which the next start migrates again."""
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-        for column, statement in _MIGRATIONS:
-            if column not in columns:
-                db.execute(statement)
-        if "owner" not in columns:
-            _fill_owners(db)
-        db.execute(_OLD_REQUEST_INDEX)
-        db.execute(_REQUEST_INDEX)
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-
-
-def _fill_owners(db: sqlite3.Connection) -> None:
-    """Copy each job's owner from its record into the new column. An unreadable record keeps NULL,
-    so its request id matches no principal's retry (whose it was cannot be told)."""
-    rows = db.execute("SELECT seq, record FROM jobs").fetchall()
-    for seq, record in rows:
-        try:
-            owner = pb.Job.FromString(record).owner
-        except (DecodeError, TypeError):
-            continue
-        db.execute("UPDATE jobs SET owner = ? WHERE seq = ?", (owner, seq))
-
-
-def _store_error(path: Path, exc: sqlite3.DatabaseError) -> StartupError:
-    if isinstance(exc, sqlite3.OperationalError):  # cannot open, read-only, locked: the file may be fine
-        return StartupError(
-            f"cannot open the job store {path} ({exc}); check its permissions, or choose another --state-dir"
-        )
-    return StartupError(
-        f"the job store {path} is not a readable database ({exc}); move it aside (the coordinator then "
-        "starts with no jobs) or restore it from a backup, or choose another --state-dir"
-    )
 
 
 def _request_id(spec: pb.JobSpec) -> str | None:

@@ -20,7 +20,7 @@ from service.checkpoint_writer import CheckpointWriter
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, spec_hash
 from service.config import ServerConfig
 from service.datasets import DatasetError
-from service.errors import GradfleetError, TrainingFailed
+from service.errors import GradfleetError, StateNotWritable, TrainingFailed
 from service.export import model_arrays, write_model
 from service.job_actors import JobActors, JobSetup, ParameterServerLost
 from service.job_faults import JobFaults
@@ -72,6 +72,7 @@ class JobRunner:
         self.cache = cache
         self.cancel_requested = threading.Event()
         self.shutting_down = threading.Event()  # set with cancel_requested: re-queue, not cancel
+        self.cancelled_by_user = threading.Event()  # set with cancel_requested by `cancel`: cancel, always
         self.checkpoints = CheckpointStore(config.state_dir, job_id)
         self._scale = ScaleRequest()  # set by ScaleJob, applied at a step boundary with room for it
         self._cpus = WorkerCPUs(job_id, store, config, self._scale, self._check_cancel)
@@ -86,6 +87,8 @@ class JobRunner:
         self._counted_step = 0  # highest step already added to the Prometheus counters
         self._policy = FaultPolicy(0, False, 0, 1.0)  # set from the spec in run()
         self._ahead: ray.ObjectRef | None = None  # a train call sent before the last report was recorded
+        self._evaluated_step = -1  # the step of the last evaluation recorded
+        self._saved = True  # whether the job's final state reached the disk (see _finish)
 
     @property
     def num_workers(self) -> int:
@@ -98,16 +101,26 @@ class JobRunner:
         an RPC thread); a job still waiting for CPUs waits for the new count instead."""
         self._scale.set(num_workers)
 
+    def cancel(self) -> None:
+        """A user's cancel (CancelJob; called from an RPC thread). It is in the job store before it
+        returns, so a coordinator stopped or killed before the job acts on it ends the job CANCELLED,
+        then or at its next start, rather than resuming it."""
+        self.store.request_cancel(self.job_id)
+        self.cancelled_by_user.set()
+        self.cancel_requested.set()
+
     def run(self) -> None:
         job = self.store.get(self.job_id)
         self._policy = FaultPolicy.for_spec(
             job.spec, restarts=job.progress.worker_restarts, server_restarts=job.progress.server_restarts
         )
-        self.store.update(self.job_id, changes.set_state(pb.RUNNING, preparing_note(job)))
         try:
-            self._train(job.spec)
+            # Read before the data: while that loads, the job shows the counters it resumes from.
+            resume, skipped = self.checkpoints.latest(spec_hash(job.spec), job.progress.checkpoint_step)
+            self.store.update(self.job_id, changes.preparing(resume))
+            self._train(job.spec, resume, skipped)
         except JobCancelled:
-            if self.shutting_down.is_set():
+            if self.shutting_down.is_set() and not self.cancelled_by_user.is_set():
                 self._checkpoint_quietly()
                 note = "interrupted by a coordinator shutdown; it resumes from its last checkpoint"
                 self.store.update(self.job_id, changes.set_state(pb.QUEUED, note))
@@ -130,7 +143,9 @@ class JobRunner:
             self._release()
             self._writer.close()
 
-    def _train(self, spec: pb.JobSpec) -> None:
+    def _train(self, spec: pb.JobSpec, resume: Checkpoint | None, skipped: list[str]) -> None:
+        """Train from `resume` (None: the initial weights) to the end; `skipped`: newer checkpoints
+        found unusable."""
         data = prepare_data(spec, self.cache)
         ds = data.dataset
         validate_against_dataset(  # again: a large CSV file is only parsed whole here
@@ -142,22 +157,21 @@ class JobRunner:
             target_width=ds.target_width,
             target_range=ds.target_range,
         )
-        resume, skipped = self.checkpoints.latest(spec_hash(spec))
         self._check_cancel()
         self._setup = JobSetup.build(spec, data)
         self._adopt(resume)
-        self._actors.start(self._setup, resume, self._cpus)
+        try:
+            self._actors.start(self._setup, resume, self._cpus)
+        except WorkersNotStarted as exc:  # as when new workers die later on: counted, tried again
+            self._faults.restart_from_checkpoint(exc, self._step + 1, self._setup, self._policy)
         self.metrics.start_job(self.job_id, spec.num_workers)
         has_test = ds.y_test is not None and len(ds.y_test) > 0
-        no_test = "" if has_test else _no_test_note(spec.dataset.uri)
-        note = "; ".join(filter(None, (no_test, _resume_note(resume, skipped))))
+        no_test = "" if has_test else changes.no_test_note(spec.dataset.uri)
+        note = "; ".join(filter(None, (no_test, changes.resume_note(resume, skipped))))
         # A note is news to a watcher, which shows the message of STATE events but not of PROGRESS ones.
         kind = pb.JobEvent.STATE if note else pb.JobEvent.PROGRESS
         self.store.update(self.job_id, self._progress_change(note), kind=kind)
-        # A step's checkpoint is written before its evaluation: a job stopped between the two would
-        # lack that evaluation, and one stopped at its last step would end on the previous accuracy.
-        resumed_at_eval = resume is not None and resume.step > 0 and self._setup.eval_due(resume.step)
-        self._loop(has_test=has_test, evaluate_first=has_test and resumed_at_eval)
+        self._loop(has_test=has_test, evaluate_first=has_test and self._evaluation_missing())
         self._check_cancel()  # one that came during the last steps or the final evaluation
         final = self._actors.ps_call("params")
         net = self._setup.plan.network()
@@ -165,7 +179,7 @@ class JobRunner:
         write_model(self.model_path(self.config, self.job_id), arrays)
         self._writer.flush()
         # The note stays visible once the job is done; the final model supersedes the checkpoints.
-        if self._finish(pb.SUCCEEDED, no_test, unless_cancelled=True) == pb.SUCCEEDED:
+        if self._finish(pb.SUCCEEDED, no_test, unless_cancelled=True) == pb.SUCCEEDED and self._saved:
             self.checkpoints.remove()
 
     def _adopt(self, ckpt: Checkpoint | None, keep_policy: bool = False) -> None:
@@ -195,6 +209,14 @@ class JobRunner:
             except (ParameterServerLost, WorkersNotStarted) as exc:
                 self._ahead = None  # went with the lost actors
                 self._faults.restart_from_checkpoint(exc, self._step + 1, self._setup, self._policy)
+                evaluate_first = has_test and self._evaluation_missing()
+
+    def _evaluation_missing(self) -> bool:
+        """Whether the step training continues from is due an evaluation that was not recorded. A
+        step's checkpoint is written before its evaluation: a coordinator stopped, or actors lost,
+        between the two would skip that evaluation, and at the last step end on the previous one."""
+        step = self._step
+        return step > 0 and self._setup.eval_due(step) and step != self._evaluated_step
 
     def _advance(self, has_test: bool) -> None:
         """Train to the next stop, then handle a fault, or checkpoint and evaluate as due. The
@@ -279,6 +301,7 @@ class JobRunner:
                 self._faults.replace_workers(exc, self._step, self._setup, self._policy)
         self.metrics.record_eval(self.job_id, loss, accuracy)
         self.store.update(self.job_id, changes.set_eval(loss, accuracy, other), kind=pb.JobEvent.EVAL)
+        self._evaluated_step = self._step
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -330,20 +353,26 @@ class JobRunner:
         changes.show_message(self.store, self.job_id, message)
 
     def _finish(self, state: int, message: str, unless_cancelled: bool = False) -> int:
-        """Record the job's final state; returns it. `unless_cancelled`: CANCELLED instead if a cancel
-        came first, decided under the store's lock: CancelJob reads the state back after raising the
-        flag, so its reply names the state the job really ends in."""
+        """Record the job's final state; returns it. `unless_cancelled`: CANCELLED instead if a user's
+        cancel came first (a shutdown's does not count), decided under the store's lock: CancelJob
+        reads the state back after raising the flag, so its reply names the state the job really
+        ends in. A disk that refuses the record leaves the state shown but not saved (`_saved`)."""
         self._writer.drain()
         ended: list[tuple[int, str]] = []
 
         def change(job: pb.Job) -> None:
-            cancelled = (
-                unless_cancelled and self.cancel_requested.is_set() and not self.shutting_down.is_set()
-            )
-            ended.append((pb.CANCELLED, CANCELLED_NOTE) if cancelled else (state, message))
+            cancelled = unless_cancelled and self.cancelled_by_user.is_set()
+            ended[:] = [(pb.CANCELLED, CANCELLED_NOTE) if cancelled else (state, message)]
             changes.set_state(*ended[0])(job)
+            if ended[0][0] == pb.SUCCEEDED:  # its checkpoints go next: the final model supersedes them
+                job.progress.checkpoint_step = 0
 
-        self.store.update(self.job_id, change)
+        try:
+            self.store.update(self.job_id, change)
+        except StateNotWritable as exc:  # shown all the same; the next start runs the job again
+            self._saved = False
+            log.error("job %s: its final state could not be saved: %s", self.job_id, exc.message)
+            self.store.update(self.job_id, change, keep_unsaved=True)
         final, note = ended[0]
         self.metrics.finish_job(self.job_id, pb.JobState.Name(final).lower())
         log.info("job %s %s %s", self.job_id, pb.JobState.Name(final), note)
@@ -361,30 +390,3 @@ class JobRunner:
     @staticmethod
     def model_path(config: ServerConfig, job_id: str) -> Path:
         return config.state_dir / "models" / f"{job_id}.npz"
-
-
-_TEST_SPLIT = {"npz": "x_test/y_test", "idx": "t10k-* files", "csv": "CSV files have none"}
-
-
-def _no_test_note(uri: str) -> str:
-    """Says a job trains without evaluation: its dataset has no test split."""
-    where = _TEST_SPLIT.get(uri.partition(":")[0], "empty test split")
-    return f"no test split in {uri} ({where}); training without evaluation"
-
-
-def preparing_note(job: pb.Job) -> str:
-    """The message while the data loads and the actors start; a job with a checkpoint on record says
-    it resumes from it (the checkpoint is read only after the data, so this is the expectation)."""
-    step = job.progress.checkpoint_step
-    if not step:
-        return "preparing data and workers"
-    return f"preparing data and workers to resume from the checkpoint at step {step}"
-
-
-def _resume_note(ckpt: Checkpoint | None, skipped: list[str]) -> str:
-    if ckpt is None:
-        return ""
-    note = f"resumed from the checkpoint at step {ckpt.step}"
-    if skipped:
-        note += " (skipped unusable newer ones: " + "; ".join(skipped) + ")"
-    return note

@@ -8,11 +8,12 @@ import threading
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
+from service.durable import remove_temp_files
 from service.errors import JobNotReady, LimitExceeded
 from service.jobs import TERMINAL_STATES, JobStore
 from service.jobsetup import DatasetCache
 from service.metrics import Metrics
-from service.runner import JobRunner
+from service.runner import CANCELLED_NOTE, JobRunner
 from service.wording import plural
 from workers.placement import too_small_message, total_if_too_small
 
@@ -35,8 +36,14 @@ class Scheduler:
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
 
     def start(self) -> None:
-        """Re-queue what a previous coordinator left unfinished, then start dispatching."""
+        """Re-queue what a previous coordinator left unfinished (but end what its owner had asked to
+        cancel), remove the temporary files of writes it left half done, then start dispatching."""
+        remove_temp_files(self.config.state_dir / "models")
         for job in self.store.unfinished():
+            if self.store.cancel_requested(job.id):  # the coordinator stopped before the job did
+                self.store.update(job.id, lambda j: _cancel(j, CANCELLED_NOTE))
+                self.metrics.jobs_finished.labels("cancelled").inc()
+                continue
             note = (
                 "re-queued after a coordinator restart; it resumes from its last checkpoint"
                 if job.state == pb.RUNNING
@@ -87,7 +94,7 @@ class Scheduler:
                 self.metrics.jobs_finished.labels("cancelled").inc()
                 return job
         if runner is not None:
-            runner.cancel_requested.set()
+            runner.cancel()
         return self.store.get(job_id)
 
     def scale(self, job_id: str, num_workers: int) -> pb.Job:

@@ -178,6 +178,18 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path: Path, s
     assert CheckpointStore(tmp_path, "other").latest() == (None, [])
 
 
+def test_a_missing_checkpoint_folder_of_a_job_that_wrote_one_is_an_error(tmp_path: Path, spec) -> None:
+    """No checkpoint at all is fine for a job that never wrote one; one whose record says it did
+    (`written_step`) gets an error naming the folder, not a silent restart from step 0."""
+    store = CheckpointStore(tmp_path, "job1")
+    assert store.latest(spec_hash(spec)) == (None, [])
+    with pytest.raises(CheckpointError) as missing:
+        store.latest(spec_hash(spec), written_step=500)
+    assert str(missing.value).startswith(
+        f"no checkpoint in {store.folder}, although the job wrote one at step 500 (was the folder removed"
+    )
+
+
 def test_a_checkpoint_of_another_spec_is_not_used(tmp_path: Path, spec) -> None:
     """A checkpoint of another spec (seed) is refused; the name and worker count do not matter."""
     store = CheckpointStore(tmp_path, "job1")
@@ -430,6 +442,23 @@ def test_an_old_state_folder_keeps_its_request_ids_per_owner(tmp_path: Path, spe
     assert reopened.find_request(spec, "alice").id == old.id
     assert reopened.find_request(spec, "bob").id == bob.id
     assert len(reopened.list()[0]) == 2
+
+
+def test_a_cancel_request_is_on_disk_and_an_old_store_gains_the_column(tmp_path: Path, spec) -> None:
+    """request_cancel is written through at once: a store opened afterwards (the next coordinator,
+    after a SIGKILL) sees it. A store from before the column opens with no cancel requested."""
+    old = pb.Job(id="aaaaaaaaaaaa", spec=spec, state=pb.RUNNING)
+    _old_store(tmp_path, [old])
+    store = JobStore(tmp_path)
+    assert not store.cancel_requested(old.id)
+    store.request_cancel(old.id)
+    assert store.cancel_requested(old.id) and store.get(old.id) == old
+    with pytest.raises(JobNotFound):
+        store.request_cancel("bbbbbbbbbbbb")
+    reopened = JobStore(tmp_path)  # while the first is still open, as after a SIGKILL
+    assert reopened.cancel_requested(old.id)
+    store.close()
+    reopened.close()
 
 
 def test_the_queue_age_counts_from_when_a_job_last_became_queued(tmp_path: Path, spec) -> None:

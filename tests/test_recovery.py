@@ -9,6 +9,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import ray
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.progress import format_job
@@ -229,12 +230,14 @@ def test_divergence_fails_the_job_by_default(client, blobs) -> None:
 
 def test_a_checkpoint_is_written_at_each_epoch_end(client, blobs) -> None:
     """With checkpoint_every_steps 7 and 20 steps per epoch, checkpoints come every 7 steps and at
-    the end of every epoch but the last (where the final model is written instead)."""
+    the end of every epoch but the last (where the final model is written instead). Once the job
+    succeeded they are removed, and its checkpoint_step says there is none."""
     job = client.submit(recovery_spec(epochs=3, checkpointEverySteps=7))
     events = list(client.watch(job.id))
     assert events[-1].job.state == pb.SUCCEEDED, events[-1].job.message
     steps = [e.job.progress.checkpoint_step for e in events if e.kind == pb.JobEvent.CHECKPOINT]
     assert steps == [7, 14, 20, 21, 28, 35, 40, 42, 49, 56]
+    assert events[-1].job.progress.checkpoint_step == 0  # removed: the final model supersedes them
 
 
 def test_a_running_job_downloads_its_latest_checkpoint(client, blobs, tmp_path) -> None:
@@ -259,3 +262,75 @@ def test_a_retried_submit_returns_the_same_job(client, blobs) -> None:
     assert first.id == second.id
     assert [j.id for j in client.list()] == [first.id]
     assert wait_for(client, first.id).state == pb.SUCCEEDED
+
+
+def kill_and_wait(pid: int) -> None:
+    """SIGKILL `pid` and wait until it is gone."""
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_as_the_job_first_starts_is_retried_like_one_killed_later(
+    client, coordinator, blobs, tmp_path, monkeypatch
+) -> None:
+    """A worker SIGKILLed as soon as it came up, before the job's first step: the start is tried again
+    and counted against max_worker_restarts, as the same death a moment later would be, and the job
+    ends with the weights of an undisturbed run (it used to fail at once)."""
+    from workers import group
+
+    wait_started, killed = group._wait_started, []
+
+    def kill_the_first_worker(actors, timeout_s, on_wait):
+        if not killed:
+            killed.append(ray.get(actors[0].pid.remote(), timeout=60))
+            kill_and_wait(killed[0])
+        return wait_started(actors, timeout_s, on_wait)
+
+    monkeypatch.setattr(group, "_wait_started", kill_the_first_worker)
+    spec = recovery_spec(epochs=2)
+    events = list(client.watch(client.submit(spec).id))
+    done = events[-1].job
+    assert killed and done.state == pb.SUCCEEDED, done.message
+    assert (done.progress.worker_restarts, done.progress.server_restarts) == (0, 1)
+    recovered = [e.job.message for e in events if e.kind == pb.JobEvent.RECOVERED]
+    assert len(recovered) == 1 and "new workers did not start: ActorDiedError" in recovered[0], recovered
+    assert recovered[0].endswith("; restarted from the initial weights")
+    assert "gradfleet_server_restarts_total 1.0" in metrics_text(coordinator)
+    monkeypatch.setattr(group, "_wait_started", wait_started)
+    reference = reference_weights(client, spec, coordinator.config.data_root / "blobs.npz", tmp_path)
+    assert_identical(weights(client, done.id, tmp_path / "killed.npz"), reference)
+
+
+def test_a_parameter_server_killed_before_its_epoch_end_evaluation_evaluates_after_its_restart(
+    client, coordinator, blobs, monkeypatch
+) -> None:
+    """The parameter server dies after the checkpoint at the first epoch end and before that step's
+    evaluation: it restarts from that checkpoint and evaluates there first, as a coordinator restart
+    does, so no epoch lacks its evaluation."""
+    from service.job_actors import JobActors
+
+    start, checkpoint_states, killed = JobActors.ps_start, [], []
+
+    def kill_before_the_first_evaluation(actors, method, *args):
+        if method == "evaluate" and not killed:
+            ray.get(
+                checkpoint_states[-1], timeout=60
+            )  # the checkpoint's state is out: the kill falls after it
+            killed.append(ray.get(actors.ps.pid.remote(), timeout=60))
+            kill_and_wait(killed[0])
+        ref = start(actors, method, *args)
+        if method == "state":
+            checkpoint_states.append(ref)
+        return ref
+
+    monkeypatch.setattr(JobActors, "ps_start", kill_before_the_first_evaluation)
+    events = list(client.watch(client.submit(recovery_spec(epochs=3, checkpointEverySteps=0)).id))
+    done = events[-1].job
+    assert killed and done.state == pb.SUCCEEDED, done.message
+    assert done.progress.server_restarts == 1
+    recovered = [e.job.message for e in events if e.kind == pb.JobEvent.RECOVERED]
+    assert len(recovered) == 1 and recovered[0].endswith("restarted from the checkpoint at step 20"), (
+        recovered
+    )
+    assert [e.job.progress.step for e in events if e.kind == pb.JobEvent.EVAL] == [20, 40, 60]

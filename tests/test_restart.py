@@ -4,6 +4,7 @@ finished ones keep their records and models."""
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +20,8 @@ from service.checkpoints import CheckpointStore
 from service.cli_watch import Renderer
 from service.client import CoordinatorClient
 from service.config import ServerConfig
+from service.job_changes import preparing_note
 from service.jobs import JobStore
-from service.runner import preparing_note
 from tests.helpers import (
     assert_identical,
     model_weights,
@@ -214,3 +215,105 @@ def test_a_job_with_a_checkpoint_says_while_preparing_that_it_resumes_from_it() 
     assert preparing_note(job) == "preparing data and workers"
     job.progress.checkpoint_step = 120
     assert preparing_note(job) == "preparing data and workers to resume from the checkpoint at step 120"
+
+
+def test_a_cancel_just_before_a_stop_ends_the_job_cancelled_not_resumed(config, monkeypatch) -> None:
+    """CancelJob, then at once a graceful stop (before the job acted on the cancel): the job ends
+    CANCELLED, on disk too, and a new coordinator leaves it so (it used to resume and succeed)."""
+    # Each train call then runs to the epoch end (seconds), where the job next looks for a cancel:
+    # the stop comes well before it does, however the threads are scheduled.
+    monkeypatch.setattr("service.runner.REPORT_INTERVAL_S", 60.0)
+    write_blobs(config.data_root / "long.npz", n_train=20 * N_TRAIN)
+    spec = small_spec("npz:long.npz", name="cancelled", batchSize=10, epochs=100, checkpointEverySteps=0)
+    with running_coordinator(config) as client:
+        job = client.submit(spec)
+        while client.get(job.id).state != pb.RUNNING or client.get(job.id).message.startswith("preparing"):
+            time.sleep(0.02)
+        client.cancel(job.id)  # the stop follows at once, as a SIGTERM right after `gradfleet cancel`
+    on_disk = stored_jobs(config.state_dir)[job.id]
+    assert (on_disk.state, on_disk.message) == (pb.CANCELLED, "cancelled by request")
+    assert on_disk.progress.step < on_disk.progress.total_steps
+    with running_coordinator(config) as client:
+        assert client.get(job.id) == on_disk
+
+
+def test_a_cancel_recorded_before_the_coordinator_died_is_honoured_at_the_next_start(config) -> None:
+    """CancelJob records the request in the job store before it answers: a coordinator killed (SIGKILL,
+    nothing else written) before the job ended leaves it RUNNING on disk with the cancel recorded,
+    and the next start ends it CANCELLED instead of resuming it."""
+    with running_coordinator(config) as client:
+        job = client.submit(small_spec("npz:blobs.npz", name="killed", batchSize=10, epochs=100))
+        while client.get(job.id).progress.step == 0:
+            time.sleep(0.02)
+        running = client.get(job.id)
+        assert not cancel_on_disk(config.state_dir, job.id)
+        client.cancel(job.id)
+        assert cancel_on_disk(config.state_dir, job.id)  # before the job acted on it
+    store = JobStore(config.state_dir)  # what a SIGKILL leaves: the record as last written while RUNNING
+    store.update(job.id, lambda j: j.CopyFrom(running))
+    store.close()
+    with running_coordinator(config) as client:
+        done = client.get(job.id)
+        assert (done.state, done.message) == (pb.CANCELLED, "cancelled by request")
+        assert done.progress == running.progress  # it never ran again
+
+
+def cancel_on_disk(state_dir: Path, job_id: str) -> bool:
+    """Whether the job store on disk holds a cancel request for the job, read as the next coordinator
+    would read it."""
+    store = JobStore(state_dir)
+    try:
+        return store.cancel_requested(job_id)
+    finally:
+        store.close()
+
+
+def stop_after_a_checkpoint(config, spec: pb.JobSpec, step: int) -> pb.Job:
+    """Run `spec` until it wrote a checkpoint at `step` or later, stop the coordinator, and return the
+    job as it is on disk (QUEUED, to resume)."""
+    with running_coordinator(config) as client:
+        job = client.submit(spec)
+        while client.get(job.id).progress.checkpoint_step < step:
+            time.sleep(0.01)
+    job = stored_jobs(config.state_dir)[job.id]
+    assert job.state == pb.QUEUED and job.progress.checkpoint_step >= step
+    return job
+
+
+def test_a_job_whose_checkpoint_folder_is_gone_fails_instead_of_starting_over(config) -> None:
+    """The record says a checkpoint was written but its folder was removed: the job fails naming the
+    folder, as for damaged checkpoints, rather than training again from step 0 without a word."""
+    spec = small_spec("npz:blobs.npz", name="lost", batchSize=10, epochs=20, checkpointEverySteps=20)
+    job = stop_after_a_checkpoint(config, spec, 20)
+    folder = CheckpointStore(config.state_dir, job.id).folder
+    shutil.rmtree(folder)
+    with running_coordinator(config) as client:
+        done = wait_for(client, job.id, timeout_s=60)
+    assert done.state == pb.FAILED
+    assert done.message == (
+        f"no checkpoint in {folder}, although the job wrote one at step {job.progress.checkpoint_step} "
+        "(was the folder removed or moved?); the job will not restart from its initial weights silently: "
+        "resubmit it to train from the start"
+    )
+
+
+def test_a_resumed_job_shows_the_counters_of_its_checkpoint_while_preparing(config) -> None:
+    """A killed coordinator may have recorded steps after its last checkpoint; from the moment the job
+    runs again it shows the step, samples and epoch of the checkpoint it resumes from."""
+    spec = small_spec("npz:blobs.npz", name="resumed", batchSize=10, epochs=20, checkpointEverySteps=20)
+    job = stop_after_a_checkpoint(config, spec, 20)
+    ckpt, _ = CheckpointStore(config.state_dir, job.id).latest()
+    store = JobStore(config.state_dir)  # steps a SIGKILL'd coordinator recorded but never checkpointed
+    store.update(job.id, lambda j: setattr(j.progress, "step", ckpt.step + 6))
+    store.close()
+    with running_coordinator(config) as client:
+        events = list(client.watch(job.id))
+    running = [e.job for e in events if e.job.state == pb.RUNNING]
+    preparing = [j for j in running if j.message.startswith("preparing data and workers")]
+    assert preparing, [(e.kind, e.job.message) for e in events]
+    for shown in preparing:
+        assert shown.message.endswith(f"to resume from the checkpoint at step {ckpt.step}")
+        p = shown.progress
+        assert (p.step, p.samples_trained, p.epoch) == (ckpt.step, ckpt.samples_trained, ckpt.epoch)
+    assert min(j.progress.step for j in running) == ckpt.step
+    assert events[-1].job.state == pb.SUCCEEDED

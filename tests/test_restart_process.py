@@ -87,3 +87,21 @@ def test_sigterm_and_sigkill_of_the_coordinator_lose_nothing(tmp_path: Path) -> 
         for name in got:
             assert got[name].tobytes() == want[name].tobytes(), name
         third.stop(signal.SIGTERM, timeout_s=60)
+
+
+def test_a_cancel_survives_a_sigkill_that_follows_it_at_once(tmp_path: Path) -> None:
+    """`gradfleet cancel`, then at once a SIGKILL of the coordinator (the job had no time to act on the
+    cancel): the next coordinator on the state folder ends the job CANCELLED, never resumes it."""
+    (tmp_path / "data").mkdir()
+    write_blobs(tmp_path / "data" / "blobs.npz", n_train=N_TRAIN)
+    with coordinator(tmp_path) as first:
+        job = first.client.submit(small_spec("npz:blobs.npz", epochs=50))
+        wait_for_step(first.client, job.id, 1)
+        first.client.cancel(job.id)
+        first.stop(signal.SIGKILL, timeout_s=30)
+
+    with coordinator(tmp_path) as second:
+        done = second.client.get(job.id)
+        assert (done.state, done.message) == (pb.CANCELLED, "cancelled by request")
+        assert done.progress.step < done.progress.total_steps
+        second.stop(signal.SIGTERM, timeout_s=60)
