@@ -98,6 +98,7 @@ class Admission:
                 config.data_root,
                 extra_search=config.dataset_search,
                 max_bytes=config.max_dataset_bytes,
+                feature_check_bytes=config.npz_check_bytes,  # float IDX images too
             )
             if resolved.scheme == "npz":  # a NaN feature would otherwise fail the job only at load
                 check_npz_features(resolved.path, config.npz_check_bytes)
