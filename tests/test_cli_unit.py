@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import types
@@ -574,6 +575,36 @@ def test_download_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError) as raised:
         write_chunks(_chunks(b"abcdef", 2), target)
     assert str(raised.value) == f"cannot write {target}: the folder {target.parent} does not exist"
+
+
+def test_a_download_that_cannot_be_written_names_the_target_not_the_temporary_file() -> None:
+    """`download -o /proc/version`: the error names /proc/version, not the temporary file beside it
+    (`/proc/.version.o4eatrxt.part`) that it could not create."""
+    with pytest.raises(OSError) as raised:
+        write_chunks(_chunks(b"abcdef", 2), Path("/proc/version"))
+    assert str(raised.value).startswith("cannot write /proc/version: ")
+    assert ".part" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("existing", "umask", "mode"),
+    [(None, 0o022, 0o644), (None, 0o077, 0o600), (0o444, 0o022, 0o444), (0o640, 0o002, 0o640)],
+)
+def test_a_download_gets_the_umask_s_mode_or_keeps_the_replaced_file_s(
+    tmp_path: Path, existing: int | None, umask: int, mode: int
+) -> None:
+    """A new model file gets 0666 less the umask (mkstemp alone makes 0600); one that replaces a file
+    keeps that file's mode, so a read-only model stays read-only, as `cp` onto it would leave it."""
+    target = tmp_path / "model.npz"
+    if existing is not None:
+        target.write_bytes(b"old")
+        target.chmod(existing)
+    previous = os.umask(umask)
+    try:
+        write_chunks(_chunks(b"abcdef", 2), target)
+    finally:
+        os.umask(previous)
+    assert (target.read_bytes(), target.stat().st_mode & 0o777) == (b"abcdef", mode)
 
 
 def test_output_closed_early_exits_quietly() -> None:
