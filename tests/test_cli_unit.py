@@ -74,7 +74,7 @@ def test_progress_bar_fills_in_proportion(fraction: float, bar: str) -> None:
 def test_progress_line_shows_epoch_step_loss_throughput_and_accuracy() -> None:
     """A running job renders as one line with all its progress figures."""
     assert progress.format_progress(_job(**RUNNING)) == (
-        "epoch 3/10 [##--------]  29% step 700/2350 loss 0.3412 1.23e+05 samples/s eval acc 0.8712"
+        "epoch 3/10 [##--------]  29% step 700/2350 loss 0.3412 123,000 samples/s eval acc 0.8712"
     )
 
 
@@ -150,9 +150,35 @@ def test_job_block_lists_the_fields_that_are_set() -> None:
         "step:       700/2350 (29%)",
         "loss:       0.3412 (learning rate 0.00098)",
         "eval:       accuracy 0.8712, loss 0.3500",
-        "throughput: 1.23e+05 samples/s",
+        "throughput: 123,000 samples/s",
         "created:    1970-01-01 00:00:00 UTC",
     ]
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(35512, "35,500"), (123456, "123,000"), (1.5e9, "1,500,000,000"), (250, "250"), (12.54, "12.5")],
+)
+def test_throughput_reads_as_grouped_digits_not_an_exponent(rate: float, text: str) -> None:
+    """Samples per second in three significant figures with grouped digits: 35,500, not 3.55e+04."""
+    assert progress.format_rate(rate) == f"{text} samples/s"
+    assert progress.format_progress(_job(samples_per_second=rate)).endswith(f" {text} samples/s")
+
+
+@pytest.mark.parametrize(
+    ("workers", "shards", "restarts", "row"),
+    [
+        (2, 1, 0, "workers: 2 (1 idle: micro_shards is 1)"),
+        (4, 2, 3, "workers: 4 (2 idle: micro_shards is 2; 3 replaced after failures)"),
+        (2, 2, 0, "workers: 2"),
+        (2, 0, 0, "workers: 2"),  # a spec stored before defaults filled micro_shards
+    ],
+)
+def test_job_block_says_how_many_workers_have_no_micro_shard(workers, shards, restarts, row) -> None:
+    """`get` shows workers beyond micro_shards as idle: they hold a CPU and compute nothing."""
+    job = _job(worker_restarts=restarts)
+    job.spec.num_workers, job.spec.micro_shards = workers, shards
+    assert row in [" ".join(line.split()) for line in progress.format_job(job).splitlines()]
 
 
 def test_job_block_shows_top_k_and_regression_metrics_when_reported() -> None:
