@@ -517,6 +517,98 @@ def test_watch_does_not_retry_what_retrying_cannot_fix(script) -> None:
     assert client.calls == 1
 
 
+WATCH_LIMIT = _RpcError(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "the server has 64 WatchJob streams open, its limit (--max-watch-streams); retry later or poll "
+    "with GetJob",
+)
+
+
+class _PolledClient(_ScriptedClient):
+    """A client whose watch() plays its scripts and whose get() answers from a list of jobs (or errors)."""
+
+    def __init__(self, answers: list, *scripts) -> None:
+        super().__init__(*scripts)
+        self.answers = answers
+
+    def get(self, job_id: str) -> pb.Job:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_watch_polls_get_job_when_the_server_has_no_stream_to_spare() -> None:
+    """A WatchJob refused for the server's stream limit is not an error: the job is followed with
+    GetJob once a second (said once), its changes shown as events, and the final job returned."""
+    evaluated = _job(
+        epoch=1, step=10, total_steps=10, loss=0.5, has_eval=True, eval_accuracy=0.9, eval_loss=0.4
+    )
+    answers = [_job(total_steps=10), STEP_5.job, STEP_5.job, UNAVAILABLE, evaluated, DONE.job]
+    client = _PolledClient(answers, ([], WATCH_LIMIT))
+    out, notices, slept = io.StringIO(), [], []
+    job = cli_watch.watch_job(
+        client,
+        "abc",
+        cli_watch.Renderer(out, tty=False, clock=lambda: 0.0),
+        sleep=slept.append,
+        notice=notices.append,
+    )
+    assert (job.state, client.calls, client.reconnects, client.answers) == (pb.SUCCEEDED, 1, 1, [])
+    assert notices == [
+        "following job abc by polling GetJob every 1 s: the server has no WatchJob stream to spare "
+        f"({WATCH_LIMIT.details()})"
+    ]
+    assert slept == [1.0, 1.0, 1.0, 0.5, 1.0]
+    assert out.getvalue().splitlines() == [
+        "job abc RUNNING",
+        "epoch 1/10 [#####-----]  50% step 5/10 loss 1.0000",
+        "GetJob failed (UNAVAILABLE: socket closed); retrying in 0.5 s",
+        "eval at epoch 1 step 10: accuracy 0.9000, loss 0.4000",
+    ]  # the throttle keeps the second PROGRESS line back; the summary says SUCCEEDED
+
+
+def test_polling_gives_up_like_a_broken_stream() -> None:
+    """GetJob failing for the whole reconnect window ends the poll with WatchLost, as a stream would."""
+    client = _PolledClient([UNAVAILABLE] * 3, ([], WATCH_LIMIT))
+    with pytest.raises(
+        cli_watch.WatchLost, match=r"lost job abc \(UNAVAILABLE: socket closed\); gave up after"
+    ):
+        cli_watch.watch_job(
+            client, "abc", None, delays=(0.1, 0.2), sleep=lambda s: None, notice=lambda t: None
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "kinds"),
+    [
+        ({}, []),
+        ({"progress.step": 6}, [pb.JobEvent.PROGRESS]),
+        ({"state": pb.SUCCEEDED}, [pb.JobEvent.STATE]),
+        ({"message": "waiting for CPUs"}, [pb.JobEvent.STATE]),
+        ({"progress.checkpoint_step": 5}, [pb.JobEvent.CHECKPOINT]),
+        (
+            {"progress.rollbacks": 1, "message": "rolled back", "progress.step": 3},
+            [pb.JobEvent.ROLLBACK, pb.JobEvent.PROGRESS],
+        ),
+        ({"progress.worker_restarts": 1, "message": "replaced"}, [pb.JobEvent.RECOVERED]),
+        ({"progress.has_eval": True, "progress.eval_accuracy": float("nan")}, [pb.JobEvent.EVAL]),
+    ],
+)
+def test_polled_changes_become_the_events_a_stream_sends(change: dict, kinds: list[int]) -> None:
+    """Two GetJob answers differ by the events a stream would have sent between them."""
+    before = _job(epoch=1, step=5, total_steps=10, has_eval=False)
+    after = pb.Job()
+    after.CopyFrom(before)
+    for path, value in change.items():
+        target, _, field = path.rpartition(".")
+        setattr(after.progress if target else after, field, value)
+    assert [e.kind for e in cli_watch.events_between(before, after)] == kinds
+    same_nan = pb.Job()
+    same_nan.CopyFrom(after)
+    assert cli_watch.events_between(after, same_nan) == []  # a NaN accuracy is not news twice
+
+
 def test_non_tty_rendering_prints_lines_and_leaves_the_end_to_the_summary() -> None:
     """Off a terminal each shown event is a line; the final STATE is left to the summary."""
     times = iter([0.0, 0.5, 1.0])
