@@ -32,13 +32,15 @@ with CoordinatorClient(sys.argv[1]) as client:
     client.wait_ready(timeout=90)
 PY
 
-echo "==> gradfleet submit examples/fashion_mnist.yaml --watch --server $SERVER"
+# Submitted and watched in two steps (the job id is needed for the download): each line says what runs.
+echo "==> gradfleet submit examples/fashion_mnist.yaml --server $SERVER --output json"
 JOB_JSON=$("$BIN/gradfleet" submit examples/fashion_mnist.yaml --server "$SERVER" --output json)
 JOB_ID=$(echo "$JOB_JSON" | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 echo "    job $JOB_ID"
+echo "==> gradfleet watch $JOB_ID --server $SERVER"
 "$BIN/gradfleet" watch "$JOB_ID" --server "$SERVER"
 
-echo "==> gradfleet download $JOB_ID -o $STATE/model.npz"
+echo "==> gradfleet download $JOB_ID -o $STATE/model.npz --server $SERVER"
 "$BIN/gradfleet" download "$JOB_ID" -o "$STATE/model.npz" --server "$SERVER"
 
 echo "==> checking the downloaded model with plain numpy on the 10,000 test images"

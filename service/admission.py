@@ -1,11 +1,12 @@
 """Admission: everything checked when a job is submitted, before it is created or anything starts.
 
 The spec alone (ranges, enums, limits), then the spec against its dataset (output layer versus
-classes, feature count and parameter limit, batch size versus training-set size), read cheaply
+classes, feature count and parameter limit, batch size versus training-set size: a batch_size left
+out is fitted to a smaller training set, and the job's message says so), read cheaply
 from file headers and cached until the files change (a CSV file larger than --csv-check-bytes: from
-its first lines, the rest when the job loads it; an npz file's float features are checked for NaN
-and infinities up to --npz-check-bytes of each array, the rest at load). Every refusal is
-INVALID_ARGUMENT naming the field, or RESOURCE_EXHAUSTED naming the limit.
+its first lines, the rest when the job loads it; the float features of an npz file or of IDX image
+files are checked for NaN and infinities up to --npz-check-bytes of each array, the rest at load).
+Every refusal is INVALID_ARGUMENT naming the field, or RESOURCE_EXHAUSTED naming the limit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.config import ServerConfig
@@ -29,10 +31,19 @@ from service.datasets.probe import (
 from service.datasets.tabular import check_csv_prefix, check_npz_features
 from service.errors import InvalidSpec
 from service.jobsetup import DatasetCache
-from service.spec_defaults import with_defaults
+from service.spec_defaults import fit_default_batch, with_defaults
 from service.spec_validation import validate_against_dataset, validate_spec
+from service.wording import idle_workers_note
 
 INFO_CACHE_SIZE = 64  # dataset facts are small; a coordinator rarely sees more datasets than this
+
+
+class Admitted(NamedTuple):
+    """A spec that may run here, filled with defaults, and what its job's message should say about
+    them at first ("" when nothing)."""
+
+    spec: pb.JobSpec
+    note: str
 
 
 class Admission:
@@ -47,15 +58,20 @@ class Admission:
             collections.OrderedDict()
         )
 
-    def check(self, request: pb.JobSpec) -> pb.JobSpec:
-        """The spec with defaults filled; InvalidSpec or LimitExceeded if it cannot run here."""
+    def check(self, request: pb.JobSpec) -> Admitted:
+        """The spec with defaults filled (a batch_size left out fitted to the training set), and notes
+        for the job's message; InvalidSpec or LimitExceeded if it cannot run here."""
         config = self._config
+        limits = {"max_workers": config.max_workers_per_job, "max_params": config.max_params}
         spec = with_defaults(request)
-        validate_spec(spec, max_workers=config.max_workers_per_job, max_params=config.max_params)
+        validate_spec(spec, **limits)
         info = self.dataset_info(spec.dataset.uri)
         limit, num_train = spec.dataset.max_train_samples, info.num_train
         if limit and num_train is not None:
             num_train = min(limit, num_train)
+        spec, batch_note = fit_default_batch(request, num_train)
+        if batch_note:
+            validate_spec(spec, **limits)  # an explicit micro_shards may exceed the smaller batch
         validate_against_dataset(
             spec,
             info.num_features,
@@ -65,7 +81,8 @@ class Admission:
             target_width=info.target_width,
             target_range=info.target_range,
         )
-        return spec
+        idle_note = idle_workers_note(spec.num_workers, spec.micro_shards, spec.batch_size)
+        return Admitted(spec, "; ".join(filter(None, (batch_note, idle_note))))
 
     def dataset_info(self, uri: str) -> DatasetInfo:
         """Facts about the dataset `uri`, from the cache while its files are unchanged."""
@@ -98,6 +115,7 @@ class Admission:
                 config.data_root,
                 extra_search=config.dataset_search,
                 max_bytes=config.max_dataset_bytes,
+                feature_check_bytes=config.npz_check_bytes,  # float IDX images too
             )
             if resolved.scheme == "npz":  # a NaN feature would otherwise fail the job only at load
                 check_npz_features(resolved.path, config.npz_check_bytes)

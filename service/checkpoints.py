@@ -260,8 +260,9 @@ def downloadable_model(state_dir: Path, final_model: Path, job: pb.Job) -> Binar
 def _no_model_message(job: pb.Job) -> str:
     state = pb.JobState.Name(job.state)
     if job.state in (pb.FAILED, pb.CANCELLED):  # it will never write one
+        ended = "failed" if job.state == pb.FAILED else "was cancelled"
         return (
-            f"job {job.id} was {state} before it wrote a checkpoint, so it has no model to download; "
+            f"job {job.id} {ended} before it wrote a checkpoint, so it has no model to download; "
             "resubmit it to train one"
         )
     return (

@@ -9,6 +9,7 @@ server; `serve` imports them when it runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ from service.cli_watch import Renderer, WatchLost, reconnect_delays, watch_job
 from service.client import CoordinatorClient, DownloadError
 from service.errors import GradfleetError
 from service.spec import load_spec_file
+from service.wording import idle_workers_note
 
 
 def exit_code_for_state(state: int) -> int:
@@ -78,10 +80,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submitted_line(job: pb.Job, earlier: bool, *, state: bool) -> str:
-    """`submitted job ID (NAME)[, STATE]`, or, for a repeated request id, which job it already made."""
+    """`submitted job ID (NAME)[, STATE[: MESSAGE]]`, or, for a repeated request id, which job it
+    already made. The message of a new job says what it waits for, and what defaults it got."""
     name, state_name = progress.printable(job.spec.name), progress.state_name(job.state)
     if not earlier:
-        return f"submitted job {job.id} ({name})" + (f", {state_name}" if state else "")
+        message = f": {job.message}" if job.message else ""
+        return f"submitted job {job.id} ({name})" + (f", {state_name}{message}" if state else "")
     when = f", created {progress.format_time(job.created_at)}" if job.HasField("created_at") else ""
     now = f", now {state_name}" if state else ""
     request_id = progress.printable(job.spec.request_id)
@@ -101,7 +105,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
         jobs = client.list(state=args.state)
     if args.output == "json":
-        print(json_format.MessageToJson(pb.ListJobsResponse(jobs=jobs)))
+        # {"jobs": [...]}, also when empty: protobuf's printer leaves out an empty repeated field.
+        data = json_format.MessageToDict(pb.ListJobsResponse(jobs=jobs))
+        print(json.dumps({"jobs": [], **data}, indent=2))
     else:
         print(progress.format_job_table(jobs) if jobs else "no jobs")
     return EXIT_OK
@@ -132,6 +138,9 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     when = "within about a second, at a step boundary" if job.state == pb.RUNNING else "when it starts"
     workers = f"{args.num_workers} worker" + ("" if args.num_workers == 1 else "s")
     print(f"job {job.id} ({pb.JobState.Name(job.state)}) runs with {workers} {when}")
+    spec = job.spec
+    if idle := idle_workers_note(args.num_workers, spec.micro_shards, spec.batch_size):
+        print(f"note: {idle}")
     return EXIT_OK
 
 

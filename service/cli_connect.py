@@ -9,6 +9,7 @@ hint about TLS instead of "start a coordinator".
 from __future__ import annotations
 
 import argparse
+import re
 import ssl
 from pathlib import Path
 
@@ -23,7 +24,29 @@ class UsageError(Exception):
 
 def connect(args: argparse.Namespace) -> CoordinatorClient:
     """A client for --server with the TLS and token options of the command line and environment."""
+    check_port(args.server)
     return CoordinatorClient(args.server, tls=tls_options(args), token=read_token(args))
+
+
+# HOST:PORT with a plain or bracketed IPv6 host; gRPC's other forms (unix:PATH, dns:///...) go as they are.
+_HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:/\[\]]*):(?P<port>[^:/]*)")
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")
+
+
+def check_port(address: str) -> None:
+    """UsageError unless the port of a HOST:PORT address is a number from 1 to 65535: gRPC would
+    take 99999 modulo 65536 and dial another port."""
+    match = _HOST_PORT.fullmatch(address)
+    if match is None or address.startswith(_GRPC_SCHEMES):
+        return
+    port = match["port"]
+    number = port.isascii() and port.isdigit()
+    if not (number and 1 <= int(port) <= 65535):
+        problem = "is out of range" if number else "is not a number" if port else "is missing"
+        raise UsageError(
+            f"--server (or GRADFLEET_SERVER) {address}: the port {problem}; give HOST:PORT with a port "
+            "from 1 to 65535"
+        )
 
 
 def uses_tls(args: argparse.Namespace) -> bool:

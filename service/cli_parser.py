@@ -130,7 +130,7 @@ _SERVE_LIMITS = (
     ),
     (
         "--npz-check-bytes",
-        "bytes of each npz feature array checked for NaN/inf at submit, the rest at load "
+        "bytes of each npz (or float IDX) feature array checked for NaN/inf at submit, the rest at load "
         f"(default {DEFAULT_NPZ_CHECK_BYTES:,})",
     ),
     ("--max-message-bytes", f"gRPC message size, both ways (default {DEFAULT_MAX_MESSAGE_BYTES:,})"),

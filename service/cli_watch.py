@@ -2,14 +2,16 @@
 
 `watch_job` follows one job's event stream to its end, reconnecting with backoff when the stream
 breaks (a coordinator restart, a dropped network), and raises `WatchLost` when reconnecting does not
-help; `Renderer` writes the events, as a progress bar redrawn in place on a terminal or as one line
-per event elsewhere.
+help; when the server has no WatchJob stream to spare (RESOURCE_EXHAUSTED) it polls GetJob instead
+(`poll_job`). `Renderer` writes the events, as a progress bar redrawn in place on a terminal
+or as one line per event elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -26,6 +28,7 @@ _RECONNECT_CODES = frozenset(
 )
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0)  # then every 2 s: a restarted coordinator is found within 2 s
 RECONNECT_WINDOW_S = 60.0  # a coordinator restart (Ray included) takes well under this
+POLL_INTERVAL_S = 1.0  # GetJob this often without a stream: the rate a stream batches PROGRESS at
 
 
 def reconnect_delays(window_s: float) -> tuple[float, ...]:
@@ -45,6 +48,10 @@ class WatchLost(Exception):
     """The watch stream broke and reconnecting did not help."""
 
 
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def watch_job(
     client: CoordinatorClient,
     job_id: str,
@@ -52,9 +59,12 @@ def watch_job(
     *,
     delays: Sequence[float] = reconnect_delays(RECONNECT_WINDOW_S),
     sleep: Callable[[float], None] = time.sleep,
+    notice: Callable[[str], None] = _to_stderr,
 ) -> pb.Job:
     """Follow `job_id` until a terminal state, reconnecting with backoff if the stream breaks (on a
     fresh channel each time, so gRPC's own growing reconnect backoff never delays finding the server).
+    When the server refuses a stream for its WatchJob limit, it says so once through `notice` and
+    polls GetJob instead, showing the same kinds of events.
 
     Returns the job as of its last event; raises WatchLost when every reconnect failed, and
     grpc.RpcError when the first connection fails or for errors reconnecting cannot fix.
@@ -62,7 +72,18 @@ def watch_job(
     last: pb.Job | None = None
     failures = 0
     while True:
-        job, count, reason = _stream_once(client, job_id, renderer, connected=last is not None)
+        try:
+            job, count, reason = _stream_once(client, job_id, renderer, connected=last is not None)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            if renderer:
+                renderer.end_line()
+            notice(
+                f"following job {job_id} by polling GetJob every {POLL_INTERVAL_S:g} s: the server has no "
+                f"WatchJob stream to spare ({exc.details()})"
+            )
+            return poll_job(client, job_id, renderer, last, delays=delays, sleep=sleep)
         last = job or last
         if last is not None and last.state in progress.TERMINAL_STATES:
             if renderer:
@@ -84,6 +105,77 @@ def watch_job(
         sleep(delays[failures])
         client.reconnect()
         failures += 1
+
+
+def poll_job(
+    client: CoordinatorClient,
+    job_id: str,
+    renderer: Renderer | None,
+    last: pb.Job | None,
+    *,
+    delays: Sequence[float],
+    sleep: Callable[[float], None],
+) -> pb.Job:
+    """Follow `job_id` with GetJob every POLL_INTERVAL_S until a terminal state, showing what changed
+    since `last` as the events a stream would have sent; a failed call is retried as a broken stream
+    is (`delays`), and WatchLost raised when that does not help."""
+    failures = 0
+    while True:
+        try:
+            job = client.get(job_id)
+        except grpc.RpcError as exc:
+            if exc.code() not in _RECONNECT_CODES:
+                raise
+            if failures == len(delays):
+                raise WatchLost(
+                    f"lost job {job_id} ({exc.code().name}: {exc.details()}); gave up after "
+                    f"{sum(delays):g} s of retrying GetJob (--reconnect-s sets how long)"
+                ) from None
+            if renderer:
+                renderer.note(
+                    f"GetJob failed ({exc.code().name}: {exc.details()}); retrying in {delays[failures]:g} s"
+                )
+            sleep(delays[failures])
+            client.reconnect()
+            failures += 1
+            continue
+        failures = 0
+        if renderer:
+            for event in events_between(last, job):
+                renderer.show(event)
+        last = job
+        if job.state in progress.TERMINAL_STATES:
+            if renderer:
+                renderer.end_line()
+            return job
+        sleep(POLL_INTERVAL_S)
+
+
+def events_between(before: pb.Job | None, after: pb.Job) -> list[pb.JobEvent]:
+    """The events a watch stream would have sent for the change from `before` to `after` (two GetJob
+    answers), in the order the renderer wants them: what happened, then where training stands."""
+    if before is None:
+        return [pb.JobEvent(kind=pb.JobEvent.STATE, job=after)]  # as a stream's first event
+    was, now = before.progress, after.progress
+    kinds = []
+    if now.rollbacks > was.rollbacks:
+        kinds.append(pb.JobEvent.ROLLBACK)
+    elif (now.worker_restarts, now.server_restarts) > (was.worker_restarts, was.server_restarts):
+        kinds.append(pb.JobEvent.RECOVERED)
+    elif (after.state, after.message) != (before.state, before.message):
+        kinds.append(pb.JobEvent.STATE)
+    if now.checkpoint_step != was.checkpoint_step and now.checkpoint_step:
+        kinds.append(pb.JobEvent.CHECKPOINT)
+    if now.has_eval and _eval_figures(now) != _eval_figures(was):
+        kinds.append(pb.JobEvent.EVAL)
+    if now.step != was.step:
+        kinds.append(pb.JobEvent.PROGRESS)
+    return [pb.JobEvent(kind=kind, job=after) for kind in kinds]
+
+
+def _eval_figures(p: pb.Progress) -> tuple[str, ...]:
+    # As text: NaN (no accuracy for a regression) never equals itself.
+    return tuple(repr(v) for v in (p.eval_loss, p.eval_accuracy, p.eval_label_accuracy, p.eval_mse))
 
 
 def _stream_once(

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
+from service.file_modes import replacement_mode
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_PORT = 50051
@@ -236,12 +237,18 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
     """
     if not path.parent.is_dir():  # say so before mkstemp names its temporary file instead
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it 0600; a model is a plain file
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:  # the new file goes beside `path` first: say that is what failed
+        raise _naming(path, exc, f"cannot create a file in {path.parent}") from None
+    try:
+        os.fchmod(fd, replacement_mode(path))  # mkstemp makes it 0600; a model is a plain file
         with os.fdopen(fd, "wb") as out:
             size = _copy_chunks(chunks, out)
-        os.replace(tmp_name, path)
+        try:
+            os.replace(tmp_name, path)
+        except OSError as exc:
+            raise _naming(path, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -249,10 +256,13 @@ def write_chunks(chunks: Iterable[pb.Chunk], path: Path) -> int:
     return size
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
-    os.umask(mask)
-    return mask
+def _naming(path: Path, exc: OSError, what: str = "") -> OSError:
+    """`exc` reworded to name `path` (and `what` failed): its own message names the temporary file,
+    which the user never chose (`Permission denied: '/proc/.version.o4eatrxt.part'`)."""
+    reason = f"{what} ({exc.strerror or exc})" if what else exc.strerror or str(exc)
+    error = OSError(f"cannot write {path}: {reason}")
+    error.errno = exc.errno
+    return error
 
 
 def _copy_chunks(chunks: Iterable[pb.Chunk], out: BinaryIO) -> int:

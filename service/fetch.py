@@ -14,11 +14,14 @@ import logging
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from service.file_modes import replacement_mode
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,9 @@ def fetch_fashion_mnist(
     data arrives (bytes_total is -1 when the server does not say); skipped files report
     done == total once.
     """
-    if not download:
+    if download:
+        check_base_url(base_url)
+    else:
         _check_source_dir(source_dir, dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -85,6 +90,23 @@ def fetch_fashion_mnist(
     except OSError as exc:  # network errors are FetchErrors by now; this is the local disk
         raise FetchError(f"cannot write Fashion-MNIST into {dest}: {exc}") from exc
     return dest
+
+
+def check_base_url(base_url: str) -> None:
+    """FetchError unless `base_url` is an http:// or https:// URL with a host: urllib would also
+    read ftp:// and file:// URLs (a local file is what --source-dir is for), and fail on anything
+    else with a bare "unknown url type". Worded for `fetch-data --base-url`."""
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:  # "http://[::1" and the like
+        usable = False
+    if not usable:
+        raise FetchError(
+            f"--base-url {base_url}: not an http:// or https:// URL with a host; give the mirror's "
+            "address, e.g. https://mirror.example/fashion-mnist/ (a local folder: --source-dir DIR)"
+        )
 
 
 def _check_source_dir(source_dir: Path | None, dest: Path) -> None:
@@ -149,6 +171,7 @@ def _store(
     fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, replacement_mode(dest / name))  # mkstemp makes it 0600; these are shared data
         digest, done = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:

@@ -15,7 +15,7 @@ from service.checkpoints import Checkpoint
 from service.job_actors import JobSetup
 from service.job_parts import JobParts
 from service.param_server import TrainingState
-from service.wording import plural
+from service.wording import idle_workers_note, plural
 from service.worker_cpus import ScaleRequest
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class JobScaling:
         setup.spec.num_workers = target
         self.request.applied(target)
         note = f"scaled from {before} to {plural(target, 'worker')} at step {ckpt.step}"
+        if idle := idle_workers_note(target, setup.spec.micro_shards, setup.spec.batch_size):
+            note += f"; {idle}"
         log.info("job %s: %s", parts.job_id, note)
         parts.store.update(parts.job_id, changes.scaled(target, note), kind=pb.JobEvent.STATE)
         # WorkersNotStarted from here: the job restarts from that checkpoint, with `target` workers.

@@ -90,16 +90,21 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def create(self, spec: pb.JobSpec, owner: str = "") -> tuple[pb.Job, bool]:
-        """Create a QUEUED job owned by `owner`; returns (job, True). A spec whose request_id names a
-        job `owner` already created returns (that job, False): a retried SubmitJob never makes a
-        second job. Another owner's request ids are not looked at."""
+    def create(self, spec: pb.JobSpec, owner: str = "", message: str = "") -> tuple[pb.Job, bool]:
+        """Create a QUEUED job owned by `owner`, showing `message`; returns (job, True). A spec whose
+        request_id names a job `owner` already created returns (that job, False): a retried SubmitJob
+        never makes a second job. Another owner's request ids are not looked at."""
         with self._lock:
             existing = self._by_request(spec, owner)
             if existing is not None:
                 return _copy(existing), False
             job = pb.Job(
-                id=uuid.uuid4().hex[:12], spec=spec, state=pb.QUEUED, created_at=now_timestamp(), owner=owner
+                id=uuid.uuid4().hex[:12],
+                spec=spec,
+                state=pb.QUEUED,
+                created_at=now_timestamp(),
+                owner=owner,
+                message=message,
             )
             cursor = self._write(
                 "INSERT INTO jobs (id, state, record, request_id, owner) VALUES (?, ?, ?, ?, ?)",

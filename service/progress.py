@@ -10,7 +10,7 @@ from datetime import timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradfleet.v1 import coordinator_pb2 as pb
-from service.wording import plural
+from service.wording import idle_workers, plural
 
 TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
 BAR_WIDTH = 10
@@ -42,7 +42,7 @@ _PROGRESS_DROP_ORDER = ("throughput", "step", "bar", "eval", "loss")
 
 
 def format_progress(job: pb.Job, width: int | None = None) -> str:
-    """One line: epoch 3/10 [#####-----]  45% step 700/2350 loss 0.3412 1.2e+05 samples/s ...
+    """One line: epoch 3/10 [#####-----]  45% step 700/2350 loss 0.3412 120,000 samples/s ...
 
     With `width` (columns), the least important parts go until the line fits: throughput, step,
     the bar's cells, eval, loss; whatever is left is cut at `width`."""
@@ -67,7 +67,7 @@ def _progress_parts(job: pb.Job) -> dict[str, str]:
     if p.step:
         parts["loss"] = f"loss {_num(p.loss)}"
     if p.samples_per_second > 0:
-        parts["throughput"] = f"{p.samples_per_second:.3g} samples/s"
+        parts["throughput"] = format_rate(p.samples_per_second)
     if p.has_eval and (short := _short_eval_score(job)):
         parts["eval"] = f"eval {short}"
     return parts
@@ -88,6 +88,14 @@ def format_event(event: pb.JobEvent) -> str:
         return f"job {job.id} {pb.JobEvent.Kind.Name(event.kind).lower()}: {job.message}"
     line = f"job {job.id} {state_name(job.state)}"
     return f"{line}: {job.message}" if job.message else line
+
+
+def format_rate(samples_per_second: float) -> str:
+    """`35,500 samples/s`: three significant figures, digits grouped (not 3.55e+04); `12.5 samples/s`
+    below 100."""
+    if samples_per_second < 100:
+        return f"{samples_per_second:.3g} samples/s"
+    return f"{float(f'{samples_per_second:.3g}'):,.0f} samples/s"
 
 
 def format_summary(job: pb.Job) -> str:
@@ -116,7 +124,7 @@ def format_job(job: pb.Job) -> str:
         ("step", f"{p.step}/{p.total_steps or '?'}" + _percent(p.step, p.total_steps)),
     ]
     if job.spec.num_workers:  # the current count: `scale` changes it
-        rows.insert(3, ("workers", f"{job.spec.num_workers}{_restarts(p)}"))
+        rows.insert(3, ("workers", f"{job.spec.num_workers}{_worker_notes(job.spec, p)}"))
     if p.step:
         rows.append(("loss", f"{_num(p.loss)} (learning rate {p.learning_rate:.3g})"))
     if p.has_eval:  # a regression's error measures get the metrics line
@@ -127,7 +135,7 @@ def format_job(job: pb.Job) -> str:
     elif p.has_eval and (scores := _regression_scores(job)):
         rows.append(("metrics", ", ".join(scores)))
     if p.samples_per_second > 0:
-        rows.append(("throughput", f"{p.samples_per_second:.3g} samples/s"))
+        rows.append(("throughput", format_rate(p.samples_per_second)))
     if job.message:
         rows.append(("message", job.message))
     for label, stamp in (("created", "created_at"), ("started", "started_at")):
@@ -139,14 +147,19 @@ def format_job(job: pb.Job) -> str:
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
 
 
-def _restarts(p: pb.Progress) -> str:
-    """Text like " (2 replaced after failures; parameter server restarted 1 time)": worker actors
-    replaced, one per dead worker, and restarts of the parameter server (with new workers), which
-    are not in the first count; "" when neither happened."""
-    done = [f"{p.worker_restarts} replaced after failures"] if p.worker_restarts else []
+def _worker_notes(spec: pb.JobSpec, p: pb.Progress) -> str:
+    """Text like " (1 idle: micro_shards is 1; 2 replaced after failures; parameter server restarted
+    1 time)": workers beyond the micro-shards, which have nothing to compute; worker actors replaced,
+    one per dead worker; and restarts of the parameter server (with new workers), which are not in
+    the second count; "" when none of these applies."""
+    notes = []
+    if spec.micro_shards and (idle := idle_workers(spec.num_workers, spec.micro_shards)):
+        notes.append(f"{idle} idle: micro_shards is {spec.micro_shards}")
+    if p.worker_restarts:
+        notes.append(f"{p.worker_restarts} replaced after failures")
     if p.server_restarts:
-        done.append(f"parameter server restarted {plural(p.server_restarts, 'time')}")
-    return f" ({'; '.join(done)})" if done else ""
+        notes.append(f"parameter server restarted {plural(p.server_restarts, 'time')}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def format_job_table(jobs: Sequence[pb.Job]) -> str:

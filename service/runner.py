@@ -33,7 +33,7 @@ from service.param_server import StepStats, TrainingState
 from service.recovery import FaultPolicy
 from service.spec import spec_to_json
 from service.spec_validation import validate_against_dataset
-from service.wording import clause
+from service.wording import clause, idle_workers_note
 from service.worker_cpus import ScaleRequest, WorkerCPUs
 from workers.group import WorkerLost, WorkersNotStarted
 from workers.placement import Unplaceable
@@ -167,7 +167,8 @@ class JobRunner:
         self.metrics.start_job(self.job_id, spec.num_workers)
         has_test = ds.y_test is not None and len(ds.y_test) > 0
         no_test = "" if has_test else changes.no_test_note(spec.dataset.uri)
-        note = "; ".join(filter(None, (no_test, changes.resume_note(resume, skipped))))
+        idle = idle_workers_note(spec.num_workers, spec.micro_shards, spec.batch_size)
+        note = "; ".join(filter(None, (no_test, changes.resume_note(resume, skipped), idle)))
         # A note is news to a watcher, which shows the message of STATE events but not of PROGRESS ones.
         kind = pb.JobEvent.STATE if note else pb.JobEvent.PROGRESS
         self.store.update(self.job_id, self._progress_change(note), kind=kind)

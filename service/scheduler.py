@@ -53,9 +53,10 @@ class Scheduler:
             self._queue.put(job.id)
         self._dispatcher.start()
 
-    def submit(self, spec: pb.JobSpec, owner: str = "") -> tuple[pb.Job, bool]:
-        """Queue a checked spec; returns (job, True). A retried submission (same owner and request_id)
-        returns (the job it created, False).
+    def submit(self, spec: pb.JobSpec, owner: str = "", note: str = "") -> tuple[pb.Job, bool]:
+        """Queue a checked spec, its message `note` and, when it has to wait for a running slot, why;
+        returns (job, True). A retried submission (same owner and request_id) returns (the job it
+        created, False).
         LimitExceeded when max_queued_jobs jobs are already waiting; JobNotReady when the cluster can
         never hold its workers (the runner checks again, for a cluster that shrank meanwhile)."""
         if (
@@ -76,12 +77,25 @@ class Scheduler:
                     f"{queued} jobs are queued, the limit is {self.config.max_queued_jobs} "
                     "(--max-queued-jobs); wait for some to finish or cancel some"
                 )
-            job, created = self.store.create(spec, owner=owner)
+            message = "; ".join(filter(None, (note, self._slot_wait_note(queued))))
+            job, created = self.store.create(spec, owner=owner, message=message)
             if created:
                 self._queue.put(job.id)
         if created:
             self.metrics.jobs_submitted.inc()
         return job, created
+
+    def _slot_wait_note(self, queued: int) -> str:
+        """Why a job submitted now waits, when all --max-running-jobs slots are taken (or other jobs
+        wait for them first); "" when it starts at once. Written once, at submission: keeping the
+        count of jobs ahead current would rewrite every queued job each time one starts."""
+        with self._lock:
+            running = len(self._running)
+        limit = self.config.max_running_jobs
+        if running + queued < limit:  # a slot is free for each job waiting, this one included
+            return ""
+        ahead = f"; {plural(queued, 'job')} queued ahead of it" if queued else ""
+        return f"waiting for a running slot (--max-running-jobs {limit}, {running} running{ahead})"
 
     def cancel(self, job_id: str) -> pb.Job:
         job = self.store.get(job_id)

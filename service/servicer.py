@@ -54,8 +54,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             raise Unavailable(
                 "the coordinator is shutting down and takes no new jobs; submit again once it is back"
             )
-        spec = self.admission.check(request)
-        job, created = self.scheduler.submit(spec, owner=principal_of(context).name)
+        spec, note = self.admission.check(request)
+        job, created = self.scheduler.submit(spec, owner=principal_of(context).name, note=note)
         if not created:  # the client cannot tell a repeated request id's job from a new one by itself
             context.set_trailing_metadata(((EXISTING_JOB_METADATA, "true"),))
         return job

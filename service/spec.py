@@ -48,6 +48,7 @@ def spec_from_dict(data: Any) -> pb.JobSpec:
     """Convert a mapping in protobuf's JSON mapping to a JobSpec; raises InvalidSpec with a path."""
     if not isinstance(data, dict):
         raise InvalidSpec("", f"a job spec must be a mapping of fields, got {_type_name(data)}")
+    _check_depth(data, "the job spec")
     _check_message(data, pb.JobSpec.DESCRIPTOR, pb.JobSpec, "")
     try:
         return json_format.ParseDict(data, pb.JobSpec())
@@ -67,6 +68,9 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw  # not YAML: take it as a plain string
+        except RecursionError:
+            raise InvalidSpec("", f"--set {key.strip()}: {_TOO_DEEP}") from None
+        _check_depth(value, f"--set {key.strip()}")
         name = key.strip()
         data = _set_path(data if isinstance(data, dict) else {}, _override_keys(name), value, name, [])
     return data
@@ -81,12 +85,39 @@ def _read_document(path: Path) -> Any:
         raise InvalidSpec("", f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidSpec("", f"{path}: cannot read: {exc}") from None
-    data = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
+    try:
+        data = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
+    except RecursionError:  # the parsers recurse once per level of nesting
+        raise InvalidSpec("", f"{path}: {_TOO_DEEP}") from None
+    _check_depth(data, str(path))
     if data is None:
         raise InvalidSpec("", f"{path}: the file is empty")
     if not isinstance(data, dict):
         raise InvalidSpec("", f"{path}: must hold a mapping of JobSpec fields, not {_type_name(data)}")
     return data
+
+
+# Levels of lists and mappings: a JobSpec needs 4 (optimizer.schedule.milestones[0]); the checks that
+# walk a document recurse once per level, so a deeper one is refused before anything walks it.
+MAX_SPEC_DEPTH = 32
+_TOO_DEEP = (
+    f"nested too deeply (more than {MAX_SPEC_DEPTH} levels of lists and mappings); a job spec needs at most 4"
+)
+
+
+def _check_depth(data: Any, where: str) -> None:
+    """InvalidSpec naming `where` if `data` nests lists and mappings more than MAX_SPEC_DEPTH deep;
+    walks without recursion, so any depth is safe to check."""
+    level: list[Any] = [data]
+    for _ in range(MAX_SPEC_DEPTH + 1):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
+        ]
+        if not level:
+            return
+    raise InvalidSpec("", f"{where}: {_TOO_DEEP}")
 
 
 def _parse_json(path: Path, text: str) -> Any:

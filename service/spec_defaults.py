@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from gradfleet.v1 import coordinator_pb2 as pb
 
 MAX_DEFAULT_MICRO_SHARDS = 16
+DEFAULT_BATCH_SIZE = 256
 # Options that only some kinds use; validation refuses a value other than these with another kind.
 LOSS_OPTION_DEFAULTS = {"label_smoothing": 0.0, "huber_delta": 1.0}
 LEAKY_RELU_SLOPE = 0.01
@@ -34,7 +35,7 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     out = pb.JobSpec()
     out.CopyFrom(spec)
     out.name = out.name or "job"
-    _default(out, num_workers=2, batch_size=256, epochs=10)
+    _default(out, num_workers=2, batch_size=DEFAULT_BATCH_SIZE, epochs=10)
     # Micro-shards of about 64 samples: smaller ones make the per-shard matmuls inefficient.
     _default(out, micro_shards=max(1, min(MAX_DEFAULT_MICRO_SHARDS, out.batch_size // 64)))
     if out.dataset.preprocessing == pb.PREPROCESSING_UNSPECIFIED:
@@ -49,6 +50,23 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     _fill_optimizer(out.optimizer)
     _fill_recovery(out)
     return out
+
+
+def fit_default_batch(request: pb.JobSpec, num_train: int | None) -> tuple[pb.JobSpec, str]:
+    """`with_defaults(request)`, except that a batch_size left out is at most the training set's
+    `num_train` samples (one batch per epoch), with a note for the job's message saying so ("" when
+    nothing changed). An explicit batch_size stays, for validation to refuse if it is too large."""
+    spec = with_defaults(request)
+    if request.HasField("batch_size") or num_train is None or spec.batch_size <= num_train:
+        return spec, ""
+    fitted = pb.JobSpec()
+    fitted.CopyFrom(request)
+    fitted.batch_size = num_train  # micro_shards, if left out too, follows it
+    note = (
+        f"batch_size not set: using {num_train}, the whole training set, as the default "
+        f"{DEFAULT_BATCH_SIZE} is larger"
+    )
+    return with_defaults(fitted), note
 
 
 _RELU_LIKE = (pb.RELU, pb.LEAKY_RELU, pb.ELU, pb.GELU, pb.SOFTPLUS)

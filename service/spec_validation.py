@@ -150,6 +150,7 @@ def _check_recovery(spec: pb.JobSpec) -> None:
         raise InvalidSpec(
             "request_id", f"got {len(spec.request_id)} characters; must be 1-{MAX_REQUEST_ID_CHARS}"
         )
+    _check_printable("request_id", spec.request_id)
     _check_enum("on_divergence", spec.on_divergence, pb.DivergencePolicy.DESCRIPTOR)
     kind = ("on_divergence", pb.DivergencePolicy, spec.on_divergence)
     _check_unused_options("", spec, kind, _RECOVERY_OPTION_USERS, _RECOVERY_FILLED)
@@ -175,7 +176,7 @@ def validate_against_dataset(
     parsed): what depends on it is checked when the job loads the data.
     """
     if num_classes is not None:
-        _check_output_layer(spec, num_classes, target_width)
+        _check_output_layer(spec, num_classes, target_width, target_range)
     if target_range is not None:
         _check_target_range(spec, target_range)
     params = count_params(num_features, spec)
@@ -207,14 +208,28 @@ def _check_warmup(spec: pb.JobSpec, num_train: int) -> None:
         )
 
 
-def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | None) -> None:
+_REGRESSION_LOSSES = "MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER"
+
+
+def _check_output_layer(
+    spec: pb.JobSpec, num_classes: int, target_width: int | None, targets: TargetRange | None
+) -> None:
     last = len(spec.layers) - 1
     units = spec.layers[last].units
     if num_classes == 0 and spec.loss == pb.SOFTMAX_CROSS_ENTROPY:
+        if targets is not None and targets.whole:  # labels, one of them beyond any class index
+            _refuse_huge_label(f"layers[{last}].units", units, targets)
         raise InvalidSpec(
             "loss",
             "got SOFTMAX_CROSS_ENTROPY; the dataset has float targets, which need MEAN_SQUARED_ERROR, "
             "MEAN_ABSOLUTE_ERROR, HUBER or (0/1 multi-label targets) BINARY_CROSS_ENTROPY",
+        )
+    if num_classes == 1 and spec.loss == pb.SOFTMAX_CROSS_ENTROPY:
+        raise InvalidSpec(
+            "loss",
+            "got SOFTMAX_CROSS_ENTROPY; every label in the dataset is 0, a single class: softmax over "
+            "one class gives loss 0 whatever the inputs, so nothing would be learned; a classifier "
+            "needs labels of at least 2 classes (check the label column or array)",
         )
     # Class labels become one-hot targets for the other losses, so every loss needs one unit per class.
     hint = ""
@@ -231,6 +246,19 @@ def _check_output_layer(spec: pb.JobSpec, num_classes: int, target_width: int | 
         )
 
 
+def _refuse_huge_label(path: str, units: int, targets: TargetRange) -> None:
+    """Whole-number labels read as float targets only because one is too large for a class index:
+    name it, and the range the output layer gives, rather than calling the labels floats."""
+    low_end = -targets.low > targets.high
+    value, where = (targets.low, targets.low_at) if low_end else (targets.high, targets.high_at)
+    raise InvalidSpec(
+        path,
+        f"got {units}; the labels are whole numbers, but {where} has {_num(value)}, out of range for "
+        f"the output layer: with {plural(units, 'unit')} the labels must run 0..{units - 1}; fix that "
+        f"label, or for numeric targets choose {_REGRESSION_LOSSES}",
+    )
+
+
 def _check_target_range(spec: pb.JobSpec, targets: TargetRange) -> None:
     """Binary cross-entropy of a target outside [0, 1] has no minimum: the loss runs negative."""
     if spec.loss != pb.BINARY_CROSS_ENTROPY or 0 <= targets.low <= targets.high <= 1:
@@ -240,7 +268,7 @@ def _check_target_range(spec: pb.JobSpec, targets: TargetRange) -> None:
         "loss",
         f"got BINARY_CROSS_ENTROPY; binary cross-entropy needs targets in [0, 1], but {where} has "
         f"{_num(value)} (the targets range over [{_num(targets.low)}, {_num(targets.high)}]); "
-        "rescale the targets, or choose MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER",
+        f"rescale the targets, or choose {_REGRESSION_LOSSES}",
     )
 
 
@@ -260,12 +288,21 @@ def _limit(max_params: int) -> str:
 def _check_name(name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise InvalidSpec("name", f"got {len(name)} characters; must be at most {MAX_NAME_CHARS}")
-    # Names are printed to other users' terminals (`gradfleet list`): no escapes, newlines or NULs.
-    bad = next((i for i, ch in enumerate(name) if not ch.isprintable()), None)
+    if not name.strip():  # with_defaults fills an empty one: this is only spaces
+        raise InvalidSpec(
+            "name", f'got only white space ({len(name)} characters); give a name, or leave it out for "job"'
+        )
+    _check_printable("name", name)
+
+
+def _check_printable(path: str, text: str) -> None:
+    """Names and request ids are printed to other users' terminals (`gradfleet list`, `submit`): no
+    escapes, newlines, NULs or bidirectional overrides (U+202E), which str.isprintable() excludes."""
+    bad = next((i for i, ch in enumerate(text) if not ch.isprintable()), None)
     if bad is not None:
         raise InvalidSpec(
-            "name",
-            f"character {bad + 1} is U+{ord(name[bad]):04X}, which is not printable; "
+            path,
+            f"character {bad + 1} is U+{ord(text[bad]):04X}, which is not printable; "
             "use letters, digits, punctuation and spaces",
         )
 

@@ -13,3 +13,22 @@ def clause(text: object) -> str:
     "task.; replaced" reads as a typo. An ellipsis (a shortened line) is kept."""
     text = str(text).rstrip()
     return text[:-1] if text.endswith(".") and not text.endswith("..") else text
+
+
+def idle_workers(num_workers: int, micro_shards: int) -> int:
+    """Workers that get no micro-shard: each computes whole micro-shards of the batch, so those
+    beyond `micro_shards` hold a CPU and do nothing."""
+    return max(num_workers - micro_shards, 0)
+
+
+def idle_workers_note(num_workers: int, micro_shards: int, batch_size: int) -> str:
+    """Says how many of `num_workers` idle and what to change; "" when none does."""
+    idle = idle_workers(num_workers, micro_shards)
+    if not idle:
+        return ""
+    fix = f"resubmit with micro_shards {num_workers} or more, or " if batch_size >= num_workers else ""
+    return (
+        f"{idle} of the {num_workers} workers {'is' if idle == 1 else 'are'} idle: a batch is split "
+        f"into micro_shards {micro_shards}, and each worker computes whole micro-shards; to use them "
+        f"all, {fix}scale to {plural(micro_shards, 'worker')}"
+    )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service import progress
 from service.client import CoordinatorClient
 from service.datasets.probe import probe_dataset
 from service.errors import LimitExceeded
@@ -56,6 +57,15 @@ def _write_data(root: Path) -> None:
     )
     test_x = np.where(np.arange(200).reshape(50, 4) == 13, -np.inf, x)
     np.savez_compressed(root / "inf-test.npz", x_train=x, y_train=labels, x_test=test_x, y_test=labels)
+    np.savez(root / "huge-targets.npz", x_train=x, y_train=np.where(labels == 0, 1e300, 0.5 + labels))
+    np.savez(root / "one-class.npz", x_train=x, y_train=np.zeros(50, dtype=np.int64))
+    (root / "huge-label.csv").write_text("1,2,0\n3,4,1\n5,6,1e10\n")
+    write_blobs(root / "two-hundred.npz", n_train=200, n_test=50)
+    (root / "idx-nan").mkdir()  # float32 images: the NaN is sample 1, feature 2
+    images = np.where(np.arange(16).reshape(4, 2, 2) == 6, np.nan, np.ones((4, 2, 2)))
+    header = struct.pack(">HBB", 0, 0x0D, 3) + struct.pack(">3I", 4, 2, 2)
+    (root / "idx-nan" / "train-images-idx3-ubyte").write_bytes(header + images.astype(">f4").tobytes())
+    (root / "idx-nan" / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 1])))
     (root / "ragged.csv").write_text("1,2,0\n3,4,5,1\n")
     (root / "wide.csv").write_text(("0," * 199 + "0\n") * 2000)  # 800 kB of text, 1.6 MB of arrays
     (root / "idx").mkdir()
@@ -154,6 +164,19 @@ REFUSALS = [
     ("npz-inf-test-feature", "npz:inf-test.npz", {}, INVALID, "dataset.uri",
      "inf-test.npz (array x_test): NaN or infinite feature value -inf at sample 3, feature 1;"),
     ("csv-ragged-row", "csv:ragged.csv", {}, INVALID, "dataset.uri", "line 2: ragged row"),
+    ("float64-targets-beyond-float32", "npz:huge-targets.npz",
+     {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 1}]}, INVALID, "dataset.uri",
+     "huge-targets.npz (array y_train): target value 1e+300 at sample 0 (17 in all) is too large for "
+     "float32 (|y| > 3.4e38), which targets are loaded as; rescale the targets in the file"),
+    ("idx-float-nan-feature", "idx:idx-nan", {}, INVALID, "dataset.uri",
+     "idx-nan/train-images-idx3-ubyte: NaN or infinite feature value nan at sample 1, feature 2; clean"),
+    ("csv-whole-label-out-of-range", "csv:huge-label.csv", {}, INVALID, "layers[1].units",
+     "got 3; the labels are whole numbers, but "),
+    ("single-class", "npz:one-class.npz", {"layers": [{"units": 1}]}, INVALID, "loss",
+     "got SOFTMAX_CROSS_ENTROPY; every label in the dataset is 0, a single class"),
+    ("blank-name", "npz:blobs.npz", {"name": "  "}, INVALID, "name", "got only white space (2 characters)"),
+    ("request-id-with-escape", "npz:blobs.npz", {"requestId": "r\x1b[2J"}, INVALID, "request_id",
+     "character 2 is U+001B, which is not printable"),
     ("dot-dot", "npz:../state/jobs.sqlite3", {}, INVALID, "dataset.uri", "outside the data root"),
     ("absolute-path", "csv:/etc/passwd", {}, INVALID, "dataset.uri", "outside the data root"),
     ("symlinked-idx-file", "idx:escape", {}, INVALID, "dataset.uri",
@@ -189,6 +212,59 @@ def test_refused_specs_create_no_jobs_and_a_fitting_one_is_queued(client):
     assert job.state in (pb.QUEUED, pb.RUNNING)
     assert [j.id for j in client.list()] == [job.id]
     client.cancel(job.id)
+
+
+def test_a_whole_number_label_out_of_range_is_named_with_its_line(client, server):
+    """A CSV label 1e10 is a label out of the output layer's range, at its line and column, not
+    "float targets"."""
+    with pytest.raises(grpc.RpcError) as caught:
+        client.submit(small_spec("csv:huge-label.csv"))
+    where = server.config.data_root.resolve() / "huge-label.csv"
+    assert caught.value.details() == (
+        f"layers[1].units: got 3; the labels are whole numbers, but {where} at line 3, column 3 has 1e+10, "
+        "out of range for the output layer: with 3 units the labels must run 0..2; fix that label, or for "
+        "numeric targets choose MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER"
+    )
+
+
+def _unset(spec: pb.JobSpec, *fields: str) -> pb.JobSpec:
+    for field in fields:
+        spec.ClearField(field)
+    return spec
+
+
+def test_a_batch_size_left_out_is_fitted_to_a_small_training_set_and_the_job_says_so(client):
+    """Without batch_size a 200-sample training set trains in batches of 200 (the default 256 would be
+    refused), micro_shards following; the job's message says so. A batch_size given stays refused."""
+    job = client.submit(_unset(small_spec("npz:two-hundred.npz", epochs=1), "batch_size", "micro_shards"))
+    client.cancel(job.id)
+    assert (job.spec.batch_size, job.spec.micro_shards) == (200, 3)
+    assert job.message.startswith(
+        "batch_size not set: using 200, the whole training set, as the default 256 is larger"
+    )
+    with pytest.raises(grpc.RpcError, match="batch_size: got 256; the training set has only 200 samples"):
+        client.submit(small_spec("npz:two-hundred.npz", batchSize=256, microShards=4))
+
+
+def test_workers_beyond_the_micro_shards_are_named_idle_in_the_message_and_get(client):
+    """batch_size 32 leaves micro_shards at 1: of 2 workers one has nothing to compute. The job is
+    accepted (scaling is still allowed), and its message and `get` say so."""
+    spec = _unset(small_spec("npz:blobs.npz", epochs=1000, batchSize=32, numWorkers=2), "micro_shards")
+    job = client.submit(spec)
+    idle = (
+        "1 of the 2 workers is idle: a batch is split into micro_shards 1, and each worker computes whole "
+        "micro-shards; to use them all, resubmit with micro_shards 2 or more, or scale to 1 worker"
+    )
+    assert job.spec.micro_shards == 1
+    assert job.message.startswith(idle)  # submitted: maybe followed by why it waits
+    deadline = time.monotonic() + 120
+    while (running := client.get(job.id)).message != idle:  # said again once it trains
+        assert running.state in (pb.QUEUED, pb.RUNNING) and time.monotonic() < deadline, running.message
+        time.sleep(0.05)
+    client.cancel(job.id)
+    assert "workers: 2 (1 idle: micro_shards is 1)" in [
+        " ".join(line.split()) for line in progress.format_job(running).splitlines()
+    ]
 
 
 def test_an_npz_without_a_test_split_is_accepted_and_the_job_says_so(client, server):

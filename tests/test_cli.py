@@ -58,18 +58,26 @@ def test_submit_output_json_prints_a_job_that_parses(client, coordinator, tmp_pa
 
 
 def test_scale_changes_a_running_jobs_worker_count(client, coordinator) -> None:
-    """`gradfleet scale JOB 3` exits 0, says so, and the running job switches to 3 workers."""
+    """`gradfleet scale JOB 3` exits 0, says so, and the running job switches to 3 workers; with only
+    2 micro-shards, the CLI and the job's message say that one of them is idle."""
     write_blobs(coordinator.config.data_root / "long.npz", n_train=5000)
-    job = client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1))
+    job = client.submit(small_spec("npz:long.npz", epochs=1000, batchSize=10, numWorkers=1, microShards=2))
     wait_for(client, job.id, states={pb.RUNNING}, timeout_s=60)
     done = run_cli(coordinator.address, "scale", job.id, "3", timeout_s=60)
     assert done.returncode == 0, done.stderr
+    idle = (
+        "1 of the 3 workers is idle: a batch is split into micro_shards 2, and each worker computes whole "
+        "micro-shards; to use them all, resubmit with micro_shards 3 or more, or scale to 2 workers"
+    )
     said = f"job {job.id} (RUNNING) runs with 3 workers within about a second, at a step boundary"
-    assert done.stdout.strip() == said
+    assert done.stdout.splitlines() == [said, f"note: {idle}"]
     deadline = time.monotonic() + 60
-    while client.get(job.id).spec.num_workers != 3:
+    while not client.get(job.id).message.startswith("scaled from 1 to 3 workers at step "):
         assert time.monotonic() < deadline, "the job never switched to 3 workers"
         time.sleep(0.05)
+    scaled = client.get(job.id)
+    assert scaled.spec.num_workers == 3
+    assert scaled.message.endswith(f"; {idle}")
     client.cancel(job.id)
     assert wait_for(client, job.id, timeout_s=30).state == pb.CANCELLED
 

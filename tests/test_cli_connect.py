@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from service import cli
-from service.cli_connect import format_rpc_error
+from service.cli_connect import check_port, format_rpc_error
 from service.client import CoordinatorClient, TlsOptions
 from service.spec import load_spec_file
 from tests.helpers import ROOT
@@ -169,3 +169,27 @@ def test_a_server_address_without_a_port_gets_the_default_port(given: str, diall
         assert client.address == dialled
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("127.0.0.1:99999", "is out of range"),
+        ("127.0.0.1:0", "is out of range"),
+        ("[::1]:70000", "is out of range"),
+        ("localhost:http", "is not a number"),
+        ("localhost:", "is missing"),
+    ],
+)
+def test_a_port_outside_1_to_65535_is_a_usage_error(capsys, address: str, problem: str) -> None:
+    """gRPC would dial 99999 modulo 65536: the port is refused in one line, before any connection."""
+    assert cli.main(["list", "--server", address]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --server (or GRADFLEET_SERVER) {address}: the port {problem}; give HOST:PORT with a port "
+        "from 1 to 65535\n"
+    )
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:65535", "[::1]:1", "unix:gradfleet.sock", "dns:///h:5"])
+def test_valid_and_non_host_port_addresses_pass_the_port_check(address: str) -> None:
+    check_port(address)

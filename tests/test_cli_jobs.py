@@ -4,6 +4,7 @@ for repeated request ids, regression and multi-label jobs, scaled jobs and `-o D
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import re
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from gradfleet.v1 import coordinator_pb2 as pb
 from service import cli
@@ -57,11 +59,28 @@ def test_an_immediate_resubmit_says_the_job_was_already_submitted(capsys, client
     path.write_text(spec_to_json(small_spec("npz:long.npz", epochs=1, numWorkers=1, requestId="rid-now")))
     first = _run(capsys, coordinator, "submit", str(path)).splitlines()[0]
     job_id = first.split()[2]
-    assert first == f"submitted job {job_id} (small), QUEUED"
+    # Its message says why it waits: the blocker holds the only slot (or is about to take it).
+    assert re.fullmatch(
+        rf"submitted job {job_id} \(small\), QUEUED: waiting for a running slot \(--max-running-jobs 1, "
+        r"(1 running|0 running; 1 job queued ahead of it)\)",
+        first,
+    ), first
     again = _run(capsys, coordinator, "submit", str(path)).splitlines()[0]
     assert again.startswith(f"request id rid-now was already submitted as job {job_id} (small), created ")
     assert again.endswith(", now QUEUED; no new job was queued")
     assert len(client.list()) == len(blockers) + 1
+
+
+def test_list_as_json_prints_a_jobs_list_even_when_empty(capsys, client, coordinator):
+    """`list -O json` prints a ListJobsResponse, `{"jobs": [...]}`, as the README says, and with no
+    matching jobs `{"jobs": []}` (protobuf's printer leaves an empty list out: `{}`)."""
+    assert json.loads(_run(capsys, coordinator, "list", "-O", "json")) == {"jobs": []}
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job = client.submit(small_spec("npz:blobs.npz", epochs=1))
+    listed = json_format.Parse(_run(capsys, coordinator, "list", "-O", "json"), pb.ListJobsResponse())
+    assert [j.id for j in listed.jobs] == [job.id]
+    assert json.loads(_run(capsys, coordinator, "list", "-O", "json", "--state", "FAILED")) == {"jobs": []}
+    client.cancel(job.id)
 
 
 def test_submit_with_status_reports_whether_the_server_created_the_job(client, coordinator):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import types
@@ -73,7 +74,7 @@ def test_progress_bar_fills_in_proportion(fraction: float, bar: str) -> None:
 def test_progress_line_shows_epoch_step_loss_throughput_and_accuracy() -> None:
     """A running job renders as one line with all its progress figures."""
     assert progress.format_progress(_job(**RUNNING)) == (
-        "epoch 3/10 [##--------]  29% step 700/2350 loss 0.3412 1.23e+05 samples/s eval acc 0.8712"
+        "epoch 3/10 [##--------]  29% step 700/2350 loss 0.3412 123,000 samples/s eval acc 0.8712"
     )
 
 
@@ -149,9 +150,35 @@ def test_job_block_lists_the_fields_that_are_set() -> None:
         "step:       700/2350 (29%)",
         "loss:       0.3412 (learning rate 0.00098)",
         "eval:       accuracy 0.8712, loss 0.3500",
-        "throughput: 1.23e+05 samples/s",
+        "throughput: 123,000 samples/s",
         "created:    1970-01-01 00:00:00 UTC",
     ]
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(35512, "35,500"), (123456, "123,000"), (1.5e9, "1,500,000,000"), (250, "250"), (12.54, "12.5")],
+)
+def test_throughput_reads_as_grouped_digits_not_an_exponent(rate: float, text: str) -> None:
+    """Samples per second in three significant figures with grouped digits: 35,500, not 3.55e+04."""
+    assert progress.format_rate(rate) == f"{text} samples/s"
+    assert progress.format_progress(_job(samples_per_second=rate)).endswith(f" {text} samples/s")
+
+
+@pytest.mark.parametrize(
+    ("workers", "shards", "restarts", "row"),
+    [
+        (2, 1, 0, "workers: 2 (1 idle: micro_shards is 1)"),
+        (4, 2, 3, "workers: 4 (2 idle: micro_shards is 2; 3 replaced after failures)"),
+        (2, 2, 0, "workers: 2"),
+        (2, 0, 0, "workers: 2"),  # a spec stored before defaults filled micro_shards
+    ],
+)
+def test_job_block_says_how_many_workers_have_no_micro_shard(workers, shards, restarts, row) -> None:
+    """`get` shows workers beyond micro_shards as idle: they hold a CPU and compute nothing."""
+    job = _job(worker_restarts=restarts)
+    job.spec.num_workers, job.spec.micro_shards = workers, shards
+    assert row in [" ".join(line.split()) for line in progress.format_job(job).splitlines()]
 
 
 def test_job_block_shows_top_k_and_regression_metrics_when_reported() -> None:
@@ -490,6 +517,98 @@ def test_watch_does_not_retry_what_retrying_cannot_fix(script) -> None:
     assert client.calls == 1
 
 
+WATCH_LIMIT = _RpcError(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "the server has 64 WatchJob streams open, its limit (--max-watch-streams); retry later or poll "
+    "with GetJob",
+)
+
+
+class _PolledClient(_ScriptedClient):
+    """A client whose watch() plays its scripts and whose get() answers from a list of jobs (or errors)."""
+
+    def __init__(self, answers: list, *scripts) -> None:
+        super().__init__(*scripts)
+        self.answers = answers
+
+    def get(self, job_id: str) -> pb.Job:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_watch_polls_get_job_when_the_server_has_no_stream_to_spare() -> None:
+    """A WatchJob refused for the server's stream limit is not an error: the job is followed with
+    GetJob once a second (said once), its changes shown as events, and the final job returned."""
+    evaluated = _job(
+        epoch=1, step=10, total_steps=10, loss=0.5, has_eval=True, eval_accuracy=0.9, eval_loss=0.4
+    )
+    answers = [_job(total_steps=10), STEP_5.job, STEP_5.job, UNAVAILABLE, evaluated, DONE.job]
+    client = _PolledClient(answers, ([], WATCH_LIMIT))
+    out, notices, slept = io.StringIO(), [], []
+    job = cli_watch.watch_job(
+        client,
+        "abc",
+        cli_watch.Renderer(out, tty=False, clock=lambda: 0.0),
+        sleep=slept.append,
+        notice=notices.append,
+    )
+    assert (job.state, client.calls, client.reconnects, client.answers) == (pb.SUCCEEDED, 1, 1, [])
+    assert notices == [
+        "following job abc by polling GetJob every 1 s: the server has no WatchJob stream to spare "
+        f"({WATCH_LIMIT.details()})"
+    ]
+    assert slept == [1.0, 1.0, 1.0, 0.5, 1.0]
+    assert out.getvalue().splitlines() == [
+        "job abc RUNNING",
+        "epoch 1/10 [#####-----]  50% step 5/10 loss 1.0000",
+        "GetJob failed (UNAVAILABLE: socket closed); retrying in 0.5 s",
+        "eval at epoch 1 step 10: accuracy 0.9000, loss 0.4000",
+    ]  # the throttle keeps the second PROGRESS line back; the summary says SUCCEEDED
+
+
+def test_polling_gives_up_like_a_broken_stream() -> None:
+    """GetJob failing for the whole reconnect window ends the poll with WatchLost, as a stream would."""
+    client = _PolledClient([UNAVAILABLE] * 3, ([], WATCH_LIMIT))
+    with pytest.raises(
+        cli_watch.WatchLost, match=r"lost job abc \(UNAVAILABLE: socket closed\); gave up after"
+    ):
+        cli_watch.watch_job(
+            client, "abc", None, delays=(0.1, 0.2), sleep=lambda s: None, notice=lambda t: None
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "kinds"),
+    [
+        ({}, []),
+        ({"progress.step": 6}, [pb.JobEvent.PROGRESS]),
+        ({"state": pb.SUCCEEDED}, [pb.JobEvent.STATE]),
+        ({"message": "waiting for CPUs"}, [pb.JobEvent.STATE]),
+        ({"progress.checkpoint_step": 5}, [pb.JobEvent.CHECKPOINT]),
+        (
+            {"progress.rollbacks": 1, "message": "rolled back", "progress.step": 3},
+            [pb.JobEvent.ROLLBACK, pb.JobEvent.PROGRESS],
+        ),
+        ({"progress.worker_restarts": 1, "message": "replaced"}, [pb.JobEvent.RECOVERED]),
+        ({"progress.has_eval": True, "progress.eval_accuracy": float("nan")}, [pb.JobEvent.EVAL]),
+    ],
+)
+def test_polled_changes_become_the_events_a_stream_sends(change: dict, kinds: list[int]) -> None:
+    """Two GetJob answers differ by the events a stream would have sent between them."""
+    before = _job(epoch=1, step=5, total_steps=10, has_eval=False)
+    after = pb.Job()
+    after.CopyFrom(before)
+    for path, value in change.items():
+        target, _, field = path.rpartition(".")
+        setattr(after.progress if target else after, field, value)
+    assert [e.kind for e in cli_watch.events_between(before, after)] == kinds
+    same_nan = pb.Job()
+    same_nan.CopyFrom(after)
+    assert cli_watch.events_between(after, same_nan) == []  # a NaN accuracy is not news twice
+
+
 def test_non_tty_rendering_prints_lines_and_leaves_the_end_to_the_summary() -> None:
     """Off a terminal each shown event is a line; the final STATE is left to the summary."""
     times = iter([0.0, 0.5, 1.0])
@@ -574,6 +693,36 @@ def test_download_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError) as raised:
         write_chunks(_chunks(b"abcdef", 2), target)
     assert str(raised.value) == f"cannot write {target}: the folder {target.parent} does not exist"
+
+
+def test_a_download_that_cannot_be_written_names_the_target_not_the_temporary_file() -> None:
+    """`download -o /proc/version`: the error names /proc/version, not the temporary file beside it
+    (`/proc/.version.o4eatrxt.part`) that it could not create."""
+    with pytest.raises(OSError) as raised:
+        write_chunks(_chunks(b"abcdef", 2), Path("/proc/version"))
+    assert str(raised.value).startswith("cannot write /proc/version: ")
+    assert ".part" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("existing", "umask", "mode"),
+    [(None, 0o022, 0o644), (None, 0o077, 0o600), (0o444, 0o022, 0o444), (0o640, 0o002, 0o640)],
+)
+def test_a_download_gets_the_umask_s_mode_or_keeps_the_replaced_file_s(
+    tmp_path: Path, existing: int | None, umask: int, mode: int
+) -> None:
+    """A new model file gets 0666 less the umask (mkstemp alone makes 0600); one that replaces a file
+    keeps that file's mode, so a read-only model stays read-only, as `cp` onto it would leave it."""
+    target = tmp_path / "model.npz"
+    if existing is not None:
+        target.write_bytes(b"old")
+        target.chmod(existing)
+    previous = os.umask(umask)
+    try:
+        write_chunks(_chunks(b"abcdef", 2), target)
+    finally:
+        os.umask(previous)
+    assert (target.read_bytes(), target.stat().st_mode & 0o777) == (b"abcdef", mode)
 
 
 def test_output_closed_early_exits_quietly() -> None:

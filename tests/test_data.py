@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.config import ServerConfig
-from service.datasets import Dataset, DatasetError, DatasetUri, load_dataset, resolve_uri, tabular
+from service.datasets import Dataset, DatasetError, DatasetUri, core, load_dataset, resolve_uri
 from service.datasets.probe import probe_dataset
 from service.datasets.tabular import check_csv_prefix, check_npz_features
 from service.errors import LimitExceeded
@@ -191,12 +191,24 @@ BAD_INPUTS = [
         "npz:d.npz", "d.npz", "NaN or infinite label", id="npz-nan-target",
     ),
     pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=np.array([0.5, 1e300, 1.5]))},
+        "npz:d.npz", "d.npz", "(array y_train): target value 1e+300 at sample 1 (1 in all) is too large "
+        "for float32 (|y| > 3.4e38), which targets are loaded as; rescale the targets in the file",
+        id="npz-float32-overflow-target",
+    ),
+    pytest.param(
+        {"d.npz": npz(x_train=X3, y_train=np.array([[0.5, 1], [-1e39, 2], [1.5, 3]]))},
+        "npz:d.npz", "d.npz", "target value -1e+39 at sample 1, target column 0 (1 in all) is too large",
+        id="npz-float32-overflow-target-column",
+    ),
+    pytest.param(
         {"d.npz": npz(x_train=X3, y_train=np.array(["a", "b", "c"]))},
         "npz:d.npz", "d.npz", "labels must be numbers", id="npz-string-labels",
     ),
     pytest.param(
         {"d.npz": npz(x_train=X3, y_train=Y3[:2])},
-        "npz:d.npz", "d.npz", "image and label counts differ", id="npz-count-mismatch",
+        "npz:d.npz", "d.npz", "(array y_train): sample counts differ: 2 labels for 3 samples in",
+        id="npz-count-mismatch",
     ),
     pytest.param(
         {"d.npz": npz(x_train=X3[:0], y_train=Y3[:0])},
@@ -208,7 +220,8 @@ BAD_INPUTS = [
     ),
     pytest.param(
         {"d.npz": npz(x_train=X3, y_train=X3 + 0.5, x_test=X3, y_test=X3[:, :2] + 0.5)},
-        "npz:d.npz", "d.npz", "target shapes differ", id="npz-target-width-mismatch",
+        "npz:d.npz", "d.npz", "(array y_test): train/test target shapes differ: 2 target columns in the "
+        "test split versus 3 in", id="npz-target-width-mismatch",
     ),
     pytest.param(
         {"d.csv": b"1,2,0\n3,4,1\n5,1\n"}, "csv:d.csv", "d.csv", "line 3: ragged row",
@@ -235,6 +248,24 @@ BAD_INPUTS = [
         {"d.csv": b"1,2,0\n-1e300,4,1\n"}, "csv:d.csv", "d.csv", "line 2, column 1: '-1e300' is too "
         "large for float32 (|x| > 3.4e38), which the values are loaded as; rescale the column",
         id="csv-float32-overflow",
+    ),
+    pytest.param(
+        {"d.csv": b"# x1..x2, label\n1,2,0\n3,4,1\n"}, "csv:d.csv", "d.csv",
+        "line 1: the header row has 2 cells but line 2 has 3 columns; a header names every column; CSV "
+        "has no comment lines: remove it", id="csv-comment-line-as-header",
+    ),
+    pytest.param(
+        {"d.csv": b"a,b,c,label\n1,2,0\n"}, "csv:d.csv", "d.csv",
+        "line 1: the header row has 4 cells but line 2 has 3 columns; a header names every column",
+        id="csv-header-wider-than-rows",
+    ),
+    pytest.param(
+        {"d.csv": b"a,b,label\n1,2,0\n3,4,1_0\n"}, "csv:d.csv", "d.csv",
+        "line 3, column 3: '1_0' is not a plain number (digit separators '_'", id="csv-underscore-digits",
+    ),
+    pytest.param(
+        {"d.csv": "1,\u0662,0\n".encode()}, "csv:d.csv", "d.csv",
+        "line 1, column 2: '\u0662' is not a plain number", id="csv-non-ascii-digit",
     ),
     pytest.param(
         {"d.csv": b"a,b,label\n\n"}, "csv:d.csv", "d.csv", "empty dataset", id="csv-header-only"
@@ -268,7 +299,9 @@ def test_bad_input_is_rejected_naming_file_and_problem(tmp_path, files, uri, bad
 NAN_FEATURE_INPUTS = [
     p
     for p in BAD_INPUTS
-    if p.id.startswith("npz") and re.search("NaN or infinite feature|float32", p.values[3])
+    if p.id.startswith("npz")
+    and re.search("NaN or infinite feature|float32", p.values[3])
+    and "target" not in p.id
 ]
 
 
@@ -329,7 +362,7 @@ def test_the_npz_feature_check_reads_only_its_budget(
 ):
     """check_npz_features reads the first `budget` stored bytes of each float feature array, in
     chunks (here 24 bytes, so samples straddle them), and names the lowest bad sample it read."""
-    monkeypatch.setattr(tabular, "_CHECK_CHUNK_BYTES", 24)
+    monkeypatch.setattr(core, "CHECK_CHUNK_BYTES", 24)
     labels = {"y_train": np.zeros(len(arrays["x_train"]))}
     if "x_test" in arrays:
         labels["y_test"] = np.zeros(len(arrays["x_test"]))
@@ -352,6 +385,29 @@ def test_a_bad_npz_feature_beyond_the_budget_is_still_refused_at_load(tmp_path):
         DatasetError, match=r"\(array x_train\): NaN or infinite feature value nan at sample 90, "
     ):
         load_dataset("npz:d.npz", tmp_path, extra_search=())
+
+
+IDX_NAN_IMAGES = _with(np.arange(4 * 2 * 2, dtype=np.float64).reshape(4, 2, 2), (2, 1, 0), np.nan)
+
+
+@pytest.mark.parametrize(("type_code", "budget"), [(0x0D, 1 << 20), (0x0E, 1 << 20), (0x0D, 40)])
+def test_float_idx_features_that_fail_at_load_are_refused_at_submit_too(tmp_path, type_code, budget):
+    """A NaN in a float IDX image file (float32 or float64, big-endian) is refused by the submit-time
+    probe in the words of the load, less the count, when it lies within the budget (sample 2 of
+    16-byte float32 or 32-byte float64 samples: value 10, byte 40 or 80); beyond it, only the load
+    refuses it."""
+    write(tmp_path, idx_files(**{TRAIN_IMAGES: idx(IDX_NAN_IMAGES, type_code)}))
+    with pytest.raises(DatasetError) as at_load:
+        load_dataset("idx:d", tmp_path, extra_search=())
+    within = budget > (2 * 4 + 2) * (4 if type_code == 0x0D else 8)
+    if not within:
+        probe_dataset("idx:d", tmp_path, extra_search=(), max_bytes=10**6, feature_check_bytes=budget)
+        return
+    with pytest.raises(DatasetError) as at_submit:
+        probe_dataset("idx:d", tmp_path, extra_search=(), max_bytes=10**6, feature_check_bytes=budget)
+    assert str(at_submit.value) == str(at_load.value).replace(" (1 in all)", "")
+    assert str(at_submit.value).startswith(f"{tmp_path / 'd' / TRAIN_IMAGES}: NaN or infinite feature ")
+    assert "value nan at sample 2, feature 2;" in str(at_submit.value)
 
 
 def test_a_truncated_npz_feature_array_is_refused_by_the_check(tmp_path):

@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
 import socket
 import struct
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from service import cli
 from service.datasets import load_dataset
 from service.fetch import (
     FASHION_MNIST_FILES,
@@ -305,3 +307,34 @@ def test_a_failed_default_download_does_not_mention_a_base_url_never_given(
     err = capsys.readouterr().err
     assert f"cannot download http://127.0.0.1:{port}/train-images-idx3-ubyte.gz" in err
     assert f"--source-dir {partial}" in err and "--base-url" not in err
+
+
+@pytest.mark.parametrize(
+    "base_url", ["notaurl", "ftp://mirror.example/", "file:///etc/", "http://", "http://[::1"]
+)
+def test_only_http_and_https_mirrors_are_accepted(tmp_path, capsys, base_url):
+    """--base-url takes http:// and https:// URLs with a host only: anything else (urllib reads
+    ftp:// and file:// too) is a one-line error naming the flag, exit 2, before anything is written."""
+    dest = tmp_path / "dest"
+    assert cli.main(["fetch-data", "--dest", str(dest), "--base-url", base_url]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --base-url {base_url}: not an http:// or https:// URL with a host; give the mirror's "
+        "address, e.g. https://mirror.example/fashion-mnist/ (a local folder: --source-dir DIR)\n"
+    )
+    assert not dest.exists()
+    with pytest.raises(FetchError, match="not an http:// or https:// URL"):
+        fetch_fashion_mnist(dest, base_url)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_fetched_files_get_the_umask_s_mode(fashion_dir, tmp_path, umask, mode):
+    """The four files are plain shared data: 0666 less the umask, not mkstemp's 0600."""
+    previous = os.umask(umask)
+    try:
+        fetch_fashion_mnist(tmp_path, source_dir=fashion_dir, download=False)
+    finally:
+        os.umask(previous)
+    assert {name: (tmp_path / name).stat().st_mode & 0o777 for name in FASHION_MNIST_FILES} == dict.fromkeys(
+        FASHION_MNIST_FILES, mode
+    )

@@ -222,9 +222,9 @@ def test_an_ended_job_without_a_checkpoint_says_it_has_no_model(tmp_path: Path, 
     job = pb.Job(id="job1", spec=spec, state=state)
     with pytest.raises(JobNotReady) as refused:
         downloadable_model(tmp_path, tmp_path / "models" / "job1.npz", job)
-    name = pb.JobState.Name(state)
+    ended = "failed" if state == pb.FAILED else "was cancelled"
     assert refused.value.message == (
-        f"job job1 was {name} before it wrote a checkpoint, so it has no model to download; "
+        f"job job1 {ended} before it wrote a checkpoint, so it has no model to download; "
         "resubmit it to train one"
     )
 

@@ -169,6 +169,23 @@ def test_bytes_that_are_not_a_spec_get_a_client_status(channel, data):
     _cancel_if_accepted(channel, code, reply)
 
 
+def _varint(value: int) -> bytes:
+    out = b""
+    while value > 0x7F:
+        out, value = out + bytes([value & 0x7F | 0x80]), value >> 7
+    return out + bytes([value])
+
+
+def test_deeply_nested_request_bytes_get_a_client_status(channel):
+    """SubmitJob takes protobuf, never JSON, and a JobSpec nests no deeper than its schema; the one way
+    to nest a request deeply, unknown groups inside each other (field 100, 5,000 deep), is refused as
+    the client's mistake, not a RecursionError or INTERNAL."""
+    data = _varint(100 << 3 | 3) * 5000 + _varint(100 << 3 | 4) * 5000
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary(SUBMIT)(data, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+
+
 def test_the_server_still_trains_after_the_fuzzing(server):
     """After the fuzz tests, a valid job runs to SUCCEEDED on the same server."""
     with CoordinatorClient(server.address) as client:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -12,8 +14,9 @@ import pytest
 from gradfleet.v1 import coordinator_pb2 as pb
 from service.client import CoordinatorClient
 from service.config import ServerConfig, config_from_env_and_flags
+from service.spec import spec_to_json
 from tests.conftest import start_coordinator
-from tests.helpers import small_spec, wait_for, write_blobs
+from tests.helpers import ROOT, gradfleet_command, small_spec, wait_for, write_blobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -95,6 +98,48 @@ def test_watch_streams_are_capped_per_client_and_in_all(limited):
     finally:
         for client in clients:
             client.close()
+
+
+def test_submit_watch_polls_when_every_watch_stream_is_taken(limited, tmp_path):
+    """With all --max-watch-streams taken, `gradfleet submit --watch` says once on stderr that it polls
+    GetJob, shows the job's states (QUEUED with why it waits, then RUNNING) and ends with the summary
+    and exit 0, as with a stream: a script keyed on the exit code must not resubmit."""
+    a, b = CoordinatorClient(limited.address), CoordinatorClient(limited.address)
+    try:
+        blocker = a.submit(small_spec("npz:blobs.npz", epochs=10_000, numWorkers=1, batchSize=100))
+        queued = a.submit(small_spec("npz:blobs.npz", epochs=1, numWorkers=1))
+        streams = [_open_watch(a, queued.id), _open_watch(a, queued.id), _open_watch(b, queued.id)]
+        path = tmp_path / "job.json"
+        path.write_text(spec_to_json(small_spec("npz:blobs.npz", epochs=1, numWorkers=1)))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = gradfleet_command("submit", str(path), "--watch", "--server", limited.address)
+        watching = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        job_id = watching.stdout.readline().split()[2]
+        notice = watching.stderr.readline()
+        for job in (blocker, queued):
+            a.cancel(job.id)
+        for stream in streams:
+            assert list(stream)[-1].job.state == pb.CANCELLED
+        out, err = watching.communicate(timeout=120)
+    finally:
+        a.close()
+        b.close()
+    assert watching.returncode == 0, err
+    assert notice == (
+        f"following job {job_id} by polling GetJob every 1 s: the server has no WatchJob stream to spare "
+        "(the server has 3 WatchJob streams open, its limit (--max-watch-streams); retry later or poll with "
+        "GetJob)\n"
+    )
+    assert "polling" not in err  # said once
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"job {job_id} QUEUED: waiting for a running slot (--max-running-jobs 1, 1 running; 1 job queued "
+        "ahead of it)"
+    )
+    assert any(line.startswith(f"job {job_id} RUNNING") for line in lines)
+    assert lines[-1].startswith(f"job {job_id} SUCCEEDED in ")
 
 
 def test_a_model_larger_than_the_message_limit_downloads_in_chunks(ray_session, tmp_path):

@@ -18,7 +18,7 @@ def _running() -> pb.Job:
     return job
 
 
-FULL = "epoch 2/2 [##########] 100% step 158/158 loss 0.4123 1.23e+05 samples/s eval acc 0.8235"
+FULL = "epoch 2/2 [##########] 100% step 158/158 loss 0.4123 123,000 samples/s eval acc 0.8235"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from service.datasets.core import TargetRange
 from service.errors import InvalidSpec
 from service.jobsetup import build_optimizer
 from service.spec import load_spec_file, spec_from_dict, spec_to_dict, spec_to_json
@@ -164,6 +165,10 @@ INVALID = [
     ),
     ("name-nul", {"name": "\u0000nul"}, "name", "character 1 is U+0000, which is not printable"),
     ("name-bidi-override", {"name": "job\u202egpj.exe"}, "name", "character 4 is U+202E"),
+    ("name-blank", {"name": "   "}, "name", "got only white space (3 characters); give a name, or leave it"),
+    ("request-id-escape", {"request_id": "r\x1b[2J"}, "request_id", "character 2 is U+001B, which is not"),
+    ("request-id-nul", {"request_id": "\u0000"}, "request_id", "character 1 is U+0000"),
+    ("request-id-bidi-override", {"request_id": "ab\u202e"}, "request_id", "character 3 is U+202E"),
     (
         "restarts-huge",
         {"max_worker_restarts": 4_000_000_000},
@@ -366,6 +371,38 @@ def test_load_rejects_bad_yaml(tmp_path: Path, text: str, field: str, fragment: 
     assert fragment in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.yaml", "name: x\nlayers: " + "[" * 900 + "]" * 900 + "\n"),
+        ("deep.json", '{"name": "x", "layers": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("shallow-but-too-deep.json", '{"name": "x", "layers": ' + "[" * 40 + "]" * 40 + "}"),
+        ("deep-mapping.yaml", "name: x\ndataset: " + "{a: " * 200 + "1" + "}" * 200 + "\n"),
+    ],
+)
+def test_a_deeply_nested_job_file_is_refused_in_one_line(tmp_path: Path, name: str, text: str) -> None:
+    """Nesting that would exhaust the parsers' or the checks' recursion is an InvalidSpec naming the
+    file, not a RecursionError."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InvalidSpec) as info:
+        load_spec_file(path)
+    assert info.value.message == (
+        f"{path}: nested too deeply (more than 32 levels of lists and mappings); a job spec needs at most 4"
+    )
+
+
+def test_a_deeply_nested_override_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    """A --set value nested past the limit, whether its YAML parses or not, names the flag."""
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(BASE))
+    for depth in (40, 5000):
+        with pytest.raises(InvalidSpec, match=r"^--set layers: nested too deeply \(more than 32 levels"):
+            load_spec_file(path, overrides=["layers=" + "[" * depth + "]" * depth])
+    milestones = load_spec_file(path, overrides=["optimizer.schedule.milestones=[2, 4]"])
+    assert list(milestones.optimizer.schedule.milestones) == [2, 4]  # the deepest real field still loads
+
+
 def test_load_rejects_bad_json_with_line(tmp_path: Path) -> None:
     """A JSON syntax error names the file and line."""
     path = tmp_path / "job.json"
@@ -436,6 +473,17 @@ DATASET_MISMATCH = [
     ),
     ("regression-needs-mse", {}, 0, 1000, 10**6, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
     (
+        "single-class-softmax",
+        {"layers.2.units": 1},
+        1,
+        1000,
+        10**6,
+        "loss",
+        "got SOFTMAX_CROSS_ENTROPY; every label in the dataset is 0, a single class: softmax over one "
+        "class gives loss 0 whatever the inputs, so nothing would be learned; a classifier needs labels "
+        "of at least 2 classes",
+    ),
+    (
         "warmup-past-the-end",
         {"batch_size": 250, "optimizer.schedule.warmup_steps": 41},
         10,
@@ -475,7 +523,7 @@ def test_validate_against_dataset_rejects_mismatch(
 @pytest.mark.parametrize(
     ("loss", "classes", "target_width", "said"),
     [
-        ("SOFTMAX_CROSS_ENTROPY", 1, None, "the dataset has 1 class, so the last layer needs 1 unit"),
+        ("MEAN_SQUARED_ERROR", 1, None, "the dataset has 1 class, so the last layer needs 1 unit"),
         ("MEAN_SQUARED_ERROR", 0, 1, "the dataset has 1 target column, so the last layer needs 1 unit"),
         ("MEAN_SQUARED_ERROR", 0, 2, "the dataset has 2 target columns, so the last layer needs 2 units"),
     ],
@@ -486,6 +534,28 @@ def test_the_output_layer_message_counts_in_words(loss: str, classes: int, targe
     with pytest.raises(InvalidSpec) as info:
         validate_against_dataset(spec, 784, classes, 1000, 10**6, target_width=target_width)
     assert re.search(rf"got 3; {re.escape(said)}($| \()", info.value.message), info.value.message
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "named"), [(0.0, 1e10, "1e+10 at line 9"), (-3e9, 2.0, "-3e+09 at line 2")]
+)
+def test_a_whole_number_label_beyond_any_class_index_is_called_out_of_range(low, high, named) -> None:
+    """Whole-number labels read as float targets only because one is beyond a class index (2**31): the
+    refusal names that label and the output layer's range, not "float targets"."""
+    ends = TargetRange(low, high, f"d.csv at {'line 2' if low else 'line 1'}", "d.csv at line 9", whole=True)
+    spec = with_defaults(_spec())
+    with pytest.raises(InvalidSpec) as info:
+        validate_against_dataset(spec, 784, 0, 1000, 10**6, target_width=1, target_range=ends)
+    assert info.value.field == "layers[2].units"
+    where, value = named.split(" at ")
+    assert info.value.message == (
+        f"layers[2].units: got 10; the labels are whole numbers, but d.csv at {value} has {where}, out of "
+        "range for the output layer: with 10 units the labels must run 0..9; fix that label, or for "
+        "numeric targets choose MEAN_SQUARED_ERROR, MEAN_ABSOLUTE_ERROR or HUBER"
+    )
+    fractional = TargetRange(low, high, "d.csv at line 2", "d.csv at line 9", whole=False)
+    with pytest.raises(InvalidSpec, match="the dataset has float targets"):
+        validate_against_dataset(spec, 784, 0, 1000, 10**6, target_width=1, target_range=fractional)
 
 
 def test_validate_against_dataset_accepts_a_fit() -> None:

@@ -9,9 +9,11 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
+
+from service.wording import plural
 
 # Whole-number floats above this are surely measurements, not class indices (and would not
 # survive the int64 conversion exactly).
@@ -41,6 +43,7 @@ class TargetRange:
     high: float
     low_at: str
     high_at: str
+    whole: bool = False  # every target a whole number (a label beyond any class index, say 1e10)
 
 
 _CONFINE_FIX = "put the dataset under the data root (--data-root) and give its path relative to it"
@@ -153,21 +156,23 @@ def assemble(
     source: str,
     allow_regression: bool,
     sample_names: Mapping[str, SampleNamer] | None = None,
+    counts: str = "sample counts",
 ) -> Dataset:
     """Validate raw arrays keyed x_train, y_train, x_test, y_test and build a Dataset.
 
     `origins` names where each array came from (a file, or "file.npz (array x_train)") so every
     error can say which file to fix, and `sample_names` where a label is in it (by default
-    "sample N"). Float labels that are all whole numbers are class labels; any other float labels
-    are regression targets when `allow_regression`, else an error.
+    "sample N"); `counts` names what differs when features and labels do not pair up ("image and
+    label counts" for IDX files). Float labels that are all whole numbers are class labels; any
+    other float labels are regression targets when `allow_regression`, else an error.
     """
     x_train = _features(arrays["x_train"], origins["x_train"])
     y_train = arrays["y_train"]
-    _check_count(x_train, y_train, origins["x_train"], origins["y_train"])
+    _check_count(x_train, y_train, origins["x_train"], origins["y_train"], counts)
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if x_test is not None and y_test is not None:
         x_test = _features(x_test, origins["x_test"])
-        _check_count(x_test, y_test, origins["x_test"], origins["y_test"])
+        _check_count(x_test, y_test, origins["x_test"], origins["y_test"], counts)
         if x_test.shape[1] != x_train.shape[1]:
             raise DatasetError(
                 f"{origins['x_test']}: train/test feature counts differ: {x_test.shape[1]} "
@@ -231,10 +236,55 @@ def _features(x: np.ndarray, origin: str) -> np.ndarray:
     return x
 
 
+CHECK_CHUNK_BYTES = 1 << 20  # read and tested at a time: memory stays small whatever the budget
+
+
+def check_finite_prefix(
+    stream: IO[bytes],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    *,
+    fortran: bool,
+    max_bytes: int,
+    origin: str,
+    truncated: str,
+) -> None:
+    """The check `_features` makes (NaN, infinities, float64 beyond float32's range) over the first
+    `max_bytes` stored bytes of a float array whose data `stream` starts at, read a chunk at a time,
+    so the budget bounds the work; the npz and IDX submit-time checks share it. DatasetError (worded
+    by `bad_feature`, for `origin`) names the lowest bad sample read; `truncated` is the message
+    when the stream ends before the data its header declares. Other dtypes are always finite."""
+    if dtype.kind != "f" or not shape:
+        return
+    count = min(math.prod(shape), max_bytes // dtype.itemsize)
+    per_chunk = max(1, CHECK_CHUNK_BYTES // dtype.itemsize)
+    found: tuple[int, int, float] | None = None  # (sample, feature, stored value)
+    for start in range(0, count, per_chunk):
+        size = min(per_chunk, count - start) * dtype.itemsize
+        data = stream.read(size)
+        if len(data) < size:
+            raise DatasetError(truncated)
+        values = np.frombuffer(data, dtype)
+        with np.errstate(over="ignore"):  # as at load: float64 beyond float32 becomes inf there
+            bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
+        if bad.size == 0:
+            continue
+        index = np.unravel_index(start + bad, shape, order="F" if fortran else "C")
+        features = np.ravel_multi_index(index[1:], shape[1:]) if len(shape) > 1 else np.zeros_like(bad)
+        first = int(np.lexsort((features, index[0]))[0])
+        candidate = (int(index[0][first]), int(features[first]), values[bad[first]].item())
+        found = candidate if found is None or candidate[:2] < found[:2] else found
+        if not fortran:  # stored by sample: this chunk holds the lowest bad sample
+            break
+    if found is not None:
+        sample, feature, value = found
+        raise bad_feature(origin, value, sample, feature)
+
+
 def bad_feature(origin: str, value: float, sample: int, feature: int, count: str = "") -> DatasetError:
     """The error for a float feature that is not usable: NaN or infinite as stored, or finite but too
     large for the float32 it loads as (rescaling is the fix, not imputing); `count` follows the
-    position, e.g. " (3 in all)". The load (above) and the submit-time npz check share it."""
+    position, e.g. " (3 in all)". The load (above) and the submit-time checks share it."""
     where = f"at sample {sample}, feature {feature}{count}"
     if math.isfinite(value):
         return DatasetError(
@@ -247,13 +297,20 @@ def bad_feature(origin: str, value: float, sample: int, feature: int, count: str
     )
 
 
-def _check_count(x: np.ndarray, y: np.ndarray, x_origin: str, y_origin: str) -> None:
+def _check_count(x: np.ndarray, y: np.ndarray, x_origin: str, y_origin: str, counts: str) -> None:
     n_labels = y.shape[0] if y.ndim else 0
     if n_labels != x.shape[0]:
-        raise DatasetError(
-            f"{y_origin}: image and label counts differ: {n_labels} labels for {x.shape[0]} "
-            f"samples in {x_origin}; features and labels must describe the same samples"
-        )
+        raise count_mismatch(y_origin, n_labels, x_origin, x.shape[0], counts)
+
+
+def count_mismatch(y_origin: str, n_labels: int, x_origin: str, n_samples: int, counts: str) -> DatasetError:
+    """The error for labels that do not pair up with the samples; `counts` names what differs
+    ("image and label counts" for IDX files, "sample counts" for npz arrays). The load (above) and
+    the submit-time header check share it."""
+    return DatasetError(
+        f"{y_origin}: {counts} differ: {n_labels} labels for {n_samples} samples in {x_origin}; "
+        "features and labels must describe the same samples"
+    )
 
 
 def _targets(
@@ -282,13 +339,38 @@ def _targets(
             f"{origins[key]}: non-integer label {y[row]} at {where}; class labels must be "
             "whole numbers 0..num_classes-1"
         )
-    widths = {y.shape[1:] for y in present.values()}
-    if len(widths) > 1:
+    columns = {k: _columns(y) for k, y in present.items()}
+    if len(set(columns.values())) > 1:
+        test = plural(columns["y_test"], "target column")
         raise DatasetError(
-            f"{origins['y_test']}: train/test target shapes differ ({sorted(widths)}); both "
-            "splits need the same number of target columns"
+            f"{origins['y_test']}: train/test target shapes differ: {test} in the test split versus "
+            f"{columns['y_train']} in {origins['y_train']}; both splits need the same number of "
+            "target columns"
         )
+    for key, y in present.items():
+        _check_float32_targets(y, origins[key], names.get(key, _by_index))
     return {k: (None if y is None else present[k].astype(np.float32)) for k, y in ys.items()}, 0
+
+
+def _columns(y: np.ndarray) -> int:
+    return 1 if y.ndim == 1 else int(y.shape[1])
+
+
+def _check_float32_targets(y: np.ndarray, origin: str, name: SampleNamer) -> None:
+    """Float targets load as float32, where a float64 beyond its range becomes inf: the loss is then
+    infinite at the first step, which reads like a problem with the features."""
+    if y.dtype.kind != "f":
+        return
+    huge = np.abs(y) > FLOAT32_MAX
+    if not huge.any():
+        return
+    flat = int(np.flatnonzero(huge)[0])
+    row, column = divmod(flat, _columns(y))
+    where = name(row) + (f", target column {column}" if y.ndim == 2 else "")
+    raise DatasetError(
+        f"{origin}: target value {y.flat[flat].item():.3g} at {where} ({int(huge.sum())} in all) is too "
+        "large for float32 (|y| > 3.4e38), which targets are loaded as; rescale the targets in the file"
+    )
 
 
 def _target_range(
@@ -304,7 +386,8 @@ def _target_range(
             where = f"{origins[key]} at {names.get(key, _by_index)(row)}"
             ends.append((float(y.flat[flat]), where + (f", target column {column}" if y.ndim == 2 else "")))
     low, high = min(ends, key=lambda end: end[0]), max(ends, key=lambda end: end[0])
-    return TargetRange(low[0], high[0], low[1], high[1])
+    whole = all(y.ndim == 1 and bool(np.all(y == np.trunc(y))) for y in targets.values() if y is not None)
+    return TargetRange(low[0], high[0], low[1], high[1], whole)
 
 
 def _squeeze_column(y: np.ndarray, origin: str, name: SampleNamer = _by_index) -> np.ndarray:

@@ -19,7 +19,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, assemble, confine, open_regular
+from service.datasets.core import (
+    Dataset,
+    DatasetError,
+    assemble,
+    check_finite_prefix,
+    confine,
+    open_regular,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ _IDX_TYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+IDX_COUNTS = "image and label counts"  # what differs when an image file and its label file disagree
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
 _REFETCH_HINT = "re-create or re-download it (Fashion-MNIST: gradfleet fetch-data --dest DIR)"
@@ -66,6 +74,7 @@ def load_idx_dir(directory: Path, *, require_test: bool, source: str, root: Path
         {key: str(p) for key, p in paths.items() if p},
         source=f"{source} ({names} in {directory})",
         allow_regression=False,
+        counts=IDX_COUNTS,
     )
 
 
@@ -124,6 +133,27 @@ def read_idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
     try:
         with _open(path) as stream:
             return _read_header(stream, path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def check_idx_features(path: Path, max_bytes: int) -> None:
+    """The NaN and infinity check the load makes on float features (types 0x0D and 0x0E), over the
+    first `max_bytes` bytes of the image file's data only, as `check_npz_features` does for npz
+    arrays; integer types are always finite and are not read past the header."""
+    try:
+        with _open(path) as stream:
+            dtype, dims = _read_header(stream, path)
+            check_finite_prefix(
+                stream,
+                dims,
+                dtype,
+                fortran=False,  # IDX stores values in C order
+                max_bytes=max_bytes,
+                origin=str(path),
+                truncated=f"{path}: truncated file: the data stops before its header's {_dims(dims)}; "
+                + _REFETCH_HINT,
+            )
     except (OSError, EOFError, zlib.error) as exc:
         raise _unreadable(path, exc) from exc
 

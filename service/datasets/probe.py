@@ -17,8 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from service.datasets.core import Dataset, DatasetError, TargetRange, check_feature_dtype, label_facts
-from service.datasets.idx import check_stored_size, idx_paths, read_idx, read_idx_header
+from service.datasets.core import (
+    Dataset,
+    DatasetError,
+    TargetRange,
+    check_feature_dtype,
+    count_mismatch,
+    label_facts,
+)
+from service.datasets.idx import (
+    IDX_COUNTS,
+    check_idx_features,
+    check_stored_size,
+    idx_paths,
+    read_idx,
+    read_idx_header,
+)
 from service.datasets.tabular import npz_array, npz_header, open_npz
 from service.datasets.uri import fashion_mnist_dir, resolve_uri
 from service.errors import LimitExceeded
@@ -46,14 +60,23 @@ class DatasetInfo:
     target_range: TargetRange | None = None  # float targets only
 
 
-def probe_dataset(uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int) -> DatasetInfo:
-    """Facts about the dataset `uri` names; DatasetError if unusable, LimitExceeded if too large."""
+def probe_dataset(
+    uri: str, data_root: Path, *, extra_search: Sequence[Path], max_bytes: int, feature_check_bytes: int = 0
+) -> DatasetInfo:
+    """Facts about the dataset `uri` names; DatasetError if unusable, LimitExceeded if too large.
+
+    Float IDX image files have their first `feature_check_bytes` of data checked for NaN and
+    infinities too (npz archives: `check_npz_features`)."""
     resolved = resolve_uri(uri, data_root)
     if resolved.path is None:
         found = fashion_mnist_dir(data_root, extra_search)
-        return _probe_idx(found.directory, found.root, require_test=True, max_bytes=max_bytes)
+        return _probe_idx(
+            found.directory, found.root, require_test=True, max_bytes=max_bytes, check=feature_check_bytes
+        )
     if resolved.scheme == "idx":
-        return _probe_idx(resolved.path, data_root, require_test=False, max_bytes=max_bytes)
+        return _probe_idx(
+            resolved.path, data_root, require_test=False, max_bytes=max_bytes, check=feature_check_bytes
+        )
     if resolved.scheme == "npz":
         return _probe_npz(resolved.path, max_bytes)
     raise ValueError(f"probe_dataset cannot read {resolved.scheme} headers; use info_from_dataset")
@@ -120,8 +143,11 @@ def check_size(what: str, nbytes: int, max_bytes: int) -> None:
         )
 
 
-def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_bytes: int) -> DatasetInfo:
-    """`root`: the data root every file must stay in (None for the operator's Fashion-MNIST copy)."""
+def _probe_idx(
+    directory: Path, root: Path | None, *, require_test: bool, max_bytes: int, check: int
+) -> DatasetInfo:
+    """`root`: the data root every file must stay in (None for the operator's Fashion-MNIST copy);
+    `check`: bytes of each float image file's data checked for NaN and infinities."""
     paths = {k: p for k, p in idx_paths(directory, require_test=require_test, root=root).items() if p}
     headers = {key: read_idx_header(path) for key, path in paths.items()}
     shapes = {key: dims for key, (_dtype, dims) in headers.items()}
@@ -133,7 +159,10 @@ def _probe_idx(directory: Path, root: Path | None, *, require_test: bool, max_by
     for key, (dtype, dims) in headers.items():
         check_stored_size(paths[key], dtype, dims)
     origins = {key: str(path) for key, path in paths.items()}
-    _check_shapes(shapes, origins)
+    _check_shapes(shapes, origins, IDX_COUNTS)
+    for key in ("x_train", "x_test"):
+        if check and key in paths and headers[key][0].kind == "f":  # integer images are finite: not read
+            check_idx_features(paths[key], check)
     labels = {key: read_idx(paths[key], labels=True) for key in ("y_train", "y_test") if key in paths}
     return _info(shapes, labels, origins, nbytes, tuple(paths.values()), allow_regression=False)
 
@@ -148,7 +177,7 @@ def _probe_npz(path: Path, max_bytes: int) -> DatasetInfo:
         check_size(str(path), nbytes, max_bytes)
         origins = {key: f"{path} (array {key})" for key in keys}
         shapes = {key: shape for key, (shape, _dtype) in headers.items()}
-        _check_shapes(shapes, origins)
+        _check_shapes(shapes, origins, "sample counts")
         for key in ("x_train", "x_test"):
             if key in headers:
                 check_feature_dtype(headers[key][1], origins[key])
@@ -163,8 +192,9 @@ def _loaded_itemsize(key: str, dtype: np.dtype) -> int:
     return 4 if dtype.kind == "f" else dtype.itemsize
 
 
-def _check_shapes(shapes: dict[str, tuple[int, ...]], origins: dict[str, str]) -> None:
-    """The checks `assemble` makes on counts and feature widths, from the shapes alone."""
+def _check_shapes(shapes: dict[str, tuple[int, ...]], origins: dict[str, str], counts: str) -> None:
+    """The checks `assemble` makes on counts and feature widths, from the shapes alone; `counts` as
+    for `assemble`."""
     widths = {}
     for x_key, y_key in _SPLITS:
         if x_key not in shapes:
@@ -176,10 +206,7 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]], origins: dict[str, str]) -
         if widths[x_key] == 0:
             raise DatasetError(f"{origins[x_key]}: no features: each sample is empty (shape {x})")
         if (y[0] if y else 0) != x[0]:
-            raise DatasetError(
-                f"{origins[y_key]}: image and label counts differ: {y[0] if y else 0} labels for "
-                f"{x[0]} samples in {origins[x_key]}; features and labels must describe the same samples"
-            )
+            raise count_mismatch(origins[y_key], y[0] if y else 0, origins[x_key], x[0], counts)
     if len(set(widths.values())) > 1:
         raise DatasetError(
             f"{origins['x_test']}: train/test feature counts differ: {widths['x_test']} test "

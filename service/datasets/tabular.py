@@ -6,7 +6,6 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -15,7 +14,14 @@ from typing import IO, BinaryIO, TextIO
 
 import numpy as np
 
-from service.datasets.core import FLOAT32_MAX, Dataset, DatasetError, assemble, bad_feature, open_regular
+from service.datasets.core import (
+    FLOAT32_MAX,
+    Dataset,
+    DatasetError,
+    assemble,
+    check_finite_prefix,
+    open_regular,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +104,6 @@ def _member_errors(path: Path, key: str, problem: str) -> Iterator[None]:
         raise DatasetError(f"{path}: array {key} {problem} ({exc}); rewrite the file") from exc
 
 
-_CHECK_CHUNK_BYTES = 1 << 20  # read and tested at a time: memory stays small whatever the budget
-
-
 def check_npz_features(path: Path, max_bytes: int) -> None:
     """The NaN and infinity check load_npz makes on float features (float64 beyond float32's range
     included), over the first `max_bytes` stored bytes of each of x_train and x_test only: their
@@ -111,36 +114,16 @@ def check_npz_features(path: Path, max_bytes: int) -> None:
         for key in ("x_train", "x_test"):
             if key in archive.files:
                 with _member_errors(path, key, "is corrupt"), archive.zip.open(f"{key}.npy") as member:
-                    _check_finite_prefix(member, key, path, max_bytes)
-
-
-def _check_finite_prefix(member: IO[bytes], key: str, path: Path, max_bytes: int) -> None:
-    shape, fortran, dtype = _read_header(member, key, path)
-    if dtype.kind != "f" or not shape:
-        return
-    count = min(math.prod(shape), max_bytes // dtype.itemsize)
-    per_chunk = max(1, _CHECK_CHUNK_BYTES // dtype.itemsize)
-    found: tuple[int, int, float] | None = None  # (sample, feature, stored value)
-    for start in range(0, count, per_chunk):
-        size = min(per_chunk, count - start) * dtype.itemsize
-        data = member.read(size)
-        if len(data) < size:
-            raise DatasetError(f"{path}: array {key} is shorter than its header says; rewrite the file")
-        values = np.frombuffer(data, dtype)
-        with np.errstate(over="ignore"):  # as at load: float64 beyond float32 becomes inf there
-            bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
-        if bad.size == 0:
-            continue
-        index = np.unravel_index(start + bad, shape, order="F" if fortran else "C")
-        features = np.ravel_multi_index(index[1:], shape[1:]) if len(shape) > 1 else np.zeros_like(bad)
-        first = int(np.lexsort((features, index[0]))[0])
-        candidate = (int(index[0][first]), int(features[first]), values[bad[first]].item())
-        found = candidate if found is None or candidate[:2] < found[:2] else found
-        if not fortran:  # stored by sample: this chunk holds the lowest bad sample
-            break
-    if found is not None:
-        sample, feature, value = found
-        raise bad_feature(f"{path} (array {key})", value, sample, feature)
+                    shape, fortran, dtype = _read_header(member, key, path)
+                    check_finite_prefix(
+                        member,
+                        shape,
+                        dtype,
+                        fortran=fortran,
+                        max_bytes=max_bytes,
+                        origin=f"{path} (array {key})",
+                        truncated=f"{path}: array {key} is shorter than its header says; rewrite the file",
+                    )
 
 
 def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | None:
@@ -222,6 +205,7 @@ def _parse_rows(handle: TextIO, path: Path, lines: list[int] | None = None) -> l
     reader = csv.reader(handle)
     rows: list[np.ndarray] = []
     first_line = data_line = 0
+    header: list[str] = []
     try:
         for cells in reader:
             if not any(cell.strip() for cell in cells):
@@ -231,8 +215,11 @@ def _parse_rows(handle: TextIO, path: Path, lines: list[int] | None = None) -> l
             first_line = first_line or line
             if values is None:
                 logger.info("%s: line %d is a header row, skipping it", path, line)
+                header = cells
                 continue
             data_line = data_line or line
+            if header and not rows and len(header) != len(values):
+                raise _header_mismatch(path, header, first_line, len(values), line)
             if rows and len(values) != len(rows[0]):
                 raise DatasetError(
                     f"{path}: line {line}: ragged row with {len(values)} columns, but line "
@@ -244,6 +231,16 @@ def _parse_rows(handle: TextIO, path: Path, lines: list[int] | None = None) -> l
     except csv.Error as exc:
         raise DatasetError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
     return rows
+
+
+def _header_mismatch(path: Path, header: list[str], header_line: int, width: int, line: int) -> DatasetError:
+    # A "# comment" line has no numeric cell, so it reads as a header: of the wrong width, as a rule.
+    hint = "; CSV has no comment lines: remove it" if header[0].lstrip().startswith("#") else ""
+    return DatasetError(
+        f"{path}: line {header_line}: the header row has {len(header)} "
+        f"{'cell' if len(header) == 1 else 'cells'} but line {line} has {width} columns; a header "
+        f"names every column{hint}"
+    )
 
 
 def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool) -> np.ndarray | None:
@@ -260,6 +257,13 @@ def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool)
         raise DatasetError(
             f"{path}: line {line}, column {column + 1}: non-numeric cell {_clip(cells[column])}; {rule}"
         ) from None
+    if not _plain_numbers(cells):  # float() takes 1_000 and non-ASCII digits; CSV readers do not
+        column = next(i for i, cell in enumerate(cells) if not _plain_numbers([cell]))
+        raise DatasetError(
+            f"{path}: line {line}, column {column + 1}: {_clip(cells[column])} is not a plain number "
+            "(digit separators '_' and non-ASCII digits or spaces are Python syntax, which other "
+            "CSV readers refuse); write it with ASCII digits, e.g. 1000 or 1.5e3"
+        )
     bad = ~np.isfinite(values)
     if bad.any():
         column = int(np.argmax(bad))
@@ -278,11 +282,20 @@ def _parse_row(cells: list[str], path: Path, line: int, *, header_allowed: bool)
 
 
 def _is_number(cell: str) -> bool:
+    if not _plain_numbers([cell]):
+        return False
     try:
         float(cell)
     except ValueError:
         return False
     return True
+
+
+def _plain_numbers(cells: list[str]) -> bool:
+    """No cell uses the syntax only Python's float() reads: '_' between digits, non-ASCII digits or
+    spaces (one test over the whole row keeps it at C speed)."""
+    text = "".join(cells)
+    return text.isascii() and "_" not in text
 
 
 def _clip(cell: str) -> str:
