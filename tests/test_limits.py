@@ -129,8 +129,9 @@ def test_submit_watch_polls_when_every_watch_stream_is_taken(limited, tmp_path):
     assert watching.returncode == 0, err
     assert notice == (
         f"following job {job_id} by polling GetJob every 1 s: the server has no WatchJob stream to spare "
-        "(the server has 3 WatchJob streams open, its limit (--max-watch-streams); retry later or poll with "
-        "GetJob)\n"
+        "(cannot open another WatchJob stream: the server has 3 streams open, its limit "
+        "(--max-watch-streams; WatchJob, DownloadModel and Health/Watch streams count together); retry later "
+        "or poll with GetJob)\n"
     )
     assert "polling" not in err  # said once
     lines = out.splitlines()
