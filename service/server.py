@@ -22,11 +22,11 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.auth import AuthInterceptor
 from service.config import ServerConfig
-from service.descendants import ProcessKey, descendants, stop_new_descendants
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
 from service.limits import StreamLimiter
 from service.metrics import Metrics
+from service.ray_start import init_ray
 from service.ray_watchdog import RayletWatchdog, embedded_raylet, kill_embedded_ray
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
@@ -108,78 +108,6 @@ class RunningServer:
             self._lock.close()
 
 
-EMBEDDED_RAY_ATTEMPTS = 2
-# Ray's fixed start-up waits: 30 s for the raylet to register, 30 s for the GCS to publish its port.
-# A busy machine now and then misses one; a second start usually makes it.
-RAY_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
-
-
-def set_embedded_ray_environment() -> None:
-    """Settings (unless already set) for a Ray that this process starts, read by every Ray process."""
-    # On one machine and loopback, token auth would only depend on stray files in the home folder.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Ray runs its workers at nice 15, so the coordinator's gRPC threads (nice 0) took the CPU from a
-    # training step whenever a client called, and a synchronous step waits for its slowest worker.
-    # At equal priority, 50 clients polling once a second cost the job about nothing (bench/load.py).
-    os.environ.setdefault("RAY_worker_niceness", "0")
-
-
-def _init_ray(config: ServerConfig) -> bool:
-    """Connect to Ray; returns True if this process started (and so must stop) it."""
-    if ray.is_initialized():
-        return False
-    if config.ray_address:
-        _ray_init(address=config.ray_address, log_to_driver=False)
-        return False
-    set_embedded_ray_environment()
-    log.warning(
-        "the embedded Ray listens on all network interfaces (Ray cannot be kept on loopback); "
-        "keep this machine's Ray ports away from untrusted networks"
-    )
-    for attempt in range(1, EMBEDDED_RAY_ATTEMPTS + 1):
-        before = descendants()
-        try:
-            _ray_init(
-                address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False
-            )
-            break
-        except BaseException as exc:  # a timeout, or a SIGTERM during start-up (StartupInterrupted)
-            _abandon_ray_start(before)
-            timed_out = isinstance(exc, Exception) and any(m in str(exc) for m in RAY_START_TIMEOUTS)
-            if not timed_out or attempt == EMBEDDED_RAY_ATTEMPTS:
-                raise
-            log.warning("the embedded Ray did not start in time (%s); starting it again", exc)
-    return True
-
-
-def _ray_init(**options) -> None:
-    """ray.init, keeping this process's SIGTERM handler: ray.init puts in its place one that calls
-    sys.exit(15), which made a SIGTERM during start-up end `serve` with status 15."""
-    ours = signal.getsignal(signal.SIGTERM)
-    try:
-        ray.init(**options)
-    except SystemExit as exc:
-        if exc.code == signal.SIGTERM and callable(ours):
-            ours(signal.SIGTERM, None)  # the SIGTERM came during ray.init: ours decides what it means
-        raise
-    finally:
-        if ours is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, ours)
-
-
-def _abandon_ray_start(before: set[ProcessKey]) -> None:
-    """Stop what a failed ray.init started. ray.shutdown() alone misses the GCS, monitors and dashboard
-    of a start that failed before Ray recorded them, and their ports stay open until they stop."""
-    try:
-        ray.shutdown()
-    except Exception as exc:  # the processes are stopped by pid next in any case
-        log.warning("ray.shutdown after a failed start: %s", exc)
-    stopped = stop_new_descendants(before)
-    if stopped:
-        what = "1 process" if len(stopped) == 1 else f"{len(stopped)} processes"
-        log.info("stopped %s of the failed Ray start (pids %s)", what, stopped)
-
-
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     """TLS credentials from the configured PEM files (None: plaintext); mTLS with a client CA."""
     if config.tls_cert is None or config.tls_key is None:
@@ -215,7 +143,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         undo.callback(metrics.close)
         server, port = _bind_grpc(config, credentials, tokens, metrics)
         undo.callback(server.stop, None)
-        owns_ray = _init_ray(config)
+        owns_ray = init_ray(config)
         if owns_ray:
             undo.callback(ray.shutdown)
         running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
