@@ -27,7 +27,7 @@ from service.jobs import JobStore
 from service.limits import StreamLimiter
 from service.metrics import Metrics
 from service.ray_start import init_ray
-from service.ray_watchdog import RayletWatchdog, embedded_raylet, kill_embedded_ray
+from service.ray_watchdog import GcsProbe, RayWatchdog, embedded_processes, kill_embedded_ray
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
 from service.startup import (
@@ -44,7 +44,7 @@ from service.startup import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
-EXIT_RAY_LOST = 1  # `gradfleet serve`'s status when its embedded Ray's raylet died under it
+EXIT_RAY_LOST = 1  # `gradfleet serve`'s status when its embedded Ray's raylet or GCS died under it
 
 
 @dataclass
@@ -63,8 +63,8 @@ class RunningServer:
     _http: object = None
     _owns_ray: bool = False
     _lock: TextIO | None = None  # the state folder's lock file, held until stop
-    _watchdog: RayletWatchdog | None = None  # on the embedded Ray's raylet
-    ray_lost: threading.Event = field(default_factory=threading.Event)  # set when that raylet died
+    _watchdog: RayWatchdog | GcsProbe | None = None  # on the embedded Ray, or a cluster's GCS
+    ray_lost: threading.Event = field(default_factory=threading.Event)  # set when the embedded Ray died
 
     @property
     def address(self) -> str:
@@ -73,7 +73,7 @@ class RunningServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
         if self._watchdog is not None:
-            self._watchdog.stop()  # first: ray.shutdown below stops the raylet
+            self._watchdog.stop()  # first: ray.shutdown below stops the raylet and the GCS
         self.servicer.stopping.set()  # first: a client that saw NOT_SERVING cannot submit any more
         self.health.enter_graceful_shutdown()
         self.store.wake_all()
@@ -149,7 +149,9 @@ def start_server(config: ServerConfig) -> RunningServer:
         running = _start_services(config, server, port, metrics_port, store, metrics, http, owns_ray)
         running._lock = lock
         if owns_ray:
-            running._watchdog = _watch_raylet(running.ray_lost)
+            running._watchdog = _watch_embedded_ray(running.ray_lost)
+        elif config.ray_address:
+            running._watchdog = _probe_gcs()
         undo.pop_all()
     log.info(
         "gradfleet coordinator on %s:%d (%s, %s), %s",
@@ -168,24 +170,37 @@ def _transport(config: ServerConfig) -> str:
     return "TLS, client certificates required" if config.tls_client_ca else "TLS"
 
 
-def _watch_raylet(ray_lost: threading.Event) -> RayletWatchdog | None:
-    """Watch the embedded Ray's raylet; its death logs the way out and sets `ray_lost`."""
-    raylet = embedded_raylet()
-    if raylet is None:
-        log.warning("cannot find the embedded Ray's raylet process: its death would go unnoticed")
+def _watch_embedded_ray(ray_lost: threading.Event) -> RayWatchdog | None:
+    """Watch the embedded Ray's raylet and GCS; the death of either logs the way out and sets `ray_lost`."""
+    processes = embedded_processes()
+    for name in ("raylet", "GCS"):
+        if name not in processes:
+            log.warning("cannot find the embedded Ray's %s process: its death would go unnoticed", name)
+    if not processes:
         return None
 
-    def on_death(pid: int, returncode: int) -> None:
+    def on_death(name: str, pid: int, returncode: int) -> None:
         log.critical(
-            "the embedded Ray's raylet (pid %d) died (exit status %d); exiting with status %d; restart "
+            "the embedded Ray's %s (pid %d) died (exit status %d); exiting with status %d; restart "
             "the coordinator on the same --state-dir and its jobs resume from their checkpoints",
+            name,
             pid,
             returncode,
             EXIT_RAY_LOST,
         )
         ray_lost.set()
 
-    return RayletWatchdog(raylet, on_death).start()
+    return RayWatchdog(processes, on_death).start()
+
+
+def _probe_gcs() -> GcsProbe | None:
+    """Log when the cluster's GCS stops answering (Ray then ends the process unless it comes back)."""
+    try:
+        address = ray.get_runtime_context().gcs_address
+        return GcsProbe(address).start()
+    except Exception as exc:  # a Ray Client connection (ray://) has no GCS address of its own
+        log.warning("cannot watch the Ray cluster's GCS (%s): its loss would go unlogged until Ray acts", exc)
+        return None
 
 
 def _close_http(http) -> None:
