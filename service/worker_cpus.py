@@ -83,8 +83,9 @@ class WorkerCPUs:
         return self.reservation
 
     def _reserve(self, spec: pb.JobSpec) -> PlacementGroup:
-        """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason,
-        and a ScaleJob meanwhile makes it wait for the new count instead."""
+        """Gang-reserve the workers' CPUs, after the older jobs waiting for theirs; while there is no
+        room, or an older job waits, the job shows QUEUED with the reason, and a ScaleJob meanwhile makes
+        it wait for the new count instead."""
         shown = [""]  # the reason last written to the job record
 
         def on_wait(reason: str) -> None:
