@@ -35,6 +35,7 @@ from service.spec import spec_to_json
 from service.spec_validation import validate_against_dataset
 from service.wording import clause, idle_workers_note
 from service.worker_cpus import ScaleRequest, WorkerCPUs
+from workers.cpu_queue import CpuQueue
 from workers.group import WorkerLost, WorkersNotStarted
 from workers.placement import Unplaceable
 
@@ -64,6 +65,7 @@ class JobRunner:
         metrics: Metrics,
         config: ServerConfig,
         cache: DatasetCache,
+        cpu_queue: CpuQueue | None = None,
     ) -> None:
         self.job_id = job_id
         self.store = store
@@ -75,7 +77,7 @@ class JobRunner:
         self.cancelled_by_user = threading.Event()  # set with cancel_requested by `cancel`: cancel, always
         self.checkpoints = CheckpointStore(config.state_dir, job_id)
         self._scale = ScaleRequest()  # set by ScaleJob, applied at a step boundary with room for it
-        self._cpus = WorkerCPUs(job_id, store, config, self._scale, self._check_cancel)
+        self._cpus = WorkerCPUs(job_id, store, config, self._scale, self._check_cancel, cpu_queue)
         self._actors = JobActors(job_id, config, self._check_cancel, self._say)
         self._writer = CheckpointWriter(job_id, self.checkpoints, store, metrics)
         parts = JobParts(job_id, store, metrics, self._actors, self._cpus, self._writer)

@@ -15,6 +15,7 @@ from service.jobsetup import DatasetCache
 from service.metrics import Metrics
 from service.runner import CANCELLED_NOTE, JobRunner
 from service.wording import plural
+from workers.cpu_queue import CpuQueue
 from workers.placement import too_small_message, total_if_too_small
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Scheduler:
         self.metrics = metrics
         self.config = config
         self.cache = DatasetCache(config)
+        self.cpu_queue = CpuQueue()  # jobs reserve CPUs in the order they are dispatched
         self._queue: queue.Queue[str] = queue.Queue()
         self._slots = threading.Semaphore(config.max_running_jobs)
         self._running: dict[str, JobRunner] = {}
@@ -174,7 +176,7 @@ class Scheduler:
                 if self.store.get(job_id).state != pb.QUEUED:
                     self._slots.release()
                     continue
-                runner = JobRunner(job_id, self.store, self.metrics, self.config, self.cache)
+                runner = JobRunner(job_id, self.store, self.metrics, self.config, self.cache, self.cpu_queue)
                 self._running[job_id] = runner
                 thread = threading.Thread(target=self._run, args=(runner,), name=f"job-{job_id}", daemon=True)
                 self._threads[job_id] = thread

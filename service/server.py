@@ -22,12 +22,12 @@ from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.auth import AuthInterceptor
 from service.config import ServerConfig
-from service.descendants import ProcessKey, descendants, stop_new_descendants
 from service.interceptors import ErrorMappingInterceptor
 from service.jobs import JobStore
 from service.limits import StreamLimiter, StreamLimitInterceptor
 from service.metrics import Metrics
-from service.ray_watchdog import RayletWatchdog, embedded_raylet, kill_embedded_ray
+from service.ray_start import init_ray
+from service.ray_watchdog import GcsProbe, RayWatchdog, embedded_processes, kill_embedded_ray
 from service.scheduler import Scheduler
 from service.servicer import CoordinatorServicer
 from service.startup import (
@@ -45,7 +45,7 @@ from service.startup import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
-EXIT_RAY_LOST = 1  # `gradfleet serve`'s status when its embedded Ray's raylet died under it
+EXIT_RAY_LOST = 1  # `gradfleet serve`'s status when its embedded Ray's raylet or GCS died under it
 
 
 @dataclass
@@ -65,8 +65,8 @@ class RunningServer:
     _http: object = None
     _owns_ray: bool = False
     _lock: TextIO | None = None  # the state folder's lock file, held until stop
-    _watchdog: RayletWatchdog | None = None  # on the embedded Ray's raylet
-    ray_lost: threading.Event = field(default_factory=threading.Event)  # set when that raylet died
+    _watchdog: RayWatchdog | GcsProbe | None = None  # on the embedded Ray, or a cluster's GCS
+    ray_lost: threading.Event = field(default_factory=threading.Event)  # set when the embedded Ray died
 
     @property
     def address(self) -> str:
@@ -75,7 +75,7 @@ class RunningServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they re-queue on the next start), close."""
         if self._watchdog is not None:
-            self._watchdog.stop()  # first: ray.shutdown below stops the raylet
+            self._watchdog.stop()  # first: ray.shutdown below stops the raylet and the GCS
         self.servicer.stopping.set()  # first: a client that saw NOT_SERVING cannot submit any more
         self.health.enter_graceful_shutdown()
         self.store.wake_all()
@@ -108,78 +108,6 @@ class RunningServer:
             kill_embedded_ray()
         if self._lock is not None:
             self._lock.close()
-
-
-EMBEDDED_RAY_ATTEMPTS = 2
-# Ray's fixed start-up waits: 30 s for the raylet to register, 30 s for the GCS to publish its port.
-# A busy machine now and then misses one; a second start usually makes it.
-RAY_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
-
-
-def set_embedded_ray_environment() -> None:
-    """Settings (unless already set) for a Ray that this process starts, read by every Ray process."""
-    # On one machine and loopback, token auth would only depend on stray files in the home folder.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Ray runs its workers at nice 15, so the coordinator's gRPC threads (nice 0) took the CPU from a
-    # training step whenever a client called, and a synchronous step waits for its slowest worker.
-    # At equal priority, 50 clients polling once a second cost the job about nothing (bench/load.py).
-    os.environ.setdefault("RAY_worker_niceness", "0")
-
-
-def _init_ray(config: ServerConfig) -> bool:
-    """Connect to Ray; returns True if this process started (and so must stop) it."""
-    if ray.is_initialized():
-        return False
-    if config.ray_address:
-        _ray_init(address=config.ray_address, log_to_driver=False)
-        return False
-    set_embedded_ray_environment()
-    log.warning(
-        "the embedded Ray listens on all network interfaces (Ray cannot be kept on loopback); "
-        "keep this machine's Ray ports away from untrusted networks"
-    )
-    for attempt in range(1, EMBEDDED_RAY_ATTEMPTS + 1):
-        before = descendants()
-        try:
-            _ray_init(
-                address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, log_to_driver=False
-            )
-            break
-        except BaseException as exc:  # a timeout, or a SIGTERM during start-up (StartupInterrupted)
-            _abandon_ray_start(before)
-            timed_out = isinstance(exc, Exception) and any(m in str(exc) for m in RAY_START_TIMEOUTS)
-            if not timed_out or attempt == EMBEDDED_RAY_ATTEMPTS:
-                raise
-            log.warning("the embedded Ray did not start in time (%s); starting it again", exc)
-    return True
-
-
-def _ray_init(**options) -> None:
-    """ray.init, keeping this process's SIGTERM handler: ray.init puts in its place one that calls
-    sys.exit(15), which made a SIGTERM during start-up end `serve` with status 15."""
-    ours = signal.getsignal(signal.SIGTERM)
-    try:
-        ray.init(**options)
-    except SystemExit as exc:
-        if exc.code == signal.SIGTERM and callable(ours):
-            ours(signal.SIGTERM, None)  # the SIGTERM came during ray.init: ours decides what it means
-        raise
-    finally:
-        if ours is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, ours)
-
-
-def _abandon_ray_start(before: set[ProcessKey]) -> None:
-    """Stop what a failed ray.init started. ray.shutdown() alone misses the GCS, monitors and dashboard
-    of a start that failed before Ray recorded them, and their ports stay open until they stop."""
-    try:
-        ray.shutdown()
-    except Exception as exc:  # the processes are stopped by pid next in any case
-        log.warning("ray.shutdown after a failed start: %s", exc)
-    stopped = stop_new_descendants(before)
-    if stopped:
-        what = "1 process" if len(stopped) == 1 else f"{len(stopped)} processes"
-        log.info("stopped %s of the failed Ray start (pids %s)", what, stopped)
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -218,13 +146,15 @@ def start_server(config: ServerConfig) -> RunningServer:
         streams = StreamLimiter(config.max_watch_streams, config.max_watch_streams_per_client)
         server, port = _bind_grpc(config, credentials, tokens, metrics, streams)
         undo.callback(server.stop, None)
-        owns_ray = _init_ray(config)
+        owns_ray = init_ray(config)
         if owns_ray:
             undo.callback(ray.shutdown)
         running = _start_services(config, server, port, metrics_port, store, metrics, streams, http, owns_ray)
         running._lock = lock
         if owns_ray:
-            running._watchdog = _watch_raylet(running.ray_lost)
+            running._watchdog = _watch_embedded_ray(running.ray_lost)
+        elif config.ray_address:
+            running._watchdog = _probe_gcs()
         undo.pop_all()
     log.info(
         "gradfleet coordinator on %s (%s, %s), %s",
@@ -242,24 +172,37 @@ def _transport(config: ServerConfig) -> str:
     return "TLS, client certificates required" if config.tls_client_ca else "TLS"
 
 
-def _watch_raylet(ray_lost: threading.Event) -> RayletWatchdog | None:
-    """Watch the embedded Ray's raylet; its death logs the way out and sets `ray_lost`."""
-    raylet = embedded_raylet()
-    if raylet is None:
-        log.warning("cannot find the embedded Ray's raylet process: its death would go unnoticed")
+def _watch_embedded_ray(ray_lost: threading.Event) -> RayWatchdog | None:
+    """Watch the embedded Ray's raylet and GCS; the death of either logs the way out and sets `ray_lost`."""
+    processes = embedded_processes()
+    for name in ("raylet", "GCS"):
+        if name not in processes:
+            log.warning("cannot find the embedded Ray's %s process: its death would go unnoticed", name)
+    if not processes:
         return None
 
-    def on_death(pid: int, returncode: int) -> None:
+    def on_death(name: str, pid: int, returncode: int) -> None:
         log.critical(
-            "the embedded Ray's raylet (pid %d) died (exit status %d); exiting with status %d; restart "
+            "the embedded Ray's %s (pid %d) died (exit status %d); exiting with status %d; restart "
             "the coordinator on the same --state-dir and its jobs resume from their checkpoints",
+            name,
             pid,
             returncode,
             EXIT_RAY_LOST,
         )
         ray_lost.set()
 
-    return RayletWatchdog(raylet, on_death).start()
+    return RayWatchdog(processes, on_death).start()
+
+
+def _probe_gcs() -> GcsProbe | None:
+    """Log when the cluster's GCS stops answering (Ray then ends the process unless it comes back)."""
+    try:
+        address = ray.get_runtime_context().gcs_address
+        return GcsProbe(address).start()
+    except Exception as exc:  # a Ray Client connection (ray://) has no GCS address of its own
+        log.warning("cannot watch the Ray cluster's GCS (%s): its loss would go unlogged until Ray acts", exc)
+        return None
 
 
 def _close_http(http) -> None:

@@ -1,6 +1,7 @@
 """The CPUs a job's workers run in, and the worker count a ScaleJob asks for: a gang reservation made
-before the workers first start (the job shows QUEUED while there is no room) and kept across restarts
-and scales, plus the extra CPUs asked for, without waiting, to scale up."""
+before the workers first start (the job shows QUEUED while there is no room, or while an older job
+waits for CPUs) and kept across restarts and scales, plus the extra CPUs asked for, without waiting,
+to scale up (once no job waits for CPUs: growing a running job goes after starting a waiting one)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from service.config import ServerConfig
 from service.job_changes import scaled, set_state, show_message
 from service.jobs import JobStore
 from service.wording import plural
+from workers.cpu_queue import CpuQueue
 from workers.placement import (
     PlacementGroup,
     Reservation,
@@ -61,12 +63,15 @@ class WorkerCPUs:
         config: ServerConfig,
         scale: ScaleRequest,
         check_cancel: Callable[[], None],
+        queue: CpuQueue | None = None,
     ) -> None:
         self.job_id = job_id
         self.store = store
         self.config = config
         self.scale = scale
         self.check_cancel = check_cancel
+        self.queue = queue or CpuQueue()  # the coordinator's: its jobs reserve oldest first
+        self.ticket = self.queue.ticket()  # made at dispatch: this job's place in line
         self.reservation: Reservation | None = None
         self._extra: PlacementGroup | None = None  # CPUs asked for to scale up, not yet granted
         self._extra_asked = 0.0  # time.monotonic() when _extra was asked for
@@ -78,8 +83,9 @@ class WorkerCPUs:
         return self.reservation
 
     def _reserve(self, spec: pb.JobSpec) -> PlacementGroup:
-        """Gang-reserve the workers' CPUs; while there is no room the job shows QUEUED with the reason,
-        and a ScaleJob meanwhile makes it wait for the new count instead."""
+        """Gang-reserve the workers' CPUs, after the older jobs waiting for theirs; while there is no
+        room, or an older job waits, the job shows QUEUED with the reason, and a ScaleJob meanwhile makes
+        it wait for the new count instead."""
         shown = [""]  # the reason last written to the job record
 
         def on_wait(reason: str) -> None:
@@ -98,6 +104,8 @@ class WorkerCPUs:
                     self.config.worker_wait_s,
                     fail_if_too_small=not self.config.autoscaling,
                     on_wait=on_wait,
+                    queue=self.queue,
+                    ticket=self.ticket,
                 )
                 break
             except _Rescaled:
@@ -126,6 +134,14 @@ class WorkerCPUs:
         if missing <= 0:
             self.drop_extra()
             return True
+        cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
+        if waiting := self.queue.waiters():  # Ray would place our request before theirs as often as not
+            self.drop_extra()
+            jobs = f"{plural(waiting, 'job')} waiting for CPUs {'goes' if waiting == 1 else 'go'} first"
+            show_message(
+                self.store, self.job_id, f"waiting for {cpus} to scale to {plural(target, 'worker')}; {jobs}"
+            )
+            return False
         if self._extra is not None and self._extra.bundle_count != missing:
             self.drop_extra()
         if self._extra is None:
@@ -136,7 +152,6 @@ class WorkerCPUs:
             return True
         if time.monotonic() - self._extra_asked > START_GRACE_S:  # not just Ray placing it
             _total, free = cluster_cpus()
-            cpus = "1 more CPU" if missing == 1 else f"{missing} more CPUs"
             note = f"waiting for {cpus} to scale to {plural(target, 'worker')}; cluster has {free:g} free"
             show_message(self.store, self.job_id, note)
         return False

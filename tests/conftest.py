@@ -26,7 +26,7 @@ def ray_session() -> Iterator[None]:
     """A local Ray with 4 logical CPUs (tests run up to 3 workers on 2 cores), started once."""
     import ray
 
-    from service.server import set_embedded_ray_environment
+    from service.ray_start import set_embedded_ray_environment
 
     set_embedded_ray_environment()  # the coordinator's own settings for a Ray it starts
 

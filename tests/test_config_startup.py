@@ -164,7 +164,7 @@ def test_an_embedded_ray_that_times_out_starting_is_started_once_more(monkeypatc
     """Ray gives its raylet, and its GCS, a fixed 30 s to come up and a busy machine sometimes needs
     more: the coordinator shuts the failed start down and tries once more; other errors, or a second
     timeout, reach the caller."""
-    from service import server
+    from service import ray_start
     from service.config import ServerConfig
 
     calls: list[str] = []
@@ -175,30 +175,30 @@ def test_an_embedded_ray_that_times_out_starting_is_started_once_more(monkeypatc
         if outcome := outcomes.pop(0):
             raise outcome
 
-    monkeypatch.setattr(server.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(server.ray, "init", fake_init)
-    monkeypatch.setattr(server.ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray_start.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_start.ray, "init", fake_init)
+    monkeypatch.setattr(ray_start.ray, "shutdown", lambda: calls.append("shutdown"))
     config = ServerConfig(port=0, state_dir=tmp_path)
     timeout = Exception("The current node timed out during startup. This could happen because ...")
 
     outcomes[:] = [timeout, None]
-    assert server._init_ray(config) is True
+    assert ray_start.init_ray(config) is True
     assert calls == ["init", "shutdown", "init"]
 
     calls.clear()
     gcs_timeout = RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_1a2b")
     outcomes[:] = [gcs_timeout, None]
-    assert server._init_ray(config) is True
+    assert ray_start.init_ray(config) is True
     assert calls == ["init", "shutdown", "init"]
 
     calls.clear()
     outcomes[:] = [timeout, timeout]
     with pytest.raises(Exception, match="timed out during startup"):
-        server._init_ray(config)
+        ray_start.init_ray(config)
     assert calls == ["init", "shutdown", "init", "shutdown"]  # every failed start is cleaned up
 
     calls.clear()
     outcomes[:] = [RuntimeError("some other failure")]
     with pytest.raises(RuntimeError, match="some other failure"):
-        server._init_ray(config)
+        ray_start.init_ray(config)
     assert calls == ["init", "shutdown"]

@@ -82,7 +82,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_while_ray_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
+def _sigterm_during_start(tmp_path: Path, started) -> None:
+    """Start `gradfleet serve`, SIGTERM it once `started(log text, its descendants)` is true, and check
+    that it exited 0 saying so, before listening, with none of Ray's processes left behind."""
     log = tmp_path / "serve.log"
     args = ["--port", "0", "--metrics-port", "-1", "--state-dir", str(tmp_path / "state")]
     with open(log, "wb") as stderr:
@@ -96,10 +98,10 @@ def test_sigterm_while_ray_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
     family: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while not family and time.monotonic() < deadline and proc.poll() is None:
-            family = descendants(proc.pid)  # the first of Ray's processes: Ray is starting
-            time.sleep(0.05)
-        assert family, log.read_text()
+        while not started(log.read_text(), family) and time.monotonic() < deadline and proc.poll() is None:
+            family = descendants(proc.pid)
+            time.sleep(0.01)
+        assert started(log.read_text(), family), log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
         text = log.read_text()
@@ -115,3 +117,21 @@ def test_sigterm_while_ray_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_while_ray_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
+    _sigterm_during_start(tmp_path, lambda _text, family: bool(family))  # the first of Ray's processes
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.1, 0.2, 0.3])
+def test_sigterm_while_ray_connects_the_coordinator_exits_0(tmp_path: Path, delay_s: float) -> None:
+    """Ray logs that it started, then connects this process as a driver (its C++ core worker, which
+    handles SIGTERM itself and arms a 3 s abort): a SIGTERM then ended `serve` with SIGABRT or SIGSEGV."""
+    since: list[float] = []
+
+    def connecting(text: str, _family) -> bool:
+        if not since and "Started a local Ray instance" in text:
+            since.append(time.monotonic())
+        return bool(since) and time.monotonic() - since[0] >= delay_s
+
+    _sigterm_during_start(tmp_path, connecting)

@@ -11,8 +11,10 @@ import ray
 from ray.util import placement_group_table
 
 from gradfleet.v1 import coordinator_pb2 as pb
+from tests.conftest import start_coordinator
 from tests.helpers import small_spec, wait_for, write_blobs
-from workers.placement import Unplaceable, reserve_workers, total_if_too_small
+from workers.cpu_queue import CpuQueue
+from workers.placement import Unplaceable, release, reserve_workers, total_if_too_small
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -23,6 +25,45 @@ class CpuHog:
 
     def ping(self) -> bool:
         return True
+
+
+def poll(condition, timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what or condition
+        time.sleep(0.05)
+
+
+def pending_group_sizes() -> list[int]:
+    """The bundle count of each placement group Ray has been asked for and not yet placed."""
+    return [len(g["bundles"]) for g in placement_group_table().values() if g["state"] == "PENDING"]
+
+
+class Reserving:
+    """reserve_workers on its own thread, as a job's runner calls it; `reasons` are its on_wait calls."""
+
+    def __init__(self, num_workers: int, queue: CpuQueue, ticket: int) -> None:
+        self.reasons: list[str] = []
+        self.group = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(num_workers, queue, ticket), daemon=True)
+        self._thread.start()
+
+    def _run(self, num_workers: int, queue: CpuQueue, ticket: int) -> None:
+        try:
+            self.group = reserve_workers(
+                num_workers, wait_s=60, on_wait=self.reasons.append, queue=queue, ticket=ticket
+            )
+        except BaseException as exc:
+            self.error = exc
+
+    def last_reason(self) -> str:
+        return self.reasons[-1] if self.reasons else ""
+
+    def done(self, timeout_s: float = 30.0):
+        self._thread.join(timeout_s)
+        assert self.error is None and self.group is not None, self.error
+        return self.group
 
 
 def live_placement_groups(timeout_s: float = 15.0) -> list[dict]:
@@ -121,4 +162,65 @@ def test_a_job_waits_queued_with_a_reason_and_starts_when_cpus_free(client, coor
         ray.kill(hog)
     done = wait_for(client, job.id, timeout_s=120)
     assert done.state == pb.SUCCEEDED, done.message
+    assert live_placement_groups() == []
+
+
+def test_reservations_get_cpus_oldest_first(ray_session) -> None:
+    """An older job starting to wait takes back a younger one's pending request, so Ray is only ever
+    asked for the oldest waiting job's CPUs: when 4 CPUs free up, the older 3-worker job gets them, and
+    the younger 2-worker one (which alone would fit first) only once the older one has its CPUs.
+    (Ray itself often places a group asked for later before one that waited.)"""
+    queue = CpuQueue()
+    older, younger = queue.ticket(), queue.ticket()
+    hog = CpuHog.remote()
+    ray.get(hog.ping.remote(), timeout=60)
+    groups = []
+    try:
+        second = Reserving(2, queue, younger)  # alone in line: asks Ray at once
+        poll(lambda: pending_group_sizes() == [2], what=pending_group_sizes)
+        first = Reserving(3, queue, older)
+        poll(lambda: "older job" in second.last_reason(), what=second.reasons)
+        assert second.last_reason() == "waiting for 2 CPUs for the workers; 1 older job waits for CPUs first"
+        poll(lambda: pending_group_sizes() == [3], what=pending_group_sizes)  # the younger request withdrawn
+        poll(lambda: first.reasons, what="the older reservation never said why it waits")
+        assert first.last_reason() == "waiting for 3 CPUs for the workers; cluster has 1 free"
+        ray.kill(hog)
+        groups.append(first.done())
+        poll(lambda: second.last_reason().endswith("cluster has 1 free"), what=second.reasons)
+        assert second.group is None and pending_group_sizes() == [2]
+        release(groups.pop())
+        groups.append(second.done())
+    finally:
+        ray.kill(hog)
+        for group in groups:
+            release(group)
+    assert live_placement_groups() == []
+
+
+def test_a_coordinators_jobs_get_cpus_in_submission_order(ray_session, tmp_path) -> None:
+    """With two jobs running at once and room for one, the later job waits behind the earlier one
+    (QUEUED, saying so) without asking Ray for CPUs; both succeed once the CPUs are free."""
+    from service.client import CoordinatorClient
+
+    coordinator = start_coordinator(tmp_path, max_running_jobs=2)
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    hog = CpuHog.remote()
+    try:
+        ray.get(hog.ping.remote(), timeout=60)
+        with CoordinatorClient(coordinator.address) as client:
+            first = client.submit(small_spec("npz:blobs.npz", numWorkers=2, name="first"))
+            second = client.submit(small_spec("npz:blobs.npz", numWorkers=2, name="second"))
+            poll(lambda: "older job" in client.get(second.id).message, what=lambda: client.get(second.id))
+            waiting = client.get(second.id)
+            assert waiting.state == pb.QUEUED
+            assert waiting.message == "waiting for 2 CPUs for the workers; 1 older job waits for CPUs first"
+            assert client.get(first.id).message == "waiting for 2 CPUs for the workers; cluster has 1 free"
+            assert pending_group_sizes() == [2]
+            ray.kill(hog)
+            for job in (first, second):
+                done = wait_for(client, job.id, timeout_s=120)
+                assert done.state == pb.SUCCEEDED, done.message
+    finally:
+        ray.kill(hog)
+        coordinator.stop(grace_s=1.0)
     assert live_placement_groups() == []

@@ -133,3 +133,37 @@ def test_a_job_waiting_for_cpus_waits_for_its_new_count(client, coordinator) -> 
         assert done.spec.num_workers == 1
     finally:
         ray.kill(held)
+
+
+def test_scaling_up_waits_for_the_jobs_waiting_to_start(ray_session, tmp_path) -> None:
+    """A running job asks for the extra CPUs of a scale-up only once no job waits for CPUs to start:
+    with 2 CPUs free and a 3-worker job waiting for them, scaling a 1-worker job to 2 waits (saying
+    so) instead of taking one; once the waiting job is cancelled, it scales."""
+    from service.client import CoordinatorClient
+    from tests.conftest import start_coordinator
+
+    coordinator = start_coordinator(tmp_path, max_running_jobs=2)
+    write_blobs(coordinator.config.data_root / "blobs.npz", n_train=50000)
+    held = None
+    try:
+        with CoordinatorClient(coordinator.address) as client:
+            spec = small_spec(
+                "npz:blobs.npz", numWorkers=1, batchSize=10, epochs=50, checkpointEverySteps=10**6
+            )
+            running = client.submit(spec)
+            wait_until(client, running.id, lambda j: j.progress.step > 0)
+            held = hog(1)  # 2 CPUs left free
+            waiting = client.submit(small_spec("npz:blobs.npz", numWorkers=3))
+            wait_until(client, waiting.id, lambda j: j.message.startswith("waiting for 3 CPUs"), timeout_s=30)
+            client.scale(running.id, 2)
+            note = "waiting for 1 more CPU to scale to 2 workers; 1 job waiting for CPUs goes first"
+            wait_until(client, running.id, lambda j: j.message == note, timeout_s=30)
+            assert client.get(waiting.id).message == "waiting for 3 CPUs for the workers; cluster has 2 free"
+            client.cancel(waiting.id)
+            scaled = wait_until(client, running.id, lambda j: j.spec.num_workers == 2, timeout_s=30)
+            assert scaled.state == pb.RUNNING
+            client.cancel(running.id)
+    finally:
+        if held is not None:
+            ray.kill(held)
+        coordinator.stop(grace_s=1.0)

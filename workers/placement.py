@@ -16,10 +16,13 @@ from ray.util import placement_group_table
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from workers.cpu_queue import CpuQueue
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "SPREAD"  # across nodes where possible: a lost node takes fewer workers with it
 WAIT_POLL_S = 1.0
+ROOM_GRACE_S = 5.0  # past the deadline, while the CPUs show as free: Ray may be placing the group
 TOTAL_CPUS_TIMEOUT_S = 2.0  # the GCS answers in milliseconds; one that does not is unreachable or restarting
 
 
@@ -39,22 +42,65 @@ def reserve_workers(
     fail_if_too_small: bool = True,
     strategy: str = DEFAULT_STRATEGY,
     on_wait: Callable[[str], None] | None = None,
+    queue: CpuQueue | None = None,
+    ticket: int = 0,
 ) -> PlacementGroup:
-    """A ready placement group with one {"CPU": 1} bundle per worker.
+    """A ready placement group with one {"CPU": 1} bundle per worker, asked of Ray only while no job
+    older than `ticket` waits in `queue` (see workers.cpu_queue; without a queue, at once).
 
     Fails at once when the cluster has fewer CPUs in total than workers (unless `fail_if_too_small` is
-    False: an autoscaler may add nodes), and after `wait_s` seconds without room. While it waits it calls
-    `on_wait(reason)` about once a second; an exception from `on_wait` (a cancel) ends the wait.
+    False: an autoscaler may add nodes), and after `wait_s` seconds without room, the time in line
+    included. While it waits it calls `on_wait(reason)` about once a second; an exception from
+    `on_wait` (a cancel) ends the wait.
     """
     if fail_if_too_small and (total := total_if_too_small(num_workers)) is not None:
         raise Unplaceable(too_small_message(num_workers, total))
-    group = request_workers(num_workers, strategy)
+    queue = queue or CpuQueue()
+    with queue.waiting(ticket):
+        return _reserve_in_turn(num_workers, wait_s, strategy, on_wait, queue, ticket)
+
+
+def _reserve_in_turn(
+    num_workers: int,
+    wait_s: float,
+    strategy: str,
+    on_wait: Callable[[str], None] | None,
+    queue: CpuQueue,
+    ticket: int,
+) -> PlacementGroup:
+    deadline = time.monotonic() + wait_s
+    group: PlacementGroup | None = None
     try:
-        _wait_ready(group, num_workers, wait_s, on_wait)
+        while True:
+            ahead = queue.ahead_of(ticket, wait_s=0.0 if group is not None else WAIT_POLL_S)
+            if ahead and group is not None:  # an older job came to wait: it asks Ray first
+                release(group)
+                group = None
+            if not ahead and group is None:
+                group = request_workers(num_workers, strategy)
+                placed = group.ready()
+            if group is not None and ray.wait([placed], timeout=WAIT_POLL_S)[0]:
+                return group
+            reason, room = _wait_reason(num_workers, ahead)
+            # CPUs that show as free are Ray placing the group (within a second): no reason to fail.
+            if time.monotonic() > deadline + (ROOM_GRACE_S if room else 0.0):
+                raise Unplaceable(f"no room for the workers after {wait_s:.0f} s: {reason}")
+            if on_wait is not None:
+                on_wait(reason)
     except BaseException:
-        remove_placement_group(group)
+        release(group)
         raise
-    return group
+
+
+def _wait_reason(num_workers: int, ahead: int) -> tuple[str, bool]:
+    """What a reservation waits for, and whether the cluster shows the CPUs as free."""
+    what = f"waiting for {num_workers} CPUs for the workers"
+    if ahead:
+        return f"{what}; {ahead} older {'job waits' if ahead == 1 else 'jobs wait'} for CPUs first", False
+    _total, free = cluster_cpus()
+    if free >= num_workers:
+        return f"{what}; {free:g} show as free but Ray has not placed them yet", True
+    return f"{what}; cluster has {free:g} free", False
 
 
 def total_if_too_small(num_workers: int, timeout_s: float = TOTAL_CPUS_TIMEOUT_S) -> float | None:
@@ -108,20 +154,6 @@ def wait_all(refs: list, timeout_s: float, on_poll: Callable[[bool], None]) -> N
     deadline = time.monotonic() + timeout_s
     while len(ray.wait(refs, num_returns=len(refs), timeout=WAIT_POLL_S)[0]) < len(refs):
         on_poll(time.monotonic() > deadline)
-
-
-def _wait_ready(
-    group: PlacementGroup, num_workers: int, wait_s: float, on_wait: Callable[[str], None] | None
-) -> None:
-    def on_poll(timed_out: bool) -> None:
-        _total, free = cluster_cpus()
-        reason = f"waiting for {num_workers} CPUs for the workers; cluster has {free:g} free"
-        if timed_out:
-            raise Unplaceable(f"no room for the workers after {wait_s:.0f} s: {reason}")
-        if on_wait is not None:
-            on_wait(reason)
-
-    wait_all([group.ready()], wait_s, on_poll)
 
 
 def request_workers(num_workers: int, strategy: str = DEFAULT_STRATEGY) -> PlacementGroup:
