@@ -29,6 +29,10 @@ ERROR_ROWS = [
     (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.Unavailable("shutting down"), grpc.StatusCode.UNAVAILABLE),
     (errors.TrainingFailed("loss became NaN"), grpc.StatusCode.INTERNAL),
+    (
+        errors.StateNotWritable("cannot write jobs.sqlite3: no space left", disk_full=True),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
 ]
 ERRORS_BY_ID = {type(exc).__name__: exc for exc, _ in ERROR_ROWS}
 
