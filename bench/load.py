@@ -1,11 +1,12 @@
 """Load on a coordinator: read traffic while a job trains, and a burst of submissions.
 
     python bench/load.py [--clients 50] [--seconds 30] [--windows 3] [--interval 1] [--burst 200]
-                         [--max-queued-jobs 50] [--clients-nice 0]
+                         [--max-queued-jobs 50] [--clients-nice 0] [--workers 2]
 
 Starts `gradfleet serve` in a subprocess (the clients here must not share its interpreter), then:
 1. trains one long Fashion-MNIST job (or a synthetic one with --synthetic) and measures its
-   samples/s in alternating windows: alone, then while N clients each hold a WatchJob stream and
+   samples/s (between the first and last progress report in a window, by the coordinator's
+   timestamps on them) in alternating windows: alone, then while N clients each hold a WatchJob stream and
    call GetJob and ListJobs once every --interval seconds (1 s: a dashboard's refresh; 0: back to
    back, a stress test that takes every spare cycle), then alone again, and so on: --seconds of load
    in --windows windows, each compared with the mean of the alone windows around it, so a drift of
@@ -43,6 +44,7 @@ from service.wording import plural
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP_S = 5.0  # training before the first window: the first steps run slower (caches, page faults)
+CONNECT_TIMEOUT_S = 30.0  # for every client to open its stream and make its first calls
 
 
 @dataclass
@@ -83,10 +85,11 @@ def read_load(
     report: ReadLoad | None = None,
 ) -> tuple[ReadLoad, float]:
     """N clients loop GetJob/ListJobs while each holds a WatchJob stream on `job_id`, for as long
-    as `during()` runs (its result is returned too); then `end_job()` is called and every stream
-    must end with the job's terminal event (`end_job=None`: the clients hang up their streams
-    instead, and the job trains on). Each client pauses `interval_s` between rounds (0: back to
-    back, a stress test). Adds to `report` when one is given."""
+    as `during()` runs (its result is returned too), which starts once every client has opened its
+    stream and made its first round of calls (or after CONNECT_TIMEOUT_S); then `end_job()` is
+    called and every stream must end with the job's terminal event (`end_job=None`: the clients
+    hang up their streams instead, and the job trains on). Each client pauses `interval_s` between
+    rounds (0: back to back, a stress test). Adds to `report` when one is given."""
     report = report or ReadLoad()
     stop, hang_up = threading.Event(), threading.Event()
     calls: list[grpc.Future] = []
@@ -96,8 +99,12 @@ def read_load(
         threading.Thread(target=_poll, args=(address, job_id, report, stop, interval_s))
         for _ in range(clients)
     ]
+    streams_before, calls_before = report.streams_opened, report.calls()
     for thread in watchers + pollers:
         thread.start()
+    # `during` measures the steady load, not the clients' start: 2N connections and threads.
+    _wait_until(lambda: report.streams_opened - streams_before >= clients, CONNECT_TIMEOUT_S)
+    _wait_until(lambda: report.calls() - calls_before >= 2 * clients, CONNECT_TIMEOUT_S)
     result = during()
     stop.set()
     for thread in pollers:
@@ -114,6 +121,12 @@ def read_load(
         if thread.is_alive():
             report.fail("a watch stream did not end within 60 s of the job's end")
     return report, result
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _poll(address: str, job_id: str, report: ReadLoad, stop: threading.Event, interval_s: float) -> None:
@@ -180,12 +193,48 @@ def cpu_use_during(server_pid: int, window: Callable[[], float]) -> tuple[float,
     return result, use
 
 
-def samples_per_second(client: CoordinatorClient, job_id: str, seconds: float) -> float:
-    """The job's training rate over the next `seconds`, from its samples_trained counter."""
-    first, start = client.get(job_id).progress.samples_trained, time.monotonic()
-    time.sleep(seconds)
-    last, end = client.get(job_id).progress.samples_trained, time.monotonic()
-    return (last - first) / (end - start)
+class ProgressLog:
+    """(time, samples_trained) of every change of the job, as its own WatchJob stream reports them.
+
+    The times are the coordinator's, taken as it records each report of the parameter server, so a
+    rate over two of them counts whole reports. Two GetJob calls some seconds apart instead catch the
+    counter at any point between two reports, half a second apart: a 10 s window then measured up to
+    5% off either way, more than the effect being measured.
+    """
+
+    def __init__(self, address: str, job_id: str) -> None:
+        self._client = CoordinatorClient(address)
+        self._stream = self._client.watch(job_id)
+        self._points: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            for event in self._stream:
+                point = (event.time.ToNanoseconds() / 1e9, event.job.progress.samples_trained)
+                with self._lock:
+                    self._points.append(point)
+        except grpc.RpcError:
+            pass  # closed by close(), or the job ended
+
+    def rate_during(self, seconds: float) -> float:
+        """The job's samples/s over the next `seconds`: between the first and the last report in them."""
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+        with self._lock:
+            inside = [(t, n) for t, n in self._points if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            raise RuntimeError(f"fewer than 2 progress reports in {seconds:g} s; use longer windows")
+        (t0, n0), (t1, n1) = inside[0], inside[-1]
+        return (n1 - n0) / (t1 - t0)
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(timeout=10)
+        self._client.close()
 
 
 def wait_training(client: CoordinatorClient, job_id: str, timeout_s: float = 120) -> None:
@@ -358,21 +407,25 @@ def _run(address: str, uri: str, args: argparse.Namespace, server_pid: int) -> i
         wait_training(client, job.id)
         time.sleep(WARM_UP_S)
 
-        def rate() -> float:
-            return samples_per_second(client, job.id, window_s)
+        progress = ProgressLog(address, job.id)
 
         def measure() -> tuple[float, CpuUse]:
-            return cpu_use_during(server_pid, rate)
+            return cpu_use_during(server_pid, lambda: progress.rate_during(window_s))
 
-        alone.append(measure())
-        for window in range(args.windows):
-            last = window == args.windows - 1
-            # Earlier windows' clients hang up; the last window's streams must end with the job.
-            end_job = (lambda: client.cancel(job.id)) if last else None
-            _, under_load = read_load(address, job.id, args.clients, measure, end_job, args.interval, report)
-            loaded.append(under_load)
-            if not last:
-                alone.append(measure())
+        try:
+            alone.append(measure())
+            for window in range(args.windows):
+                last = window == args.windows - 1
+                # Earlier windows' clients hang up; the last window's streams must end with the job.
+                end_job = (lambda: client.cancel(job.id)) if last else None
+                _, under_load = read_load(
+                    address, job.id, args.clients, measure, end_job, args.interval, report
+                )
+                loaded.append(under_load)
+                if not last:
+                    alone.append(measure())
+        finally:
+            progress.close()
     _print_read_load(report, args, alone, loaded)
     clean = report.streams_clean == args.clients and report.streams_opened == args.clients * args.windows
     if args.burst == 0:
