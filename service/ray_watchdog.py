@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,35 @@ def embedded_processes() -> dict[str, subprocess.Popen]:
     return found
 
 
-class RayWatchdog:
+class _PeriodicCheck:
+    """Runs `_check()` every `interval_s` from its own daemon thread until `stop()`, or until
+    `_check()` returns True."""
+
+    def __init__(self, name: str, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop checking (first, before a planned ray.shutdown stops what is watched)."""
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            if self._check():
+                return
+
+    def _check(self) -> bool:
+        raise NotImplementedError
+
+
+class RayWatchdog(_PeriodicCheck):
     """Calls `on_death(name, pid, returncode)` once, from its own thread, when the first of `processes`
     (by name) exits before `stop()`."""
 
@@ -53,56 +82,33 @@ class RayWatchdog:
         on_death: Callable[[str, int, int], None],
         interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
+        super().__init__("ray-watchdog", interval_s)
         self._processes = dict(processes)
         self._on_death = on_death
-        self._interval_s = interval_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="ray-watchdog", daemon=True)
 
-    def start(self) -> RayWatchdog:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop watching (first, before a planned ray.shutdown stops the processes)."""
-        self._stopped.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            for name, process in self._processes.items():
-                returncode = process.poll()
-                if returncode is not None and not self._stopped.is_set():
-                    self._on_death(name, process.pid, returncode)
-                    return
+    def _check(self) -> bool:
+        for name, process in self._processes.items():
+            returncode = process.poll()
+            if returncode is not None and not self._stopped.is_set():
+                self._on_death(name, process.pid, returncode)
+                return True
+        return False
 
 
-class GcsProbe:
+class GcsProbe(_PeriodicCheck):
     """Logs an error when the GCS at `address` (HOST:PORT) stops taking connections, and a warning
     when it takes them again; checks every `interval_s` from its own thread until `stop()`."""
 
     def __init__(self, address: str, interval_s: float = GCS_PROBE_INTERVAL_S) -> None:
+        super().__init__("gcs-probe", interval_s)
         self.address = address
         host, _, port = address.rpartition(":")
         self._where = (host.strip("[]"), int(port))
-        self._interval_s = interval_s
-        self._stopped = threading.Event()
         self._lost_at: float | None = None  # time.monotonic() when it stopped answering
-        self._thread = threading.Thread(target=self._watch, name="gcs-probe", daemon=True)
 
-    def start(self) -> GcsProbe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            self.check()
+    def _check(self) -> bool:
+        self.check()
+        return False
 
     def check(self) -> None:
         """Probe once; log a change."""
