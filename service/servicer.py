@@ -24,6 +24,7 @@ from service.errors import InvalidSpec, JobNotFound, JobNotReady, Unavailable
 from service.jobs import TERMINAL_STATES, JobStore, now_timestamp
 from service.runner import JobRunner
 from service.scheduler import Scheduler
+from service.spec_validation import workers_allowed
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         job = self._visible_job(request.job_id, context)
         limit = self.config.max_workers_per_job
         if not 1 <= request.num_workers <= limit:
-            raise InvalidSpec("num_workers", f"got {request.num_workers}; must be between 1 and {limit}")
+            raise InvalidSpec("num_workers", f"got {request.num_workers}; {workers_allowed(limit)}")
         if job.state in TERMINAL_STATES:
             raise JobNotReady(
                 f"job {job.id} is {pb.JobState.Name(job.state)}; only queued or running jobs can be scaled"

@@ -133,9 +133,19 @@ def validate_spec(
     _check_range("epochs", spec.epochs, 1, max_epochs)
     _check_optimizer(spec.optimizer, spec.epochs)
     _check_range("batch_size", spec.batch_size, 1, max_batch)
-    _check_range("num_workers", spec.num_workers, 1, max_workers)
+    _check_num_workers(spec.num_workers, max_workers)
     _check_micro_shards(spec.micro_shards, spec.batch_size)
     _check_recovery(spec)
+
+
+def _check_num_workers(num_workers: int, max_workers: int) -> None:
+    if not 1 <= num_workers <= max_workers:
+        raise InvalidSpec("num_workers", f"got {num_workers}; {workers_allowed(max_workers)}")
+
+
+def workers_allowed(max_workers: int) -> str:
+    """What num_workers may be, and the flag that sets the ceiling."""
+    return f"must be between 1 and {max_workers} (--max-workers-per-job)"
 
 
 def _check_micro_shards(shards: int, batch_size: int) -> None:
@@ -282,7 +292,7 @@ def count_params(input_size: int, spec: pb.JobSpec) -> int:
 
 
 def _limit(max_params: int) -> str:
-    return f"the limit is {max_params:,}; use fewer or smaller layers"
+    return f"the limit is {max_params:,} (--max-params); use fewer or smaller layers"
 
 
 def _check_name(name: str) -> None:

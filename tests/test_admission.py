@@ -128,7 +128,7 @@ REFUSALS = [
     ("params-lower-bound", "npz:blobs.npz", {"layers": [{"units": 400}, {"units": 400}, {"units": 3}]},
      INVALID, "layers", "the limit is 100,000"),
     ("workers-over-limit", "npz:blobs.npz", {"numWorkers": MAX_WORKERS + 1},
-     INVALID, "num_workers", f"got 9; must be between 1 and {MAX_WORKERS}"),
+     INVALID, "num_workers", f"got 9; must be between 1 and {MAX_WORKERS} (--max-workers-per-job)"),
     ("regression-needs-mse", "npz:reg.npz", {"layers": [{"units": 2}]},
      INVALID, "loss", "float targets, which need MEAN_SQUARED_ERROR"),
     ("regression-target-width", "npz:reg.npz", {"loss": "MEAN_SQUARED_ERROR", "layers": [{"units": 3}]},

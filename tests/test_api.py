@@ -170,7 +170,10 @@ def test_scale_outside_the_worker_range_is_an_invalid_argument(
     with pytest.raises(grpc.RpcError) as error:
         stub.ScaleJob(pb.ScaleJobRequest(job_id=failed.id, num_workers=num_workers), timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.value.details() == f"num_workers: got {num_workers}; must be between 1 and 64"
+    assert (
+        error.value.details()
+        == f"num_workers: got {num_workers}; must be between 1 and 64 (--max-workers-per-job)"
+    )
 
 
 def test_cli_json_output_parses_into_job_messages(client, coordinator) -> None:

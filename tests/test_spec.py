@@ -74,8 +74,18 @@ def _invalid(spec: pb.JobSpec, **limits: int) -> InvalidSpec:
 
 # (id, changes to BASE, expected field path, fragment of the message)
 INVALID = [
-    ("workers-zero", {"num_workers": 0}, "num_workers", "got 0; must be between 1 and 64"),
-    ("workers-too-many", {"num_workers": 65}, "num_workers", "got 65; must be between 1 and 64"),
+    (
+        "workers-zero",
+        {"num_workers": 0},
+        "num_workers",
+        "got 0; must be between 1 and 64 (--max-workers-per-job)",
+    ),
+    (
+        "workers-too-many",
+        {"num_workers": 65},
+        "num_workers",
+        "got 65; must be between 1 and 64 (--max-workers-per-job)",
+    ),
     ("shards-zero", {"micro_shards": 0}, "micro_shards", "got 0; must be between 1 and batch_size (256)"),
     (
         "shards-above-batch",
@@ -181,7 +191,7 @@ INVALID = [
         "params-certainly-too-many",
         {"layers": [{"units": 1_000_000}, {"units": 1_000_000}]},
         "layers",
-        "at least 1,000,003,000,000 parameters; the limit is 50,000,000",
+        "at least 1,000,003,000,000 parameters; the limit is 50,000,000 (--max-params)",
     ),
 ]
 
@@ -209,7 +219,7 @@ def test_validate_accepts_base_and_examples() -> None:
 def test_validate_uses_the_given_limits() -> None:
     """It checks against the server's limits, not only the defaults."""
     err = _invalid(_spec(num_workers=5), max_workers=4)
-    assert err.message == "num_workers: got 5; must be between 1 and 4"
+    assert err.message == "num_workers: got 5; must be between 1 and 4 (--max-workers-per-job)"
     assert _invalid(_spec(epochs=11), max_epochs=10).field == "epochs"
     assert _invalid(_spec(batch_size=65), max_batch=64).field == "batch_size"
 
