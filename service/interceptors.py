@@ -19,6 +19,10 @@ from service.errors import GradfleetError, InvalidRequest
 
 _LOG = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error; see the server log"
+# A status message travels percent-encoded in a header, and gRPC caps a call's headers at 8 KiB: a
+# longer one arrives as RESOURCE_EXHAUSTED "metadata size exceeds soft limit", losing the real code
+# and the field. Messages are cut to this many bytes on the wire.
+MAX_MESSAGE_WIRE_BYTES = 6000
 
 OnCall = Callable[[str, str, float], None]
 
@@ -129,9 +133,37 @@ def _status_for(
         return context.code(), None
     if isinstance(exc, GradfleetError):
         _LOG.debug("%s -> %s: %s", method, exc.code.name, exc.message)
-        return exc.code, exc.message
+        return exc.code, shortened(exc.message)
     _LOG.exception("unexpected error in %s", method)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def shortened(message: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
+    """`message`, cut in the middle to at most `limit` bytes once percent-encoded: the field comes
+    first and the fix last, so both ends stay."""
+    costs = [_wire_bytes(ch) for ch in message]
+    if sum(costs) <= limit:
+        return message
+    note = f" ... [{len(message):,} characters in all, shortened] ... "
+    budget = limit - len(note)
+    head = _fitting(costs, budget * 2 // 3)
+    tail = _fitting(costs[::-1], budget - sum(costs[:head]))
+    return message[:head] + note + message[len(message) - tail :]
+
+
+def _wire_bytes(ch: str) -> int:
+    # grpc sends printable ASCII but '%' as is, every other UTF-8 byte as %XX.
+    return 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "surrogatepass"))
+
+
+def _fitting(costs: list[int], budget: int) -> int:
+    """How many of the first `costs` fit in `budget`."""
+    total = 0
+    for count, cost in enumerate(costs):
+        total += cost
+        if total > budget:
+            return count
+    return len(costs)
 
 
 def _was_aborted(exc: Exception, context: grpc.ServicerContext) -> bool:

@@ -36,6 +36,7 @@ MAX_MICRO_SHARDS = 1024
 DATASET_URI_HELP = 'use "fashion-mnist", "idx:DIR", "npz:FILE" or "csv:FILE"'
 _URI_SCHEMES = ("idx:", "npz:", "csv:")
 MAX_REQUEST_ID_CHARS = 128
+MAX_URI_CHARS = 4096  # Linux's PATH_MAX; an error quoting a longer one would not fit a gRPC status
 MAX_RETRIES = 100  # worker restarts or rollbacks: beyond this a job is not recovering, only looping
 
 
@@ -319,6 +320,8 @@ def _check_printable(path: str, text: str) -> None:
 
 def _check_dataset(dataset: pb.DatasetSpec) -> None:
     uri = dataset.uri
+    if len(uri) > MAX_URI_CHARS:
+        raise InvalidSpec("dataset.uri", f"got {len(uri):,} characters; must be at most {MAX_URI_CHARS:,}")
     if not uri.strip():
         raise InvalidSpec("dataset.uri", f"empty; {DATASET_URI_HELP}")
     known = uri == "fashion-mnist" or (uri.startswith(_URI_SCHEMES) and len(uri) > 4)

@@ -161,6 +161,20 @@ def test_empty_job_id_is_an_invalid_argument(stub) -> None:
         assert "job_id" in error.value.details()
 
 
+@pytest.mark.parametrize("length", [4_096, 5_000, 100_000])
+def test_a_very_long_dataset_uri_is_an_invalid_argument_naming_it(stub, length) -> None:
+    """A URI near the length cap (whose error quotes the path twice) and far over it both get
+    INVALID_ARGUMENT naming dataset.uri; the coordinator keeps serving."""
+    spec = small_spec("csv:" + "a" * (length - 8) + ".csv")
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SubmitJob(spec, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("dataset.uri: ")
+    assert len(error.value.details()) <= 6_000
+    listed = stub.ListJobs(pb.ListJobsRequest(page_size=1000), timeout=5).jobs
+    assert not [job for job in listed if len(job.spec.dataset.uri) > 1000]
+
+
 @pytest.mark.parametrize("num_workers", [0, 65, 2**32 - 1], ids=["zero", "over-limit", "uint32-max"])
 def test_scale_outside_the_worker_range_is_an_invalid_argument(
     client, stub, coordinator, num_workers

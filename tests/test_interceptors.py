@@ -14,7 +14,7 @@ import pytest
 from gradfleet.v1 import coordinator_pb2 as pb
 from gradfleet.v1 import coordinator_pb2_grpc as pb_grpc
 from service import errors
-from service.interceptors import INTERNAL_MESSAGE, ErrorMappingInterceptor
+from service.interceptors import INTERNAL_MESSAGE, MAX_MESSAGE_WIRE_BYTES, ErrorMappingInterceptor, shortened
 
 SECRET = "secret-internal-detail"  # must never reach a client
 
@@ -43,6 +43,8 @@ def _raise_for(job_id: str, context: grpc.ServicerContext) -> None:
         raise ERRORS_BY_ID[job_id]
     if job_id == "bug":
         raise KeyError(SECRET)
+    if job_id.startswith("long:"):  # "long:CHAR": a message far over gRPC's 8 KiB header limit
+        raise errors.InvalidSpec("dataset.uri", f"cannot read {job_id[5:] * 20_000}; check the path")
     if job_id == "abort":
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied by the servicer")
 
@@ -154,6 +156,28 @@ def test_domain_error_maps_to_its_code_mid_stream(stub, calls, exc, code) -> Non
     assert [e.kind for e in events] == [pb.JobEvent.STATE]
     assert (err.code(), err.details()) == (code, exc.message)
     assert calls.wait_for("/gradfleet.v1.Coordinator/WatchJob")[1] == code.name
+
+
+@pytest.mark.parametrize("char", ["a", "\u20ac"], ids=["ascii", "euro-sign"])
+def test_a_message_too_long_for_a_header_keeps_its_code_field_and_fix(stub, char) -> None:
+    """gRPC refuses a status header over 8 KiB (the client would see RESOURCE_EXHAUSTED with no
+    field): the message is cut in the middle instead, keeping the code, the field and the fix."""
+    err = _rpc_error(lambda: stub.GetJob(pb.GetJobRequest(job_id=f"long:{char}"), timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("dataset.uri: cannot read " + char * 100)
+    assert err.details().endswith(char * 100 + "; check the path")
+    assert "characters in all, shortened" in err.details()
+
+
+def test_shortened_messages_fit_their_wire_budget() -> None:
+    """Short messages pass unchanged; long ones fit the budget once percent-encoded, both ends kept."""
+    assert shortened("job_id: empty") == "job_id: empty"
+    for char, bytes_each in (("a", 1), ("%", 3), ("\u20ac", 9), ("\U0001f600", 12)):
+        message = "head " + char * 10_000 + " tail"
+        cut = shortened(message)
+        wire = sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in cut)
+        assert MAX_MESSAGE_WIRE_BYTES - bytes_each < wire <= MAX_MESSAGE_WIRE_BYTES, char
+        assert cut.startswith("head " + char) and cut.endswith(char + " tail")
 
 
 def test_error_table_covers_every_domain_error() -> None:

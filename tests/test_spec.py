@@ -122,6 +122,12 @@ INVALID = [
     ("uri-empty", {"dataset.uri": ""}, "dataset.uri", 'empty; use "fashion-mnist", "idx:DIR"'),
     ("uri-unknown", {"dataset.uri": "mnist"}, "dataset.uri", "got 'mnist'; use"),
     ("uri-no-path", {"dataset.uri": "npz:"}, "dataset.uri", "got 'npz:'"),
+    (
+        "uri-too-long",
+        {"dataset.uri": "csv:" + "a" * 4093},
+        "dataset.uri",
+        "got 4,097 characters; must be at most 4,096",
+    ),
     ("preprocessing-number", {"dataset.preprocessing": 9}, "dataset.preprocessing", "got 9"),
     ("kind-number", {"optimizer.kind": 9}, "optimizer.kind", "got 9; must be one of SGD, MOMENTUM"),
     (
