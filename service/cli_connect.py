@@ -69,8 +69,8 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
         ca = _readable("--ca (or GRADFLEET_CA)", args.ca, what)
         _check_ca(ca)
     if args.cert:
-        cert = _readable("--cert", args.cert, "the client certificate, PEM")
-        key = _readable("--key", args.key, "the private key of --cert, PEM")
+        cert = _readable("--cert (or GRADFLEET_CERT)", args.cert, "the client certificate, PEM")
+        key = _readable("--key (or GRADFLEET_KEY)", args.key, "the private key of --cert, PEM")
         _check_key_pair(cert, key)
     return TlsOptions(ca, cert, key)
 

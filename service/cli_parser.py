@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--output", "-O", choices=("text", "json"), default="text", help="default text")
 
-    parser = argparse.ArgumentParser(
+    parser = _TopLevelParser(
         prog="gradfleet",
         description="Distributed neural-network training: coordinator and client.",
         epilog=EXIT_CODES_HELP,
@@ -88,11 +89,33 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     # No abbreviated options: `--token SECRET` must not quietly mean `--token-file SECRET`.
     exact = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
     _add_serve(sub, common)
     _add_client_commands(sub, client, output)
     _add_fetch_data(sub, common)
+    parser.commands = sub.choices
     return parser
+
+
+class _TopLevelParser(argparse.ArgumentParser):
+    """Reports arguments a command does not take with that command's usage: argparse alone prints
+    the top level's (`usage: gradfleet [-h] COMMAND ...`), which does not say what the command takes."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.commands.get(parsed.command, self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gradfleet")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -176,8 +199,18 @@ def _add_client_security(p: argparse.ArgumentParser, environ: Mapping[str, str])
     p.add_argument(
         "--ca", metavar="PEM", default=environ.get("GRADFLEET_CA"), help="CA to trust (env GRADFLEET_CA)"
     )
-    p.add_argument("--cert", metavar="PEM", help="client certificate, for servers that require one")
-    p.add_argument("--key", metavar="PEM", help="private key of --cert")
+    p.add_argument(
+        "--cert",
+        metavar="PEM",
+        default=environ.get("GRADFLEET_CERT"),
+        help="client certificate, for servers that require one (env GRADFLEET_CERT)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="PEM",
+        default=environ.get("GRADFLEET_KEY"),
+        help="private key of --cert (env GRADFLEET_KEY)",
+    )
     p.add_argument(
         "--token-file",
         metavar="FILE",

@@ -76,6 +76,20 @@ def test_a_missing_file_names_its_flag(capsys, tmp_path: Path, flag: str, error:
     assert err.startswith(error.format(path=path))
 
 
+@pytest.mark.parametrize(("variable", "flag"), [("GRADFLEET_CERT", "--cert"), ("GRADFLEET_KEY", "--key")])
+def test_client_certificate_and_key_come_from_the_environment(
+    capsys, monkeypatch, tmp_path: Path, variable: str, flag: str
+) -> None:
+    """GRADFLEET_CERT and GRADFLEET_KEY stand for --cert and --key, like GRADFLEET_CA for --ca."""
+    monkeypatch.setenv("GRADFLEET_CERT", str(tmp_path / "client.pem"))
+    monkeypatch.setenv("GRADFLEET_KEY", str(tmp_path / "client.key"))
+    missing, present = ("client.pem", "client.key") if flag == "--cert" else ("client.key", "client.pem")
+    (tmp_path / present).write_text("present\n")
+    code, err = _run(capsys)
+    assert code == 2
+    assert err.startswith(f"error: {flag} (or {variable}) {tmp_path / missing}: no such file")
+
+
 def test_an_empty_token_file_says_so(capsys, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("\n")
     code, err = _run(capsys, "--token-file", str(tmp_path / "token"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import subprocess
@@ -352,6 +353,28 @@ def test_missing_or_bad_arguments_are_usage_errors(argv: list[str], capsys) -> N
         _parse(*argv)
     assert info.value.code == 2
     assert "usage: gradfleet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [(["list", "--bogus"], "usage: gradfleet list"), (["get", "a", "b"], "usage: gradfleet get")],
+    ids=["unknown-flag", "extra-argument"],
+)
+def test_an_argument_a_command_does_not_take_shows_that_commands_usage(argv, usage, capsys) -> None:
+    """Not the top level's `usage: gradfleet [-h] COMMAND ...`, which says nothing of the command."""
+    with pytest.raises(SystemExit) as info:
+        _parse(*argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(usage)
+    assert f"error: unrecognized arguments: {argv[-1]}" in err
+
+
+def test_version_prints_the_installed_version(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        _parse("--version")
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gradfleet {importlib.metadata.version('gradfleet')}"
 
 
 def test_server_default_comes_from_the_environment() -> None:

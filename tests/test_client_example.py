@@ -1,0 +1,44 @@
+"""examples/client.py, the README's Python-client example, against a real coordinator."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from tests.helpers import ROOT, small_spec, write_blobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+
+def test_the_client_example_submits_follows_and_downloads(coordinator, tmp_path: Path) -> None:
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
+    model = tmp_path / "model.npz"
+    argv = [str(job_file), "--server", coordinator.address, "--set", "epochs=2", "-o", str(model)]
+    done = subprocess.run(
+        [sys.executable, "examples/client.py", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"submitted job \w+", lines[0])
+    accuracies = [
+        float(m[1]) for line in lines if (m := re.fullmatch(r"epoch \d: test accuracy (\S+)", line))
+    ]
+    assert len(accuracies) == 2 and accuracies[-1] > 0.9  # three well-separated blobs
+    assert re.fullmatch(r"job \w+ SUCCEEDED.*", lines[-2])
+    assert lines[-1] == f"model: {model} ({model.stat().st_size:,} bytes)"
+    with np.load(model) as weights:
+        assert weights["layer_0_weight"].shape == (20, 16)
