@@ -109,7 +109,8 @@ def _signals_deferred_while_connecting() -> Iterator[None]:
         for sig in handlers:
             signal.signal(sig, lambda signum, _frame: came.append(signum))
         try:
-            return connect(*args, **kwargs)
+            with _without_ray_crash_reports():
+                return connect(*args, **kwargs)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -121,6 +122,23 @@ def _signals_deferred_while_connecting() -> Iterator[None]:
         yield
     finally:
         worker.connect = connect
+
+
+@contextlib.contextmanager
+def _without_ray_crash_reports() -> Iterator[None]:
+    """The core worker that connect() builds in this process installs abseil's failure-signal handler
+    unless ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER (read from the environment when Ray is
+    imported): a SIGTERM then printed a crash report (`*** SIGTERM received ... PC: ...`) before our
+    own handler stopped the coordinator as planned. Set only around connect(), so Ray's own processes
+    keep theirs; faulthandler (enabled by `serve`) reports a real crash of this process instead."""
+    from ray._private import ray_constants
+
+    before = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = before
 
 
 def _handle(signum: int, handler) -> None:

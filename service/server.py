@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -294,6 +295,7 @@ class StartupInterrupted(BaseException):
 def serve(config: ServerConfig) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully. One during start-up stops what was
     started so far (Ray's processes included) and returns as well: the exit status is 0 either way."""
+    faulthandler.enable()  # a crash of this process prints every thread's Python stack (see ray_start)
     stop = threading.Event()
     starting = True
 

@@ -82,9 +82,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _sigterm_during_start(tmp_path: Path, started) -> None:
+def _sigterm_during_start(tmp_path: Path, started, may_have_started: bool = False) -> None:
     """Start `gradfleet serve`, SIGTERM it once `started(log text, its descendants)` is true, and check
-    that it exited 0 saying so, before listening, with none of Ray's processes left behind."""
+    that it exited 0 saying so, before listening, with none of Ray's processes left behind. With
+    `may_have_started` the start may also have ended just before the signal: then it must have shut
+    down as from any running coordinator."""
     log = tmp_path / "serve.log"
     args = ["--port", "0", "--metrics-port", "-1", "--state-dir", str(tmp_path / "state")]
     with open(log, "wb") as stderr:
@@ -105,9 +107,14 @@ def _sigterm_during_start(tmp_path: Path, started) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
         text = log.read_text()
-        assert "SIGTERM during start-up: stopped what had started; exiting" in text, text
+        listened = b"listening on" in proc.stdout.read()
+        if listened and may_have_started:
+            assert "shutting down" in text, text
+        else:
+            assert "SIGTERM during start-up: stopped what had started; exiting" in text, text
+            assert not listened
         assert "Traceback" not in text, text
-        assert b"listening on" not in proc.stdout.read()
+        assert "SIGTERM received" not in text, text  # Ray's C++ crash report: the exit is a planned one
         family += [pid for pid in descendants(proc.pid)]  # none: it exited
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
@@ -134,4 +141,5 @@ def test_sigterm_while_ray_connects_the_coordinator_exits_0(tmp_path: Path, dela
             since.append(time.monotonic())
         return bool(since) and time.monotonic() - since[0] >= delay_s
 
-    _sigterm_during_start(tmp_path, connecting)
+    # The start ends about 0.3 s after Ray's line, sooner or later with the machine's load.
+    _sigterm_during_start(tmp_path, connecting, may_have_started=delay_s > 0)
