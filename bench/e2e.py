@@ -1,6 +1,6 @@
 """End-to-end throughput: the engine alone in one process versus training through the service.
 
-Trains the example's model (784-256-128-10, Adam) on Fashion-MNIST for a fixed number of steps:
+Trains the example's model (784-256-128-10, Adam) on Fashion-MNIST for a fixed number of samples:
   (a) in one process with the engine alone (no Ray), with 1 and 2 BLAS threads;
   (b) through the service (gRPC submit, Ray workers, parameter-server actor) with 1 and 2 workers,
       with micro-shards equal to the worker count and with the default (one per 64 samples).
@@ -8,7 +8,7 @@ Prints samples/s, the ratio to the 2-thread engine, and the service's per-step t
 compute, gradient reduction, optimizer apply and wait (transfer + scheduling), from its metrics.
 
 Run on a quiet machine, with the BLAS kernel the hardware deserves:
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/e2e.py [--steps 150]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/e2e.py [--samples 300000]
 """
 
 from __future__ import annotations
@@ -62,9 +62,12 @@ def engine_samples_per_second(x: np.ndarray, y: np.ndarray, batch: int, steps: i
         return steps * batch / (time.perf_counter() - start)
 
 
-def service_run(client, running, batch: int, steps: int, workers: int, shards: int | None) -> dict:
-    """Train `steps` steps through the service; measure from the second progress report to the end,
-    so worker start-up and the graph's first (compiling) steps are left out."""
+def service_run(
+    client, running, batch: int, steps: int, workers: int, shards: int | None, measure: bool = True
+) -> dict:
+    """Train `steps` steps through the service; measure from the second progress report to the last,
+    so worker start-up, the graph's first (compiling) steps and the final evaluation are left out.
+    Rates use the coordinator's timestamps on the reports: WatchJob sends them at most once a second."""
     spec = with_defaults(load_spec_file(ROOT / "examples" / "fashion_mnist.yaml"))
     spec.batch_size, spec.num_workers = batch, workers
     spec.epochs = max(1, -(-steps * batch // 60000))
@@ -78,41 +81,45 @@ def service_run(client, running, batch: int, steps: int, workers: int, shards: i
     label = {"job_id": job.id}
     reg = running.metrics.registry
 
-    def snapshot(progress) -> tuple:
+    def phase_totals() -> tuple[dict, float]:
         sums = {
             p: reg.get_sample_value("gradfleet_job_step_phase_seconds_sum", {**label, "phase": p})
             for p in PHASES
         }
-        count = reg.get_sample_value("gradfleet_job_step_seconds_count", label)
-        return time.perf_counter(), progress.samples_trained, sums, count
+        return sums, reg.get_sample_value("gradfleet_job_step_seconds_count", label)
 
-    # Every event carries the job, and WatchJob leaves out PROGRESS events a later one supersedes:
-    # count the training reports by the distinct steps the events show.
-    steps_seen, first = set(), None
+    reports = []  # (coordinator time in s, samples trained, phase totals, step) of each report
     for event in client.watch(job.id):
-        if event.job.progress.step > 0 and event.job.progress.step not in steps_seen:
-            steps_seen.add(event.job.progress.step)
-            if len(steps_seen) == 2:
-                first = snapshot(event.job.progress)
+        progress = event.job.progress
+        # Any event carries the progress (WatchJob leaves out a PROGRESS event a later one supersedes).
+        new_step = progress.step > (reports[-1][3] if reports else 0)
+        if new_step and event.job.state == pb.RUNNING:
+            seconds = event.time.ToNanoseconds() / 1e9
+            reports.append((seconds, progress.samples_trained, phase_totals(), progress.step))
         if event.job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
             break
     done = client.get(job.id)
-    if done.state != pb.SUCCEEDED or first is None:
-        raise SystemExit(f"benchmark job {done.id} failed or was too short: {done.message}")
-    last = snapshot(done.progress)
-    steps_measured = last[3] - first[3]
-    if steps_measured <= 0:
-        raise SystemExit(f"job {done.id} ended at its second progress report; use more --steps")
+    if done.state != pb.SUCCEEDED:
+        raise SystemExit(f"benchmark job {done.id} did not succeed: {done.message}")
+    if not measure:
+        return {}
+    if len(reports) < 3:
+        raise SystemExit(
+            f"job {done.id} sent {len(reports)} progress reports, 3 are needed; use more --samples"
+        )
+    (t0, n0, (sums0, count0), _), (t1, n1, (sums1, count1), _) = reports[1], reports[-1]
     return {
-        "samples_per_second": (last[1] - first[1]) / (last[0] - first[0]),
-        "ms_per_step": {p: 1e3 * (last[2][p] - first[2][p]) / steps_measured for p in PHASES},
+        "samples_per_second": (n1 - n0) / (t1 - t0),
+        "ms_per_step": {p: 1e3 * (sums1[p] - sums0[p]) / (count1 - count0) for p in PHASES},
         "shards": spec.micro_shards,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="training steps per measurement")
+    parser.add_argument(
+        "--samples", type=int, default=300_000, help="samples trained per measurement (5 epochs' worth)"
+    )
     parser.add_argument("--batches", default="256,512,1024", help="global batch sizes")
     parser.add_argument("--repeats", type=int, default=3, help="engine runs per setting (median)")
     args = parser.parse_args()
@@ -138,9 +145,10 @@ def main() -> None:
     try:
         with CoordinatorClient(running.address) as client:
             client.wait_ready(timeout=60)
-            service_run(client, running, 256, 200, 2, 2)  # warm-up: worker start, imports, data cache
+            # Warm-up: worker start, imports, the data cache.
+            service_run(client, running, 256, 200, 2, 2, measure=False)
             for batch in batches:
-                steps = args.steps
+                steps = max(1, args.samples // batch)
                 ref = {
                     t: statistics.median(
                         engine_samples_per_second(x, y, batch, steps, t) for _ in range(args.repeats)
