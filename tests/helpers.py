@@ -72,6 +72,21 @@ def gradfleet_command(*args: str) -> list[str]:
     return [*([str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]), *args]
 
 
+def run_bench(script: str, *args: str, timeout_s: float = 300) -> str:
+    """Run bench/`script` with `args` on this tree (its own Ray) and return what it printed; the
+    assertion on failure shows the end of its output."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 def descendants(pid: int) -> list[int]:
     """Process ids below `pid` (Ray's head processes started by the coordinator), from /proc."""
     children: dict[int, list[int]] = {}
