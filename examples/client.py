@@ -9,9 +9,13 @@ For TLS and tokens pass `tls=TlsOptions(ca=...)` and `token=...` to CoordinatorC
 from __future__ import annotations
 
 import argparse
+import sys
+
+import grpc
 
 from gradfleet.v1 import coordinator_pb2 as pb
-from service.client import CoordinatorClient
+from service.client import CoordinatorClient, DownloadError
+from service.errors import GradfleetError
 from service.spec import load_spec_file
 
 
@@ -22,7 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("-o", "--output", help="where to write the model (default JOB_ID.npz)")
     args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except grpc.RpcError as exc:  # the status says what is wrong; INVALID_ARGUMENT names the field
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except (GradfleetError, DownloadError, OSError) as exc:  # a bad job file, --set or -o
+        print(f"error: {exc}", file=sys.stderr)
+    return 2
 
+
+def run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.job_file, overrides=args.set)  # InvalidSpec names the field at fault
     with CoordinatorClient(args.server) as client:
         job = client.submit(spec)

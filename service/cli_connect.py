@@ -56,7 +56,8 @@ def uses_tls(args: argparse.Namespace) -> bool:
 def tls_options(args: argparse.Namespace) -> TlsOptions | None:
     """The checked TLS files, or None for a plaintext channel; UsageError names the flag at fault."""
     if bool(args.cert) != bool(args.key):
-        given, missing = ("--cert", "--key") if args.cert else ("--key", "--cert")
+        cert, key = "--cert (or GRADFLEET_CERT)", "--key (or GRADFLEET_KEY)"
+        given, missing = (cert, key) if args.cert else (key, cert)
         raise UsageError(
             f"{given} needs {missing}: give the client certificate (--cert) and its private key "
             "(--key) together, or neither"

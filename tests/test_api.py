@@ -161,14 +161,34 @@ def test_empty_job_id_is_an_invalid_argument(stub) -> None:
         assert "job_id" in error.value.details()
 
 
-@pytest.mark.parametrize("length", [4_096, 5_000, 100_000])
-def test_a_very_long_dataset_uri_is_an_invalid_argument_naming_it(stub, length) -> None:
-    """A URI near the length cap (whose error quotes the path twice) and far over it both get
-    INVALID_ARGUMENT naming dataset.uri; the coordinator keeps serving."""
-    spec = small_spec("csv:" + "a" * (length - 8) + ".csv")
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "csv:" + "a" * 4_088 + ".csv",  # at the cap: its error quotes the path twice, over 8 KiB
+        "csv:" + "a" * 4_992 + ".csv",
+        "csv:" + "a" * 99_992 + ".csv",
+        "idx:" + "x" * 256,  # one name over 255 bytes
+        "idx:" + "\u20ac" * 4_000,  # under the character cap, 12,000 bytes
+        "idx:" + "/".join(["\u00e9" * 100] * 30),  # each name fits, the path does not
+        "npz:" + "\u20ac" * 4_000,
+    ],
+    ids=[
+        "csv-4096",
+        "csv-5000",
+        "csv-100000",
+        "idx-long-name",
+        "idx-long-bytes",
+        "idx-long-path",
+        "npz-long-bytes",
+    ],
+)
+def test_a_very_long_dataset_uri_is_an_invalid_argument_naming_it(stub, uri) -> None:
+    """A URI near or over the length cap, or a path the OS refuses as too long, gets INVALID_ARGUMENT
+    naming dataset.uri (never INTERNAL, never RESOURCE_EXHAUSTED for a status too long to send); the
+    coordinator keeps serving."""
     with pytest.raises(grpc.RpcError) as error:
-        stub.SubmitJob(spec, timeout=10)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stub.SubmitJob(small_spec(uri), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
     assert error.value.details().startswith("dataset.uri: ")
     assert len(error.value.details()) <= 6_000
     listed = stub.ListJobs(pb.ListJobsRequest(page_size=1000), timeout=5).jobs

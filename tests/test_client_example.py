@@ -17,13 +17,8 @@ from tests.helpers import ROOT, small_spec, write_blobs
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 
-def test_the_client_example_submits_follows_and_downloads(coordinator, tmp_path: Path) -> None:
-    write_blobs(coordinator.config.data_root / "blobs.npz")
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
-    model = tmp_path / "model.npz"
-    argv = [str(job_file), "--server", coordinator.address, "--set", "epochs=2", "-o", str(model)]
-    done = subprocess.run(
+def _example(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "examples/client.py", *argv],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -31,6 +26,33 @@ def test_the_client_example_submits_follows_and_downloads(coordinator, tmp_path:
         text=True,
         timeout=180,
     )
+
+
+def test_the_client_example_reports_errors_in_one_line_and_exits_2(coordinator, tmp_path: Path) -> None:
+    """A bad --set, a spec the coordinator refuses and an unreachable server: one `error:` line each
+    (the field or the status), exit 2, no traceback."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
+    server = ["--server", coordinator.address]
+    cases = [
+        ([str(job_file), *server, "--set", "epochs=abc"], 'error: epochs: got "abc"; must be a whole number'),
+        ([str(job_file), *server, "--set", "num_workers=65"], "error: INVALID_ARGUMENT: num_workers: got 65"),
+        ([str(job_file), "--server", "127.0.0.1:1"], "error: UNAVAILABLE: "),
+    ]
+    for argv, start in cases:
+        done = _example(*argv)
+        assert (done.returncode, done.stdout) == (2, ""), done.stderr
+        assert done.stderr.startswith(start) and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_the_client_example_submits_follows_and_downloads(coordinator, tmp_path: Path) -> None:
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
+    model = tmp_path / "model.npz"
+    argv = [str(job_file), "--server", coordinator.address, "--set", "epochs=2", "-o", str(model)]
+    done = _example(*argv)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert re.fullmatch(r"submitted job \w+", lines[0])

@@ -84,9 +84,12 @@ def idx_paths(directory: Path, *, require_test: bool, root: Path | None = None) 
     With `root` (a client's directory), each file's real path, refused if it is a symlink leading
     out of `root`: the directory being inside says nothing about the files in it.
     """
-    if not directory.is_dir():
-        raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
-    paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
+    try:
+        if not directory.is_dir():
+            raise DatasetError(f"{directory}: no such directory (expected the IDX files in it)")
+        paths = {key: find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
+    except OSError as exc:  # a name over 255 bytes, a path over 4,096, no permission
+        raise DatasetError(f"{directory}: unusable directory: {exc.strerror or exc}") from None
     missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
     test_optional = not require_test and paths["x_test"] is None and paths["y_test"] is None
     if missing and not (test_optional and len(missing) == 2):
