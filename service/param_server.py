@@ -28,6 +28,9 @@ from workers.worker import StepCommand
 # A step whose gradient norm is this many times the median of the last steps' is treated like a
 # non-finite one: generous, so healthy training (whose norms drift slowly) never trips it.
 SPIKE_FACTOR = 1000.0
+# ... and at least this large: a converged model's gradient norms shrink toward 0 (1e-8 on an easy
+# dataset), where a jump to 1e-5 is 1000 times the median but no danger to the weights.
+SPIKE_MIN_NORM = 1.0
 SPIKE_HISTORY_STEPS = 100
 SPIKE_MIN_HISTORY = 20
 # The part of the last step's compute time the parameter server sleeps before reading the next
@@ -259,11 +262,12 @@ class ParameterServerCore:
         self._recent_norms.clear()
 
     def _check_spike(self, grad_norm: float, epoch: int) -> None:
-        """A gradient norm SPIKE_FACTOR times the recent median is a blow-up in the making."""
+        """A gradient norm SPIKE_FACTOR times the recent median (and over SPIKE_MIN_NORM) is a
+        blow-up in the making."""
         history = self._recent_norms
         if len(history) >= SPIKE_MIN_HISTORY:
             median = statistics.median(history)
-            if median > 0 and grad_norm > SPIKE_FACTOR * median:
+            if median > 0 and grad_norm > max(SPIKE_FACTOR * median, SPIKE_MIN_NORM):
                 raise Diverged(
                     f"gradient norm {grad_norm:.3g} is {grad_norm / median:.0f} times its recent median "
                     f"at epoch {epoch} step {self.server.step + 1} (learning rate "

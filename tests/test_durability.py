@@ -371,6 +371,19 @@ def test_a_gradient_norm_spike_is_caught_before_the_update() -> None:
     core._check_spike(1e4, 1)  # no history after a rollback: nothing to compare with
 
 
+def test_a_converged_models_tiny_gradient_bump_is_not_a_spike() -> None:
+    """Norms near 0 (an easy dataset, fitted): a jump to 2.4e-5, 1000 times the median, harms nothing;
+    a jump past SPIKE_MIN_NORM from there still counts. (A 50-epoch job on separable blobs was failed
+    as diverged at epoch 3.)"""
+    server = ParameterServer(np.zeros(4, np.float32), SGD(4, np.float32), lambda step: 0.01)
+    core = ParameterServerCore(SimpleNamespace(plan=SimpleNamespace(batch_size=10)), server, 100, 1, 1.0)
+    for norm in np.geomspace(3e-8, 1e-8, 30):
+        core._check_spike(float(norm), 3)
+    core._check_spike(2.41e-5, 3)
+    with pytest.raises(Diverged, match=r"gradient norm 5 is \d+ times its recent median"):
+        core._check_spike(5.0, 3)
+
+
 def test_a_finished_model_is_served_after_a_restart(tmp_path: Path, spec) -> None:
     """A SUCCEEDED job's final model is read from the state folder by a freshly opened store."""
     store = JobStore(tmp_path)
