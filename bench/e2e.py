@@ -88,14 +88,14 @@ def service_run(
         }
         return sums, reg.get_sample_value("gradfleet_job_step_seconds_count", label)
 
-    reports = []  # (coordinator time in s, samples trained, phase totals, step) of each report
+    reports = []  # (coordinator time in s, samples trained, phase totals) of each report
+    last_step = 0
     for event in client.watch(job.id):
         progress = event.job.progress
         # Any event carries the progress (WatchJob leaves out a PROGRESS event a later one supersedes).
-        new_step = progress.step > (reports[-1][3] if reports else 0)
-        if new_step and event.job.state == pb.RUNNING:
-            seconds = event.time.ToNanoseconds() / 1e9
-            reports.append((seconds, progress.samples_trained, phase_totals(), progress.step))
+        if progress.step > last_step and event.job.state == pb.RUNNING:
+            last_step = progress.step
+            reports.append((event.time.ToNanoseconds() / 1e9, progress.samples_trained, phase_totals()))
         if event.job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
             break
     done = client.get(job.id)
@@ -107,7 +107,7 @@ def service_run(
         raise SystemExit(
             f"job {done.id} sent {len(reports)} progress reports, 3 are needed; use more --samples"
         )
-    (t0, n0, (sums0, count0), _), (t1, n1, (sums1, count1), _) = reports[1], reports[-1]
+    (t0, n0, (sums0, count0)), (t1, n1, (sums1, count1)) = reports[1], reports[-1]
     return {
         "samples_per_second": (n1 - n0) / (t1 - t0),
         "ms_per_step": {p: 1e3 * (sums1[p] - sums0[p]) / (count1 - count0) for p in PHASES},

@@ -28,12 +28,18 @@ def _example(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_client_example_reports_errors_in_one_line_and_exits_2(coordinator, tmp_path: Path) -> None:
+@pytest.fixture
+def job_file(coordinator, tmp_path: Path) -> Path:
+    """A small job file on blobs in the coordinator's data root."""
+    write_blobs(coordinator.config.data_root / "blobs.npz")
+    path = tmp_path / "job.json"
+    path.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
+    return path
+
+
+def test_the_client_example_reports_errors_in_one_line_and_exits_2(coordinator, job_file: Path) -> None:
     """A bad --set, a spec the coordinator refuses and an unreachable server: one `error:` line each
     (the field or the status), exit 2, no traceback."""
-    write_blobs(coordinator.config.data_root / "blobs.npz")
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
     server = ["--server", coordinator.address]
     cases = [
         ([str(job_file), *server, "--set", "epochs=abc"], 'error: epochs: got "abc"; must be a whole number'),
@@ -46,10 +52,9 @@ def test_the_client_example_reports_errors_in_one_line_and_exits_2(coordinator, 
         assert done.stderr.startswith(start) and len(done.stderr.splitlines()) == 1, done.stderr
 
 
-def test_the_client_example_submits_follows_and_downloads(coordinator, tmp_path: Path) -> None:
-    write_blobs(coordinator.config.data_root / "blobs.npz")
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json_format.MessageToJson(small_spec("npz:blobs.npz")))
+def test_the_client_example_submits_follows_and_downloads(
+    coordinator, job_file: Path, tmp_path: Path
+) -> None:
     model = tmp_path / "model.npz"
     argv = [str(job_file), "--server", coordinator.address, "--set", "epochs=2", "-o", str(model)]
     done = _example(*argv)
